@@ -1,0 +1,3 @@
+from edgeclip.cli import main
+
+main()

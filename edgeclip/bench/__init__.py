@@ -1,0 +1,2 @@
+"""Latency/accuracy benchmarking of bundles (`edgeclip bench`). Not implemented yet: tracked by
+the bench issue."""

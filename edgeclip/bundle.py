@@ -1,0 +1,346 @@
+"""The bundle: the one contract between the export side and the device runtime.
+
+A bundle is a directory::
+
+    NAME.edgeclip/
+      manifest.json
+      image/<target>-<precision>/...      split encoders, one folder per artifact
+      text/<target>-<precision>/...
+      labels/<name>.npy + <name>.json     L2-normalised [C, D] float32 label embeddings
+      tokenizer.json
+
+Every file is listed in the manifest with its sha256. This module uses only the
+standard library and numpy, so it can ship to devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from edgeclip import __version__
+from edgeclip._io import sha256_file, write_bytes, write_json
+from edgeclip.errors import BundleError, UnknownNameError
+
+FORMAT = "edgeclip-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB; refuse absurd ones before parsing
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How pixels reach the image encoder; the trainer's eval transform and the runtime share it."""
+
+    image_size: int = 224
+    resize: str = "shortest"  # resize the shortest side to image_size, keep the aspect ratio
+    interpolation: str = "bicubic"
+    crop: str = "center"
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
+        return cls(**_known_fields(cls, d, "preprocess"))
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """What the runtime needs to turn text into `input_ids` exactly as in training."""
+
+    context_length: int = 77
+    sot_id: int = 0
+    eot_id: int = 1
+    pad_id: int = 0
+    pooling: str = "eot"  # the text embedding is read at the end-of-text token
+    lowercase: bool = True
+    file: str = "tokenizer.json"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
+        return cls(**_known_fields(cls, d, "tokenizer"))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]  # str entries are symbolic, e.g. "batch_size"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(d["shape"]))
+
+
+@dataclass
+class Artifact:
+    """One exported encoder for one target and precision."""
+
+    encoder: str  # "image" | "text"
+    target: str  # "onnx" | "openvino" | "tensorrt" | "coreml"
+    precision: str  # "fp32" | "fp16" | "int8" ...
+    path: str  # folder relative to the bundle root
+    files: dict[str, str]  # file path relative to the bundle root -> sha256
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    validation: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.encoder}/{self.target}-{self.precision}"
+
+    @property
+    def main_file(self) -> str:
+        """The file a backend opens (the first listed)."""
+        return next(iter(self.files))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["inputs"] = [s.to_dict() for s in self.inputs]
+        d["outputs"] = [s.to_dict() for s in self.outputs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Artifact:
+        d = dict(d)
+        d["inputs"] = [TensorSpec.from_dict(s) for s in d.get("inputs", [])]
+        d["outputs"] = [TensorSpec.from_dict(s) for s in d.get("outputs", [])]
+        if not isinstance(d.get("files"), dict) or not d["files"]:
+            raise BundleError(f"artifact {d.get('encoder')}/{d.get('target')} lists no files")
+        return cls(**_known_fields(cls, d, "artifact"))
+
+
+@dataclass
+class LabelSet:
+    name: str
+    embeddings: str  # .npy path relative to the bundle root
+    meta: str  # .json path
+    files: dict[str, str]  # path -> sha256
+    num_classes: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LabelSet:
+        return cls(**_known_fields(cls, d, "label set"))
+
+
+@dataclass
+class Manifest:
+    model_name: str
+    model_config: dict[str, Any]
+    embed_dim: int
+    logit_scale: float  # already exp()'d: logits = logit_scale * cosine
+    preprocess: PreprocessConfig
+    tokenizer: TokenizerConfig
+    tokenizer_sha256: str
+    artifacts: list[Artifact] = field(default_factory=list)
+    labels: dict[str, LabelSet] = field(default_factory=dict)
+    edgeclip_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": self.schema_version,
+            "edgeclip_version": self.edgeclip_version,
+            "model": {"name": self.model_name, "config": self.model_config},
+            "embed_dim": self.embed_dim,
+            "logit_scale": self.logit_scale,
+            "preprocess": dataclasses.asdict(self.preprocess),
+            "tokenizer": {**dataclasses.asdict(self.tokenizer), "sha256": self.tokenizer_sha256},
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "labels": {k: dataclasses.asdict(v) for k, v in self.labels.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise BundleError(f"{MANIFEST} is not an edgeclip bundle manifest (format != '{FORMAT}')")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"bundle schema_version {version!r} is not supported (this edgeclip reads {SCHEMA_VERSION})",
+                fix="re-export the bundle with this edgeclip version, or upgrade edgeclip",
+            )
+        try:
+            tok = dict(d["tokenizer"])
+            return cls(
+                model_name=str(d["model"]["name"]),
+                model_config=dict(d["model"]["config"]),
+                embed_dim=int(d["embed_dim"]),
+                logit_scale=float(d["logit_scale"]),
+                preprocess=PreprocessConfig.from_dict(d["preprocess"]),
+                tokenizer_sha256=str(tok.pop("sha256")),
+                tokenizer=TokenizerConfig.from_dict(tok),
+                artifacts=[Artifact.from_dict(a) for a in d["artifacts"]],
+                labels={k: LabelSet.from_dict(v) for k, v in d.get("labels", {}).items()},
+                edgeclip_version=str(d.get("edgeclip_version", "?")),
+                schema_version=int(version),
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"{MANIFEST} is malformed: {type(e).__name__}: {e}") from e
+
+    def find(self, encoder: str, target: str | None = None, precision: str | None = None) -> list[Artifact]:
+        return [
+            a
+            for a in self.artifacts
+            if a.encoder == encoder
+            and (target is None or a.target == target)
+            and (precision is None or a.precision == precision)
+        ]
+
+
+def _known_fields(cls: Any, d: dict[str, Any], what: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise BundleError(f"{what} entry has unknown fields: {sorted(unknown)}")
+    return d
+
+
+class Bundle:
+    """A bundle directory on disk: manifest plus verified file access."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+        self._verified: set[str] = set()
+
+    # ---- reading -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Bundle:
+        root = Path(path)
+        mpath = root / MANIFEST
+        if not root.is_dir():
+            raise BundleError(f"bundle not found: {root}", fix="pass the directory written by `edgeclip export`")
+        if not mpath.is_file():
+            raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing")
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
+        try:
+            data = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BundleError(f"{mpath} is not valid JSON: {e}") from e
+        return cls(root, Manifest.from_dict(data))
+
+    def resolve(self, rel: str) -> Path:
+        """Map a manifest path to a file inside the bundle; refuse anything that escapes it."""
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in rel:
+            raise BundleError(f"manifest path '{rel}' escapes the bundle; refusing it")
+        full = self.root.joinpath(*p.parts)
+        # a symlink could point anywhere; bundles never contain them
+        cur = self.root
+        for part in p.parts:
+            cur = cur / part
+            if cur.is_symlink():
+                raise BundleError(f"bundle file '{rel}' is a symlink; refusing it")
+        return full
+
+    def verify_files(self, files: dict[str, str]) -> None:
+        """Check existence and sha256 of each file (once per file per Bundle object)."""
+        for rel, expected in files.items():
+            if rel in self._verified:
+                continue
+            full = self.resolve(rel)
+            if not full.is_file():
+                raise BundleError(f"bundle file missing: {rel}", fix="re-export the bundle or copy it whole")
+            actual = sha256_file(full)
+            if actual != expected:
+                raise BundleError(
+                    f"bundle file '{rel}' does not match its sha256 in {MANIFEST} (tampered or corrupt)",
+                    fix="re-export the bundle or copy it again",
+                )
+            self._verified.add(rel)
+
+    def verify(self) -> None:
+        """Verify every file the manifest lists."""
+        m = self.manifest
+        self.verify_files({m.tokenizer.file: m.tokenizer_sha256})
+        for a in m.artifacts:
+            self.verify_files(a.files)
+        for ls in m.labels.values():
+            self.verify_files(ls.files)
+
+    def artifact_path(self, artifact: Artifact) -> Path:
+        self.verify_files(artifact.files)
+        return self.resolve(artifact.main_file)
+
+    def tokenizer_path(self) -> Path:
+        m = self.manifest
+        self.verify_files({m.tokenizer.file: m.tokenizer_sha256})
+        return self.resolve(m.tokenizer.file)
+
+    def label_set(self, name: str = "default") -> tuple[np.ndarray, dict[str, Any]]:
+        """Return ([C, D] float32 embeddings, metadata with 'classes')."""
+        if name not in self.manifest.labels:
+            raise UnknownNameError("label set", name, self.manifest.labels)
+        ls = self.manifest.labels[name]
+        self.verify_files(ls.files)
+        try:
+            emb = np.load(self.resolve(ls.embeddings), allow_pickle=False)
+        except ValueError as e:  # object arrays need pickle: refuse
+            raise BundleError(f"label file '{ls.embeddings}' is not a plain float array: {e}") from e
+        meta = json.loads(self.resolve(ls.meta).read_text(encoding="utf-8"))
+        classes = meta.get("classes")
+        if (
+            emb.dtype != np.float32
+            or emb.ndim != 2
+            or not isinstance(classes, list)
+            or emb.shape != (len(classes), self.manifest.embed_dim)
+        ):
+            raise BundleError(
+                f"label set '{name}' is inconsistent: embeddings {emb.dtype}{list(emb.shape)}, "
+                f"{len(classes) if isinstance(classes, list) else '?'} classes, embed_dim {self.manifest.embed_dim}"
+            )
+        return emb, meta
+
+    # ---- writing -------------------------------------------------------------------------
+    def add_artifact(self, artifact: Artifact) -> None:
+        self.manifest.artifacts = [a for a in self.manifest.artifacts if a.key != artifact.key]
+        self.manifest.artifacts.append(artifact)
+
+    def write_label_set(self, name: str, embeddings: np.ndarray, meta: dict[str, Any]) -> LabelSet:
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        npy, js = f"labels/{name}.npy", f"labels/{name}.json"
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, emb, allow_pickle=False)
+        write_bytes(self.root / npy, buf.getvalue())
+        write_json(self.root / js, meta)
+        ls = LabelSet(
+            name=name,
+            embeddings=npy,
+            meta=js,
+            files={npy: sha256_file(self.root / npy), js: sha256_file(self.root / js)},
+            num_classes=int(emb.shape[0]),
+        )
+        self.manifest.labels[name] = ls
+        return ls
+
+    def save_manifest(self) -> None:
+        write_json(self.root / MANIFEST, self.manifest.to_dict())
+
+
+def file_entry(root: Path, rel: str) -> dict[str, str]:
+    """{rel: sha256} for a file already written under `root`."""
+    return {rel: sha256_file(root / rel)}

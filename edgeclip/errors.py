@@ -1,0 +1,75 @@
+"""Typed errors. Each user-facing error says what went wrong and how to fix it.
+
+The CLI catches `EdgeclipError`, prints `Error: <message>` (plus the fix) and exits with
+`exit_code`, never a traceback. `assert` is kept for internal invariants only.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class EdgeclipError(Exception):
+    """Base class of every error a user can cause."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return self.message if not self.fix else f"{self.message}\n  fix: {self.fix}"
+
+
+class ConfigError(EdgeclipError):
+    """An invalid model, training or export configuration."""
+
+    exit_code = 2
+
+
+class UnknownNameError(ConfigError):
+    """A name (model, target, backend, label set) that is not registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        super().__init__(
+            f"unknown {kind} '{name}'{hint}",
+            fix=f"choose one of: {', '.join(known)}" if known else None,
+        )
+        self.name = name
+        self.known = known
+
+
+class MissingDependencyError(EdgeclipError):
+    """An optional package is needed for this operation but not installed."""
+
+    exit_code = 3
+
+
+class CheckpointError(EdgeclipError):
+    """A checkpoint that cannot be read, or whose weights do not fit its config."""
+
+
+class BundleError(EdgeclipError):
+    """A bundle that is missing, malformed, tampered with or of an unknown version."""
+
+
+class ImageError(EdgeclipError):
+    """One image could not be decoded or preprocessed; other images are unaffected."""
+
+
+class DataError(EdgeclipError):
+    """A training or calibration data source that cannot be read or is empty."""
+
+
+class ExportError(EdgeclipError):
+    """An export that failed, including an artifact that failed validation."""
+
+
+class ValidationError(ExportError):
+    """An exported artifact disagrees with the torch reference beyond tolerance."""

@@ -1,0 +1,220 @@
+"""CLIP in PyTorch: ViT image tower, causal text transformer, and the split encoders.
+
+Parameter names follow OpenAI CLIP (`visual.conv1`, `visual.transformer.resblocks.N.attn.
+in_proj_weight`, `text_projection`, `logit_scale`, ...) so OpenAI / open_clip state dicts load
+by name. Tensors are batch-first inside; the state dict does not depend on that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig
+
+# Added to masked attention logits. Finite on purpose: -inf turns into NaN once a graph is
+# run in fp16 or quantized (a zero point computed from -inf), and -1e4 is already exp()-zero.
+MASK_VALUE = -1.0e4
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names, on SDPA."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class ResidualBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        act: nn.Module = QuickGELU() if quick_gelu else nn.GELU()
+        self.mlp = nn.Sequential(
+            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act), ("c_proj", nn.Linear(hidden, width))])
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.ModuleList(
+            [ResidualBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers)]
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, mask)
+        return x
+
+    def init_weights(self) -> None:
+        # open_clip's scheme: residual projections scaled down with depth
+        proj_std = (self.width**-0.5) * ((2 * self.layers) ** -0.5)
+        attn_std = self.width**-0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.resblocks:
+            assert isinstance(block, ResidualBlock)
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.zeros_(block.attn.out_proj.bias)
+            fc, proj = block.mlp.c_fc, block.mlp.c_proj
+            assert isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear)
+            nn.init.normal_(fc.weight, std=fc_std)
+            nn.init.normal_(proj.weight, std=proj_std)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: VisionConfig, embed_dim: int, quick_gelu: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        if cfg.stem == "conv":
+            convs: list[nn.Module] = []
+            cin = 3
+            for cout in cfg.stem_channels:
+                convs += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GELU()]
+                cin = cout
+            self.stem = nn.Sequential(*convs)
+            self.conv1 = nn.Conv2d(cin, w, kernel_size=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        scale = w**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(w))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid**2 + 1, w))
+        self.ln_pre = nn.LayerNorm(w)
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu)
+        self.ln_post = nn.LayerNorm(w)
+        self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels
+        if self.cfg.stem == "conv":
+            x = self.stem(x)
+        x = self.conv1(x)  # [B, W, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [B, g*g, W]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        t: TextConfig = cfg.text_cfg
+        self.visual = VisionTransformer(cfg.vision_cfg, cfg.embed_dim, cfg.quick_gelu)
+        self.token_embedding = nn.Embedding(t.vocab_size, t.width)
+        self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
+        self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_ratio, cfg.quick_gelu)
+        self.ln_final = nn.LayerNorm(t.width)
+        self.text_projection = nn.Parameter(torch.empty(t.width, cfg.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        causal = torch.full((t.context_length, t.context_length), MASK_VALUE).triu_(1)
+        self.register_buffer("attn_mask", causal, persistent=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.text_projection, std=self.cfg.text_cfg.width**-0.5)
+        self.transformer.init_weights()
+        self.visual.transformer.init_weights()
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised pixels -> [B, embed_dim] (not normalised)."""
+        return self.visual(pixels)
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, context_length] token ids -> [B, embed_dim] (not normalised)."""
+        return _text_forward(self, input_ids)
+
+    def forward(
+        self, pixels: torch.Tensor, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return L2-normalised image and text features and exp(logit_scale)."""
+        img = F.normalize(self.encode_image(pixels), dim=-1)
+        txt = F.normalize(self.encode_text(input_ids), dim=-1)
+        return img, txt, self.logit_scale.exp()
+
+
+class ImageEncoder(nn.Module):
+    """pixel_values [B, 3, H, W] -> image_embeds [B, D], L2-normalised. What gets exported."""
+
+    def __init__(self, clip: CLIP) -> None:
+        super().__init__()
+        self.visual = clip.visual
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(pixel_values), dim=-1)
+
+
+class TextEncoder(nn.Module):
+    """input_ids [B, L] -> text_embeds [B, D], L2-normalised. What gets exported.
+
+    Holds only the text tower's modules, so an exported graph carries no image weights.
+    """
+
+    def __init__(self, clip: CLIP) -> None:
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        mask = clip.attn_mask
+        assert isinstance(mask, torch.Tensor)
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(_text_forward(self, input_ids), dim=-1)
+
+
+def _text_forward(tower: CLIP | TextEncoder, input_ids: torch.Tensor) -> torch.Tensor:
+    """Pooled at the end-of-text token, found as the argmax id: the tokenizer gives EOT the
+    highest id in the vocabulary (as OpenAI's does) and pads with 0."""
+    n = input_ids.shape[1]  # may be shorter than context_length: the trainer trims padding
+    x = tower.token_embedding(input_ids) + tower.positional_embedding[:n]
+    mask = tower.attn_mask[:n, :n].to(x.dtype)  # type: ignore[index]
+    x = tower.ln_final(tower.transformer(x, mask))
+    eot = input_ids.argmax(dim=-1)
+    pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+    return pooled @ tower.text_projection
+
+
+def create_model(name_or_cfg: str | ModelConfig) -> CLIP:
+    from edgeclip.model.config import get_config
+
+    cfg = get_config(name_or_cfg) if isinstance(name_or_cfg, str) else name_or_cfg
+    return CLIP(cfg)

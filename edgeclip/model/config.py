@@ -1,0 +1,107 @@
+"""Model configurations: named JSON files validated by dataclasses (no torch here).
+
+Field names follow open_clip's model configs (`embed_dim`, `vision_cfg`, `text_cfg`,
+`quick_gelu`) so that a user can read one knowing the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from edgeclip.errors import ConfigError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    # "patch": one strided conv (OpenAI ViT). "conv": a few stride-2 3x3 convs before the
+    # transformer; on tiny data it learns shape far faster than a single linear patchify.
+    stem: str = "patch"
+    stem_channels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.stem not in ("patch", "conv"):
+            raise ConfigError(f"vision_cfg.stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem == "conv":
+            if not self.stem_channels:
+                raise ConfigError("vision_cfg.stem 'conv' needs stem_channels, e.g. [32, 64]")
+            if self.patch_size != 2 ** len(self.stem_channels):
+                raise ConfigError("a conv stem of n stride-2 convs has patch_size 2**n")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.heads:
+            raise ConfigError(f"vision width {self.width} is not divisible by heads {self.heads}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ConfigError(f"text width {self.width} is not divisible by heads {self.heads}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    embed_dim: int
+    vision_cfg: VisionConfig = field(default_factory=VisionConfig)
+    text_cfg: TextConfig = field(default_factory=TextConfig)
+    quick_gelu: bool = False  # OpenAI's original weights were trained with QuickGELU
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["vision_cfg"]["stem_channels"] = list(self.vision_cfg.stem_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], name: str | None = None) -> ModelConfig:
+        try:
+            v = dict(d.get("vision_cfg", {}))
+            if "stem_channels" in v:
+                v["stem_channels"] = tuple(int(c) for c in v["stem_channels"])
+            return cls(
+                name=str(name or d["name"]),
+                embed_dim=int(d["embed_dim"]),
+                vision_cfg=VisionConfig(**v),
+                text_cfg=TextConfig(**d.get("text_cfg", {})),
+                quick_gelu=bool(d.get("quick_gelu", False)),
+            )
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"invalid model config: {type(e).__name__}: {e}") from e
+
+
+def _config_files() -> dict[str, Any]:
+    root = resources.files("edgeclip.model") / "configs"
+    return {p.name[: -len(".json")]: p for p in root.iterdir() if p.name.endswith(".json")}
+
+
+def list_models() -> list[str]:
+    """Names of the built-in model configs."""
+    return sorted(_config_files())
+
+
+def get_config(name: str) -> ModelConfig:
+    files = _config_files()
+    if name not in files:
+        raise UnknownNameError("model", name, files)
+    return ModelConfig.from_dict(json.loads(files[name].read_text()), name=name)

@@ -1,0 +1,43 @@
+"""The one interface every inference backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from edgeclip.bundle import Artifact
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    threads: int | None = None  # intra-op threads; None lets the SDK decide
+    device: str = "CPU"
+
+
+class Backend(Protocol):
+    """Runs one exported encoder. `infer` must be safe to call from several threads."""
+
+    name: ClassVar[str]  # e.g. "onnxruntime"
+    target: ClassVar[str]  # the artifact target it runs, e.g. "onnx"
+    extra: ClassVar[str]  # pip extra that installs its SDK
+
+    @classmethod
+    def available(cls) -> bool:
+        """True when the SDK is installed; must not import it."""
+        ...
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class BackendFactory(Protocol):
+    name: ClassVar[str]
+    target: ClassVar[str]
+    extra: ClassVar[str]
+
+    @classmethod
+    def available(cls) -> bool: ...
+
+    def __call__(self, path: Path, artifact: Artifact, options: BackendOptions) -> Backend: ...

@@ -1,0 +1,44 @@
+"""ONNX Runtime backend (CPU; CUDA/TensorRT execution providers are used when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgeclip import _deps
+from edgeclip.bundle import Artifact
+from edgeclip.runtime.backends.base import BackendOptions
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
+
+class OnnxRuntimeBackend:
+    name: ClassVar[str] = "onnxruntime"
+    target: ClassVar[str] = "onnx"
+    extra: ClassVar[str] = "onnx"
+
+    @classmethod
+    def available(cls) -> bool:
+        return _deps.has("onnxruntime")
+
+    def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
+        ort: Any = _deps.require("onnxruntime", extra=self.extra, purpose="the onnxruntime backend")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+            so.inter_op_num_threads = 1
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if options.device.upper() == "CUDA" else [
+            "CPUExecutionProvider"
+        ]
+        providers = [p for p in wanted if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        self.input_dtypes = {s.name: _NP_DTYPES[s.dtype] for s in artifact.inputs}
+        self.output_names = [s.name for s in artifact.outputs]
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in inputs.items()}
+        outs = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, outs, strict=True))

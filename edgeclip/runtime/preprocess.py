@@ -1,0 +1,128 @@
+"""Image decoding and preprocessing in numpy/PIL: the one definition of the eval transform.
+
+The trainer's eval transform, calibration and the device runtime all call `load_image` and
+`resize_crop` from here, so pixels reach every encoder the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import IO, Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edgeclip.bundle import PreprocessConfig
+from edgeclip.errors import ConfigError, ImageError
+
+ImageInput = Union[str, os.PathLike[str], bytes, IO[bytes], Image.Image, np.ndarray]
+
+# PIL's own default; larger images are refused before their pixels are decoded
+MAX_PIXELS = 89_478_485
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def _describe(src: Any) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, bytes):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, np.ndarray):
+        return f"<array {src.dtype}{list(src.shape)}>"
+    return f"<{type(src).__name__}>"
+
+
+def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode any supported input to an RGB PIL image, EXIF orientation applied.
+
+    Raises ImageError (never anything else) for an input that cannot be used.
+    """
+    name = _describe(src)
+    try:
+        if isinstance(src, Image.Image):
+            return _decode(src, name, max_pixels)
+        if isinstance(src, np.ndarray):
+            return _from_array(src, name)
+        if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
+            raise ImageError(f"image not found: {name}")
+        fp = io.BytesIO(src) if isinstance(src, bytes) else src
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(fp)
+        with opened:  # the decoded copy outlives the file handle
+            return _decode(opened, name, max_pixels)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name}: refused as a decompression bomb: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, TypeError) as e:
+        raise ImageError(f"{name}: cannot decode image: {e}", fix="pass a readable JPEG/PNG/WebP/... file") from e
+
+
+def _decode(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} exceeds the {max_pixels}-pixel limit (decompression bomb?)")
+    img.seek(0)  # first frame of an animation
+    img = ImageOps.exif_transpose(img) or img  # a transposed (or plain) copy, fully loaded
+    return to_rgb(img)
+
+
+def _from_array(arr: np.ndarray, name: str) -> Image.Image:
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
+        raise ImageError(f"{name}: an array input must be uint8 HxWx3 RGB")
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparency is composited on white, 16-bit/float rescaled."""
+    mode = img.mode
+    if mode == "RGB":
+        img.load()
+        return img
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
+        else:  # 16-bit (or 32-bit integer holding 16-bit data): 65535 -> 255
+            scale = 1.0 / 257.0 if arr.size and arr.max() > 255 else 1.0
+        arr = np.nan_to_num(arr * scale, nan=0.0)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """Resize the shortest side to image_size (keeping aspect), then center-crop a square."""
+    if cfg.resize != "shortest" or cfg.crop != "center":
+        raise ConfigError(f"unsupported preprocess resize={cfg.resize!r} crop={cfg.crop!r}")
+    size = cfg.image_size
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), _RESAMPLE[cfg.interpolation])
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def normalize(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [3, H, W], scaled to [0, 1] then (x - mean) / std."""
+    x = rgb.astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+
+def preprocess(src: ImageInput, cfg: PreprocessConfig) -> np.ndarray:
+    """One image -> float32 [3, S, S]."""
+    img = resize_crop(load_image(src), cfg)
+    return normalize(np.asarray(img, dtype=np.uint8), cfg)

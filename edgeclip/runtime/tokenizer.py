@@ -1,0 +1,44 @@
+"""Text -> `input_ids` with the bundle's `tokenizer.json` (HF `tokenizers`, no torch).
+
+The same file drives training, export and the runtime, so ids are identical everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgeclip.bundle import TokenizerConfig
+from edgeclip.errors import BundleError
+
+
+class TextTokenizer:
+    """Encodes strings to fixed-length [N, context_length] int64 ids: SOT ... EOT, 0-padded.
+
+    Truncation keeps the end-of-text token (the text tower pools there).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], cfg: TokenizerConfig) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad files
+            raise BundleError(f"cannot read tokenizer {path}: {e}") from e
+        self.cfg = cfg
+        # enforce the contract even if the file's own settings were edited
+        self._tok.enable_truncation(max_length=cfg.context_length)
+        self._tok.enable_padding(length=cfg.context_length, pad_id=cfg.pad_id)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        encs = self._tok.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encs], dtype=np.int64).reshape(len(texts), self.cfg.context_length)
+        return ids
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))

@@ -1,0 +1,28 @@
+"""The trainer's image transforms (torch tensors), built on the runtime's decoding/resizing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from edgeclip.bundle import PreprocessConfig
+from edgeclip.runtime.preprocess import ImageInput, load_image, resize_crop
+
+
+def eval_transform(cfg: PreprocessConfig) -> Callable[[ImageInput], torch.Tensor]:
+    """Image -> float32 [3, S, S]: decode, resize shortest side, center crop, normalise.
+
+    Decoding and geometry are the runtime's own functions; normalisation is done in torch
+    here and in numpy on the device, and a test holds the two equal.
+    """
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
+
+    def transform(src: ImageInput) -> torch.Tensor:
+        img = resize_crop(load_image(src), cfg)
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        return (x - mean) / std
+
+    return transform

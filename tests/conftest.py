@@ -1,0 +1,47 @@
+"""Shared fixtures: one tiny trained checkpoint and one exported bundle per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeclip.train.loop import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    train(
+        TrainConfig(
+            model="test-tiny", out=str(out), steps=30, batch_size=32, lr=2e-3, warmup_steps=5,
+            eval_size=48, tokenizer_samples=400, progress=False,
+        )
+    )
+    return out
+
+
+TINY_CLASSES = ["circle", "square", "triangle", "star", "cross", "heart"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeclip.export.api import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny.edgeclip"
+    export_bundle(tiny_checkpoint, out, targets=["onnx"], labels={"default": (TINY_CLASSES, None)})
+    return out
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run `python -m edgeclip ARGS` in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgeclip", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})},
+    )

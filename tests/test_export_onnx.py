@@ -1,0 +1,112 @@
+"""ONNX export: split graphs, dynamic batch, parity with torch, typed errors, atomic output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeclip.bundle import Bundle
+from edgeclip.errors import CheckpointError, ConfigError, ExportError, UnknownNameError
+from edgeclip.export.api import export_bundle
+from edgeclip.export.targets import TARGETS, list_targets
+from edgeclip.model.checkpoint import load_checkpoint
+from edgeclip.model.clip import ImageEncoder, TextEncoder
+from edgeclip.runtime.backends.base import BackendOptions
+from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from edgeclip.runtime.tokenizer import TextTokenizer
+
+
+def _backend(bundle: Bundle, encoder: str) -> OnnxRuntimeBackend:
+    a = bundle.manifest.find(encoder, "onnx", "fp32")[0]
+    return OnnxRuntimeBackend(bundle.artifact_path(a), a, BackendOptions(threads=1))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_image_encoder_matches_torch(tiny_bundle: Path, tiny_checkpoint: Path, batch: int) -> None:
+    model, _ = load_checkpoint(tiny_checkpoint)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        ref = ImageEncoder(model)(x).numpy()
+    got = _backend(Bundle.open(tiny_bundle), "image").infer({"pixel_values": x.numpy()})["image_embeds"]
+    assert got.shape == (batch, 32)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99999
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_text_encoder_matches_torch(tiny_bundle: Path, tiny_checkpoint: Path, batch: int) -> None:
+    model, info = load_checkpoint(tiny_checkpoint)
+    texts = ["a red circle", "a photo of a star.", "something blue on the right", "x"][:batch]
+    ids = TextTokenizer(info.tokenizer_path, info.tokenizer)(texts)
+    with torch.no_grad():
+        ref = TextEncoder(model)(torch.from_numpy(ids)).numpy()
+    got = _backend(Bundle.open(tiny_bundle), "text").infer({"input_ids": ids})["text_embeds"]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_graphs_are_split_opset_and_symbolic_batch(tiny_bundle: Path) -> None:
+    b = Bundle.open(tiny_bundle)
+    for encoder, inp, out in (("image", "pixel_values", "image_embeds"), ("text", "input_ids", "text_embeds")):
+        a = b.manifest.find(encoder, "onnx", "fp32")[0]
+        g = onnx.load(str(b.artifact_path(a)))
+        assert [i.name for i in g.graph.input] == [inp]
+        assert [o.name for o in g.graph.output] == [out]
+        assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch_size"
+        assert max(o.version for o in g.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        assert "LayerNormalization" in {n.op_type for n in g.graph.node}
+        assert not list(b.root.glob("**/*.onnx.data"))  # single file
+        v = a.validation
+        assert v["passed"] and v["cosine_min"] >= 0.99999 and v["batch_sizes"][0] == 1 and v["batch_sizes"][1] > 1
+        assert a.inputs[0].shape[0] == "batch_size"
+
+
+def test_label_embeddings_are_normalised_and_labelled(tiny_bundle: Path) -> None:
+    from tests.conftest import TINY_CLASSES
+
+    emb, meta = Bundle.open(tiny_bundle).label_set("default")
+    assert emb.shape == (len(TINY_CLASSES), 32) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert meta["classes"] == TINY_CLASSES and len(meta["text_tower_sha256"]) == 64
+
+
+def test_every_registered_target_has_a_test() -> None:
+    tested = {"onnx"}  # extend when a target is added, with its own test module
+    assert set(list_targets()) == tested == set(TARGETS)
+
+
+def test_unknown_target_suggests(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="unknown target 'onx'; did you mean 'onnx'"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", targets=["onx"])
+    assert not (tmp_path / "b").exists()
+
+
+def test_bad_arguments_write_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not support precision 'int4'"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", precision="int4")
+    with pytest.raises(ConfigError, match="duplicate class names"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", labels={"default": (["a", "b", "a"], None)})
+    with pytest.raises(CheckpointError, match="not found"):
+        export_bundle(tmp_path / "missing", tmp_path / "b")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an edgeclip bundle"):
+        export_bundle(tiny_checkpoint, other)
+    assert [p.name for p in tmp_path.iterdir()] == ["other"]  # no staging directory left behind
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_export_adds_to_an_existing_bundle(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b.edgeclip"
+    export_bundle(tiny_checkpoint, out, encoders=["image"])
+    assert [a.key for a in Bundle.open(out).manifest.artifacts] == ["image/onnx-fp32"]
+    export_bundle(tiny_checkpoint, out, encoders=["text"], labels={"animals": (["cat", "dog"], ["a {}"])})
+    b = Bundle.open(out)
+    assert sorted(a.key for a in b.manifest.artifacts) == ["image/onnx-fp32", "text/onnx-fp32"]
+    assert list(b.manifest.labels) == ["animals"]
+    b.verify()
