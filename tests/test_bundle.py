@@ -84,7 +84,8 @@ def test_pickled_label_file_is_refused(bundle_copy: Path) -> None:
 
     npy = bundle_copy / "labels/default.npy"
     np.save(npy, np.array([{"x": 1}], dtype=object), allow_pickle=True)
-    _edit_manifest(bundle_copy, lambda m: m["labels"]["default"]["files"].update({"labels/default.npy": sha256_file(npy)}))
+    digest = sha256_file(npy)
+    _edit_manifest(bundle_copy, lambda m: m["labels"]["default"]["files"].update({"labels/default.npy": digest}))
     with pytest.raises(BundleError, match="not a plain float array"):
         Bundle.open(bundle_copy).label_set("default")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgeclip.errors import ConfigError, UnknownNameError
-from edgeclip.model.clip import MASK_VALUE, CLIP, ImageEncoder, TextEncoder, create_model
+from edgeclip.model.clip import CLIP, MASK_VALUE, ImageEncoder, TextEncoder, create_model
 from edgeclip.model.config import ModelConfig, get_config, list_models
 
 
