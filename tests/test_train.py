@@ -1,0 +1,102 @@
+"""The minimal trainer and the built-in data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeclip.errors import ConfigError, DataError, UnknownNameError
+from edgeclip.train.data import open_source, zero_shot_tasks
+from edgeclip.train.loop import MAX_LOGIT_SCALE, TrainConfig, lr_at, param_groups, train
+from edgeclip.train.loss import clip_loss
+from edgeclip.train.shapes import COLOURS, HELDOUT_COMBOS, SHAPES, ZERO_SHOT_TEMPLATES, ShapesDataset
+
+
+def test_shapes_is_deterministic_and_holds_out_combinations() -> None:
+    a, b = ShapesDataset("train", 200, 64, seed=3), ShapesDataset("train", 200, 64, seed=3)
+    for i in (0, 17, 199):
+        assert a[i].caption == b[i].caption
+        assert np.array_equal(np.asarray(a[i].image), np.asarray(b[i].image))
+    train_combos = {(a[i].colour, a[i].shape) for i in range(len(a))}
+    assert not train_combos & HELDOUT_COMBOS
+    assert {c for c, _ in train_combos} == set(COLOURS) and {s for _, s in train_combos} == set(SHAPES)
+    held = ShapesDataset("heldout", 50, 64)
+    assert {(held[i].colour, held[i].shape) for i in range(50)} <= HELDOUT_COMBOS
+    assert a[0].image.size == (64, 64) and a[0].image.mode == "RGB"
+    with pytest.raises(IndexError):
+        a[200]
+
+
+def test_zero_shot_templates_differ_from_training_captions() -> None:
+    captions = {ShapesDataset("train", 300, 32)[i].caption for i in range(300)}
+    prompts = {t.format(c) for attr in ("shape", "colour") for t in ZERO_SHOT_TEMPLATES[attr]
+               for c in (SHAPES if attr == "shape" else COLOURS)}
+    assert not captions & prompts
+    assert len(captions) > 50  # varied wording
+
+
+def test_zero_shot_tasks_cover_both_attributes() -> None:
+    tasks = zero_shot_tasks("builtin:shapes", image_size=32, size=24)
+    assert [t.name for t in tasks] == ["shape", "colour"]
+    assert all(len(t.images) == len(t.targets) == 24 for t in tasks)
+
+
+def test_unknown_and_empty_sources() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'builtin:shapes'"):
+        open_source("builtin:shape", size=10, image_size=32)
+    with pytest.raises(DataError):
+        open_source("/no/such/data.csv", size=10, image_size=32)
+
+
+def test_loss_is_symmetric_infonce() -> None:
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    logits = scale * img @ txt.t()
+    manual = -(logits.log_softmax(1).diag().mean() + logits.log_softmax(0).diag().mean()) / 2
+    assert clip_loss(img, txt, scale).item() == pytest.approx(manual.item(), rel=1e-6)
+    assert clip_loss(img, img, torch.tensor(100.0)).item() < 1e-3  # perfect alignment
+
+
+def test_schedule_warmup_then_cosine() -> None:
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.5, abs=0.02)
+    assert lr_at(99, cfg) < 0.01
+
+
+def test_no_weight_decay_on_gains_biases_embeddings_and_scale() -> None:
+    from edgeclip.model.clip import create_model
+
+    m = create_model("test-tiny")
+    decay, no_decay = param_groups(m, 0.1)
+    names = {id(p): n for n, p in m.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    assert {"logit_scale", "token_embedding.weight", "positional_embedding", "ln_final.weight"} <= nd
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in {names[id(p)] for p in decay["params"]}
+
+
+def test_training_learns_and_writes_log_and_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = train(TrainConfig(model="test-tiny", out=str(out), steps=40, batch_size=32, lr=2e-3, warmup_steps=5,
+                          log_every=5, eval_size=32, tokenizer_samples=300, progress=False))
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "step" in row]
+    assert steps[-1]["loss"] < min(steps[0]["loss"], math.log(32)) - 0.1  # below chance after 40 steps
+    assert all(0 <= math.log(row["logit_scale"]) <= MAX_LOGIT_SCALE + 1e-6 for row in steps)
+    assert rows[-1]["final"]["samples_per_s"] > 0 and set(r.zero_shot) == {"shape", "colour"}
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+
+
+def test_bad_train_config() -> None:
+    with pytest.raises(ConfigError):
+        TrainConfig(batch_size=1)
+    with pytest.raises(ConfigError):
+        TrainConfig(steps=0)
