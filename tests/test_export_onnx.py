@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -18,6 +19,7 @@ from edgeclip.model.clip import ImageEncoder, TextEncoder
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgeclip.runtime.tokenizer import TextTokenizer
+from tests.export_template import TargetTemplate
 
 
 def _backend(bundle: Bundle, encoder: str) -> OnnxRuntimeBackend:
@@ -74,9 +76,48 @@ def test_label_embeddings_are_normalised_and_labelled(tiny_bundle: Path) -> None
     assert meta["classes"] == TINY_CLASSES and len(meta["text_tower_sha256"]) == 64
 
 
-def test_every_registered_target_has_a_test() -> None:
-    tested = {"onnx"}  # extend when a target is added, with its own test module
-    assert set(list_targets()) == tested == set(TARGETS)
+class TestOnnx(TargetTemplate):
+    target = "onnx"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    backend = "onnxruntime"
+
+    def check_target_specific(self, bundle: Bundle, artifact) -> None:  # type: ignore[no-untyped-def]
+        g = onnx.load(str(bundle.root / artifact.main_file))
+        props = {p.key: p.value for p in g.metadata_props}
+        assert props["edgeclip.encoder"] == artifact.encoder and props["edgeclip.precision"] == artifact.precision
+        assert props["edgeclip.embed_dim"] == "32"
+        # fp32 inputs/outputs even in the fp16 graph; LayerNorm kept in fp32
+        assert g.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        if artifact.precision == "fp16":
+            half = {i.name for i in g.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+            assert half, "weights are stored in fp16"
+            for node in g.graph.node:
+                if node.op_type == "LayerNormalization":
+                    assert all(i not in half for i in node.input), "LayerNorm runs in fp32"
+
+
+def test_int32_token_ids_are_accepted(tiny_bundle: Path) -> None:
+    b = Bundle.open(tiny_bundle)
+    ids = np.zeros((2, 16), dtype=np.int64)
+    ids[:, 0], ids[:, 3] = 510, 511
+    backend = _backend(b, "text")
+    a = backend.infer({"input_ids": ids})["text_embeds"]
+    np.testing.assert_array_equal(backend.infer({"input_ids": ids.astype(np.int32)})["text_embeds"], a)
+
+
+def test_every_registered_target_has_a_template_test() -> None:
+    """A target without a TargetTemplate subclass in tests/test_export_<target>.py fails here."""
+    import importlib
+
+    tested = set()
+    for path in sorted(Path(__file__).parent.glob("test_export_*.py")):
+        module = importlib.import_module(f"tests.{path.stem}")
+        tested |= {
+            obj.target for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, TargetTemplate) and obj is not TargetTemplate
+        }
+    assert set(list_targets()) == set(TARGETS)
+    assert set(TARGETS) <= tested, f"targets without a test: {set(TARGETS) - tested}"
 
 
 def test_unknown_target_suggests(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -86,7 +127,7 @@ def test_unknown_target_suggests(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_bad_arguments_write_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not support precision 'int4'"):
+    with pytest.raises(ConfigError, match="does not support precision 'int4'.*\n.*fp32, fp16"):
         export_bundle(tiny_checkpoint, tmp_path / "b", precision="int4")
     with pytest.raises(ConfigError, match="duplicate class names"):
         export_bundle(tiny_checkpoint, tmp_path / "b", labels={"default": (["a", "b", "a"], None)})

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch
 from edgeclip._io import sha256_file
 from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest
 from edgeclip.errors import ConfigError, ExportError
+from edgeclip.export.capabilities import CAPABILITIES, check_request
 from edgeclip.export.encoders import ENCODERS, encoder_spec
 from edgeclip.export.targets import ExportContext, Target, get_target
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
@@ -49,6 +51,7 @@ def export_bundle(
     precision: str = "fp32",
     encoders: Sequence[str] = ENCODERS,
     labels: Mapping[str, tuple[Sequence[str], Sequence[str] | None]] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export `encoders` for each target into the bundle at `out` (created or extended).
 
@@ -56,13 +59,11 @@ def export_bundle(
     """
     out = Path(out)
     # check every argument before any work, so bad input fails fast and writes nothing
-    resolved = [get_target(t) for t in targets]
-    for t in resolved:
-        if precision not in t.precisions:
-            raise ConfigError(
-                f"target '{t.name}' does not support precision '{precision}'",
-                fix=f"use one of: {', '.join(t.precisions)}",
-            )
+    names = list(CAPABILITIES) if list(targets) == ["all"] else list(targets)
+    for name in names:
+        check_request(name, precision if list(targets) != ["all"] else default_precision(name, precision),
+                      dict(options or {}))
+    resolved = [get_target(t) for t in names]
     for e in encoders:
         if e not in ENCODERS:
             raise ConfigError(f"unknown encoder '{e}'", fix="use image, text or image,text")
@@ -76,10 +77,18 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary directory
+    workdir = Path(tempfile.mkdtemp(prefix="edgeclip-export-"))
     try:
-        first_classes = next(iter(label_sets.values()))[0] if label_sets else None
-        ctx = ExportContext(model, info, staging, _probes(info, first_classes))
-        artifacts = [_export_one(t, ctx, e, precision) for t in resolved for e in encoders]
+        first = next(iter(label_sets.values())) if label_sets else None
+        ctx = ExportContext(
+            model, info, staging, _probes(info, first[0] if first else None), workdir, dict(options or {}),
+            label_embeddings=_label_embeddings(model, info, *first) if first else None,
+        )
+        artifacts = [
+            _export_one(t, ctx, e, precision if list(targets) != ["all"] else default_precision(t.name, precision))
+            for t in resolved
+            for e in encoders
+        ]
         if existing is None:
             bundle = Bundle(staging, _new_manifest(model, info))
             shutil.copyfile(info.tokenizer_path, staging / info.tokenizer.file)
@@ -103,6 +112,13 @@ def export_bundle(
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def default_precision(target: str, asked: str) -> str:
+    """With --target all, a precision a target lacks falls back to its first (documented)."""
+    precisions = CAPABILITIES[target].precisions
+    return asked if asked in precisions else precisions[0]
 
 
 def _export_one(target: Target, ctx: ExportContext, encoder: str, precision: str) -> Artifact:

@@ -6,15 +6,19 @@ The registry holds import-path strings, so listing targets imports no SDK.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from edgeclip._io import sha256_file
 from edgeclip.bundle import Artifact
 from edgeclip.errors import UnknownNameError
 from edgeclip.export.encoders import EncoderSpec
+from edgeclip.export.validate import validate
 from edgeclip.model.checkpoint import CheckpointInfo
 from edgeclip.model.clip import CLIP
 
@@ -25,8 +29,19 @@ class ExportContext:
 
     model: CLIP
     info: CheckpointInfo
-    bundle_root: Path  # artifacts are written below it
+    bundle_root: Path  # artifacts are written below it (a staging copy of the bundle)
     probes: dict[str, torch.Tensor]  # encoder -> fixed probe inputs for validation
+    workdir: Path  # scratch space that is deleted after the export
+    options: dict[str, Any] = field(default_factory=dict)  # target-specific options (capability table)
+    label_embeddings: np.ndarray | None = None  # [C, D] from torch, for top-1 agreement
+    cache: dict[str, Any] = field(default_factory=dict)  # e.g. the fp32 ONNX graph per encoder
+
+    def artifact_dir(self, encoder: str, target: str, precision: str) -> tuple[str, Path]:
+        """(path relative to the bundle, absolute path) of an artifact's folder, created."""
+        rel = f"{encoder}/{target}-{precision}"
+        full = self.bundle_root / rel
+        full.mkdir(parents=True, exist_ok=True)
+        return rel, full
 
 
 class Target(Protocol):
@@ -38,8 +53,49 @@ class Target(Protocol):
         ...
 
 
+def validated_artifact(
+    ctx: ExportContext,
+    spec: EncoderSpec,
+    target: str,
+    precision: str,
+    rel_dir: str,
+    files: list[str],
+    run: Callable[[np.ndarray], np.ndarray] | None,
+    checked_with: str,
+    environment: dict[str, Any],
+) -> Artifact:
+    """Hash the files, validate against torch through `run` (None: cannot run here), and
+    return the manifest entry. Raises ValidationError before anything is registered."""
+    artifact = Artifact(
+        encoder=spec.name,
+        target=target,
+        precision=precision,
+        path=rel_dir,
+        files={rel: sha256_file(ctx.bundle_root / rel) for rel in files},
+        inputs=list(spec.inputs),
+        outputs=list(spec.outputs),
+        environment=environment,
+    )
+    if run is None:
+        artifact.validation = {"passed": None, "checked_with": checked_with}
+        return artifact
+    from edgeclip.export.encoders import encoder_module
+
+    artifact.validation = validate(
+        encoder_module(spec.name, ctx.model),
+        ctx.probes[spec.name],
+        run,
+        precision,
+        what=f"{artifact.key} ({checked_with})",
+        label_embeddings=ctx.label_embeddings if spec.name == "image" else None,
+    )
+    artifact.validation["checked_with"] = checked_with
+    return artifact
+
+
 TARGETS: dict[str, str] = {
     "onnx": "edgeclip.export.onnx:OnnxTarget",
+    "openvino": "edgeclip.export.openvino:OpenVinoTarget",
 }
 
 

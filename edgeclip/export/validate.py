@@ -32,6 +32,7 @@ def validate(
     run: Callable[[np.ndarray], np.ndarray],
     precision: str,
     what: str,
+    label_embeddings: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Run the probes at batch 1 and at full batch through `run` and through torch.
 
@@ -50,6 +51,10 @@ def validate(
         "max_abs": max(s["max_abs"], b["max_abs"]),
         "threshold_cosine": MIN_COSINE.get(precision, 0.99),
     }
+    if label_embeddings is not None and reference.shape[1] == label_embeddings.shape[1]:
+        # would the artifact pick the same label as torch for each probe?
+        same = (reference @ label_embeddings.T).argmax(1) == (batched @ label_embeddings.T).argmax(1)
+        result["top1_agreement"] = float(same.mean())
     result["passed"] = result["cosine_min"] >= result["threshold_cosine"]
     if not result["passed"]:
         raise ValidationError(

@@ -129,6 +129,20 @@ _TEMPLATES: tuple[str, ...] = (
     "a {colour} {shape} against a {bg} backdrop",
     "{colour} {shape}",
 )
+# Single-attribute captions: zero-shot prompts name one attribute only, and
+# these pull each attribute's text embedding apart from its usual partners.
+_SHAPE_ONLY: tuple[str, ...] = (
+    "a {shape}",
+    "a {size_} {shape} {pos}",
+    "a drawing of a {shape}",
+    "there is a {shape} on a {bg} background",
+)
+_COLOUR_ONLY: tuple[str, ...] = (
+    "something {colour}",
+    "a {colour} thing {pos}",
+    "a drawing in {colour}",
+)
+_P_SHAPE_ONLY, _P_COLOUR_ONLY = 0.2, 0.08
 _AN = re.compile(r"\ba ([aeiou])")
 
 ZERO_SHOT_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -234,11 +248,14 @@ def _caption(rng: np.random.Generator, shape: str, colour: str, frac: float,
     noun = shape if rng.random() < 0.8 else syn[int(rng.integers(len(syn)))]
     bare = " ".join(w for w in (size, colour, noun) if w)
     words = _BG_WORDS[bg]
-    text = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))].format(
-        np="a " + bare, bare=bare, shape=noun, colour=colour,
+    r = rng.random()
+    pool = _SHAPE_ONLY if r < _P_SHAPE_ONLY else _TEMPLATES
+    pool = _COLOUR_ONLY if _P_SHAPE_ONLY <= r < _P_SHAPE_ONLY + _P_COLOUR_ONLY else pool
+    text = pool[int(rng.integers(len(pool)))].format(
+        np="a " + bare, bare=bare, shape=noun, colour=colour, size_=size,
         pos=_position_words(dx, dy, rng), bg=words[int(rng.integers(len(words)))],
     )
-    text = _AN.sub(r"an \1", text)
+    text = _AN.sub(r"an \1", " ".join(text.split()))  # split/join drops empty slots
     return text + "." if rng.random() < 0.3 else text
 
 

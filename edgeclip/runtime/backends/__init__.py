@@ -9,6 +9,7 @@ from edgeclip.errors import UnknownNameError
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "edgeclip.runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "edgeclip.runtime.backends.openvino:OpenVinoBackend",
 }
 
 # the preference order of backend="auto" among those installed and present in the bundle
