@@ -16,7 +16,10 @@ COMMANDS: dict[str, str] = {
     "train": "edgeclip.cli.train:train",
     "export": "edgeclip.cli.export:export",
     "classify": "edgeclip.cli.runtime:classify",
+    "embed": "edgeclip.cli.runtime:embed",
+    "labels": "edgeclip.cli.runtime:labels",
     "inspect": "edgeclip.cli.runtime:inspect",
+    "bench": "edgeclip.cli.bench:bench",
     "quickstart": "edgeclip.cli.quickstart:quickstart",
 }
 

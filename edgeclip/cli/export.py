@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgeclip.errors import ConfigError
+from edgeclip.export.capabilities import CAPABILITIES
 
 
 def _read_lines(path: str | None, what: str) -> list[str] | None:
@@ -19,18 +20,29 @@ def _read_lines(path: str | None, what: str) -> list[str] | None:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
-@click.command()
+
+@click.command(epilog="Targets and precisions:\n\n\b\n" + "\n".join(
+    f"  {c.target:<9} {', '.join(c.precisions):<34} builds on {c.builds_on}" for c in CAPABILITIES.values()))
 @click.argument("checkpoint", type=click.Path())
-@click.option("--target", "targets", default="onnx", show_default=True, help="Comma-separated targets.")
-@click.option("--precision", default="fp32", show_default=True)
+@click.option("--target", "targets", default="onnx", show_default=True,
+              help=f"Comma-separated targets ({', '.join(CAPABILITIES)}) or 'all'.")
+@click.option("--precision", default=None,
+              help="Comma-separated precisions (default: each target's first). With --target all, each target "
+                   "exports those it supports.")
 @click.option("--encoders", default="image,text", show_default=True, help="image, text or image,text.")
 @click.option("--labels", "labels_file", type=click.Path(), help="Class names, one per line.")
 @click.option("--templates", "templates_file", type=click.Path(), help="Prompt templates with '{}', one per line.")
 @click.option("--label-name", default="default", show_default=True, help="Name of the label set in the bundle.")
+@click.option("--coreml-target", default=None, help="CoreML deployment target (default iOS16).")
+@click.option("--coreml-flexible-batch", is_flag=True, default=None, help="CoreML image tower with a batch range.")
+@click.option("--coreml-image-input", is_flag=True, default=None, help="CoreML image input with mean/std folded in.")
+@click.option("--trt-min-batch", type=click.IntRange(min=1), default=None)
+@click.option("--trt-opt-batch", type=click.IntRange(min=1), default=None)
+@click.option("--trt-max-batch", type=click.IntRange(min=1), default=None)
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to create or add to.")
 def export(
-    checkpoint: str, targets: str, precision: str, encoders: str, labels_file: str | None,
-    templates_file: str | None, label_name: str, out: str,
+    checkpoint: str, targets: str, precision: str | None, encoders: str, labels_file: str | None,
+    templates_file: str | None, label_name: str, out: str, **options: object,
 ) -> None:
     """Export the split image/text encoders of CHECKPOINT into a bundle, validated against torch."""
     from edgeclip.export.api import export_bundle
@@ -39,16 +51,22 @@ def export(
     if classes is not None and not classes:
         raise ConfigError(f"labels file {labels_file} has no class names", fix="one class name per line")
     templates = _read_lines(templates_file, "templates")
+    if templates is not None and classes is None:
+        raise ConfigError("--templates needs --labels")
+    target_list = [t.strip() for t in targets.split(",") if t.strip()]
     result = export_bundle(
         checkpoint, out,
-        targets=[t.strip() for t in targets.split(",") if t.strip()],
-        precision=precision,
+        targets=target_list,
+        precision=[p.strip() for p in precision.split(",") if p.strip()] if precision else None,
         encoders=[e.strip() for e in encoders.split(",") if e.strip()],
         labels={label_name: (classes, templates)} if classes is not None else None,
+        options={k: v for k, v in options.items() if v is not None},
     )
     for a in result.artifacts:
         v = a.validation
-        click.echo(f"{a.key:<24} cosine_min {v['cosine_min']:.7f}  max_abs {v['max_abs']:.2e}  -> {out}/{a.path}")
+        numbers = (f"cosine_min {v['cosine_min']:.7f}  max_abs {v['max_abs']:.2e}" if "cosine_min" in v
+                   else "spec checked; numerics need its device")
+        click.echo(f"{a.key:<26} {numbers}  [{v.get('checked_with', '')}]")
     for name in result.label_sets:
         click.echo(f"labels/{name}")
     click.echo(f"bundle: {result.bundle}")

@@ -1,27 +1,43 @@
-"""Device-side commands: `edgeclip classify` and `edgeclip inspect` (no torch imported)."""
+"""Device-side commands: classify, embed, labels, inspect (no torch imported)."""
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
 import click
+
+from edgeclip.errors import ConfigError
+
+
+def _lines(path: str, what: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} file not found: {p}")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--backend", default="auto", show_default=True)
-@click.option("--precision", default=None)
+@click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime, openvino, tensorrt, coreml.")
+@click.option("--precision", default=None, help="Artifact precision (default: the backend's preference).")
 @click.option("--labels", default="default", show_default=True, help="Label set name in the bundle.")
+@click.option("--threads", default=None, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 def classify(
-    bundle: str, images: tuple[str, ...], top_k: int, backend: str, precision: str | None, labels: str, as_json: bool
+    bundle: str, images: tuple[str, ...], top_k: int, backend: str, precision: str | None, labels: str,
+    threads: int | None, as_json: bool,
 ) -> None:
     """Zero-shot classify IMAGES with a bundle. Exit code 1 if any image failed."""
     from edgeclip.runtime import ZeroShotClassifier
 
-    clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=labels)
+    clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=labels, threads=threads)
+    if not as_json:
+        click.echo(f"# {clf.image.artifact.key} on {clf.backend_name} ({clf.image.reason})", err=True)
     results = clf.classify(list(images), top_k=top_k)
     for r in results:
         if as_json:
@@ -43,6 +59,7 @@ def classify(
 def inspect(bundle: str, verify: bool, as_json: bool) -> None:
     """Show a bundle's model, artifacts with their validation numbers, and label sets."""
     from edgeclip.bundle import Bundle
+    from edgeclip.export.capabilities import CAPABILITIES
 
     b = Bundle.open(bundle)
     if verify:
@@ -57,11 +74,64 @@ def inspect(bundle: str, verify: bool, as_json: bool) -> None:
     for a in m.artifacts:
         size = sum(b.resolve(f).stat().st_size for f in a.files)
         v = a.validation
-        cos = f"cos_min {v['cosine_min']:.7f} max_abs {v['max_abs']:.2e}" if "cosine_min" in v else "not validated"
-        click.echo(f"  {a.key:<24} {size / 1e6:8.2f} MB  {cos}  ({v.get('checked_with', '?')})")
+        cos = f"cos_min {v['cosine_min']:.7f} max_abs {v['max_abs']:.2e}" if "cosine_min" in v else "spec checked"
+        runs = CAPABILITIES[a.target].runs_on if a.target in CAPABILITIES else "?"
+        click.echo(f"  {a.key:<26} {size / 1e6:8.2f} MB  {cos}  [{v.get('checked_with', '?')}]")
+        click.echo(f"  {'':<26} runs on: {runs}")
     for name, ls in m.labels.items():
         click.echo(f"  labels/{name}: {ls.num_classes} classes")
     if verify:
         click.echo("all files verified (sha256)")
 
 
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--images", "images", multiple=True, help="Image path (repeatable).")
+@click.option("--text", "texts", multiple=True, help="Text (repeatable).")
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--precision", default=None)
+@click.option("--out", required=True, type=click.Path(), help="Output .npy file ([N, D] float32).")
+def embed(bundle: str, images: tuple[str, ...], texts: tuple[str, ...], backend: str, precision: str | None,
+          out: str) -> None:
+    """Write L2-normalised embeddings of --images or --text to a .npy file."""
+    import numpy as np
+
+    from edgeclip._io import write_bytes
+    from edgeclip.runtime import ZeroShotClassifier
+
+    if bool(images) == bool(texts):
+        raise click.UsageError("give either --images or --text")
+    clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=None)
+    if images:
+        emb, errors = clf.embed_images(list(images))
+        for src, err in zip(images, errors, strict=True):
+            if err:
+                click.echo(f"{src}: Error: {err}", err=True)
+        if all(errors):
+            raise ConfigError("no image could be embedded")
+    else:
+        emb = clf.embed_texts(list(texts))
+    buf = io.BytesIO()
+    np.save(buf, emb.astype(np.float32), allow_pickle=False)
+    write_bytes(out, buf.getvalue())
+    click.echo(f"{out}: {emb.shape[0]} x {emb.shape[1]} float32 (failed rows are NaN)")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--classes", "classes_file", required=True, type=click.Path(), help="Class names, one per line.")
+@click.option("--templates", "templates_file", type=click.Path(), help="Prompt templates with '{}', one per line.")
+@click.option("--name", required=True, help="Name of the label set to write into the bundle.")
+@click.option("--backend", default="auto", show_default=True)
+def labels(bundle: str, classes_file: str, templates_file: str | None, name: str, backend: str) -> None:
+    """Compute a label set on this device with the bundle's text encoder and save it in the bundle."""
+    from edgeclip.runtime import ZeroShotClassifier
+
+    classes = _lines(classes_file, "classes")
+    templates = _lines(templates_file, "templates") if templates_file else None
+    clf = ZeroShotClassifier.load(bundle, backend=backend, labels=None)
+    clf.set_labels(classes, templates, name=name)
+    clf.save_labels(name)
+    click.echo(f"labels/{name}: {len(classes)} classes written to {bundle}")

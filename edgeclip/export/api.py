@@ -20,7 +20,7 @@ import torch
 from edgeclip._io import sha256_file
 from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest
 from edgeclip.errors import ConfigError, ExportError
-from edgeclip.export.capabilities import CAPABILITIES, check_request
+from edgeclip.export.capabilities import plan_exports
 from edgeclip.export.encoders import ENCODERS, encoder_spec
 from edgeclip.export.targets import ExportContext, Target, get_target
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
@@ -48,7 +48,7 @@ def export_bundle(
     checkpoint: str | Path,
     out: str | Path,
     targets: Sequence[str] = ("onnx",),
-    precision: str = "fp32",
+    precision: str | Sequence[str] | None = None,
     encoders: Sequence[str] = ENCODERS,
     labels: Mapping[str, tuple[Sequence[str], Sequence[str] | None]] | None = None,
     options: Mapping[str, Any] | None = None,
@@ -59,11 +59,9 @@ def export_bundle(
     """
     out = Path(out)
     # check every argument before any work, so bad input fails fast and writes nothing
-    names = list(CAPABILITIES) if list(targets) == ["all"] else list(targets)
-    for name in names:
-        check_request(name, precision if list(targets) != ["all"] else default_precision(name, precision),
-                      dict(options or {}))
-    resolved = [get_target(t) for t in names]
+    asked = [precision] if isinstance(precision, str) else list(precision) if precision else None
+    plan = plan_exports(list(targets), asked, dict(options or {}))
+    resolved = {name: get_target(name) for name, _ in plan}
     for e in encoders:
         if e not in ENCODERS:
             raise ConfigError(f"unknown encoder '{e}'", fix="use image, text or image,text")
@@ -84,11 +82,7 @@ def export_bundle(
             model, info, staging, _probes(info, first[0] if first else None), workdir, dict(options or {}),
             label_embeddings=_label_embeddings(model, info, *first) if first else None,
         )
-        artifacts = [
-            _export_one(t, ctx, e, precision if list(targets) != ["all"] else default_precision(t.name, precision))
-            for t in resolved
-            for e in encoders
-        ]
+        artifacts = [_export_one(resolved[t], ctx, e, p) for t, p in plan for e in encoders]
         if existing is None:
             bundle = Bundle(staging, _new_manifest(model, info))
             shutil.copyfile(info.tokenizer_path, staging / info.tokenizer.file)
@@ -113,12 +107,6 @@ def export_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def default_precision(target: str, asked: str) -> str:
-    """With --target all, a precision a target lacks falls back to its first (documented)."""
-    precisions = CAPABILITIES[target].precisions
-    return asked if asked in precisions else precisions[0]
 
 
 def _export_one(target: Target, ctx: ExportContext, encoder: str, precision: str) -> Artifact:

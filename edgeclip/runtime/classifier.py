@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,9 +13,13 @@ import numpy as np
 
 from edgeclip.bundle import Artifact, Bundle
 from edgeclip.errors import BundleError, EdgeclipError, ImageError, MissingDependencyError
-from edgeclip.runtime.backends import AUTO_ORDER, BACKENDS, backend_class
+from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class
 from edgeclip.runtime.backends.base import Backend, BackendOptions
+from edgeclip.runtime.labels import DEFAULT_TEMPLATES, label_embeddings
 from edgeclip.runtime.preprocess import ImageInput, preprocess
+from edgeclip.runtime.tokenizer import TextTokenizer
+
+log = logging.getLogger("edgeclip.runtime")
 
 
 @dataclass
@@ -38,19 +44,45 @@ class Classification:
         return {"image": self.source, "predictions": [{"label": k, "probability": p} for k, p in self.predictions]}
 
 
+@dataclass(frozen=True)
+class Encoder:
+    """A loaded encoder: which backend runs which artifact, and why it was chosen."""
+
+    backend: Backend
+    artifact: Artifact
+    reason: str
+
+    @property
+    def backend_name(self) -> str:
+        return type(self.backend).name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.backend.infer({self.artifact.inputs[0].name: x})[self.artifact.outputs[0].name]
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    name: str
+    classes: list[str]
+    embeddings: np.ndarray  # [C, D] float32, L2-normalised
+    templates: list[str] = field(default_factory=list)
+
+
 class ZeroShotClassifier:
-    def __init__(
-        self, bundle: Bundle, image_backend: Backend, image_artifact: Artifact, labels: str, max_batch: int
-    ) -> None:
+    """Thread-safe: `classify` may be called from many threads at once."""
+
+    def __init__(self, bundle: Bundle, image: Encoder, labels: LabelSet | None, options: BackendOptions,
+                 max_batch: int = 32) -> None:
         self.bundle = bundle
-        self.backend = image_backend
-        self.artifact = image_artifact
+        self.image = image
+        self.options = options
         self.max_batch = max_batch
         self.preprocess_cfg = bundle.manifest.preprocess
         self.logit_scale = float(bundle.manifest.logit_scale)
-        emb, meta = bundle.label_set(labels)
-        self.label_embeddings: np.ndarray = emb
-        self.classes: list[str] = list(meta["classes"])
+        self._labels = labels  # swapped as a whole by set_labels, never mutated
+        self._text: Encoder | None = None
+        self._tokenizer: TextTokenizer | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -58,20 +90,42 @@ class ZeroShotClassifier:
         bundle: str | os.PathLike[str] | Bundle,
         backend: str = "auto",
         precision: str | None = None,
-        labels: str = "default",
+        labels: str | None = "default",
         threads: int | None = None,
         max_batch: int = 32,
+        device: str = "CPU",
+        precision_hint: str | None = None,
     ) -> ZeroShotClassifier:
+        """Open a bundle and load its image encoder (and a label set unless labels=None)."""
         b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        name, artifact = choose_artifact(b, "image", backend, precision)
-        path = b.artifact_path(artifact)  # verifies the sha256 before anything runs it
-        impl = backend_class(name)(path, artifact, BackendOptions(threads=threads))
-        return cls(b, impl, artifact, labels, max_batch)
+        options = BackendOptions(threads=threads, device=device, precision_hint=precision_hint)
+        image = load_encoder(b, "image", backend, precision, options)
+        label_set = None
+        if labels is not None:
+            emb, meta = b.label_set(labels)
+            label_set = LabelSet(labels, list(meta["classes"]), emb, list(meta.get("templates", [])))
+        log.info("image encoder: %s on %s (%s)", image.artifact.key, image.backend_name, image.reason)
+        return cls(b, image, label_set, options, max_batch)
 
+    # ---- properties ----------------------------------------------------------------------
     @property
     def backend_name(self) -> str:
-        return type(self.backend).name
+        return self.image.backend_name
 
+    @property
+    def classes(self) -> list[str]:
+        return self._require_labels().classes
+
+    @property
+    def label_embeddings(self) -> np.ndarray:
+        return self._require_labels().embeddings
+
+    def _require_labels(self) -> LabelSet:
+        if self._labels is None:
+            raise EdgeclipError("no label set loaded", fix="load with labels=NAME or call set_labels(classes)")
+        return self._labels
+
+    # ---- embeddings ----------------------------------------------------------------------
     def embed_images(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[str | None]]:
         """-> ([N, D] L2-normalised embeddings, per-image error or None). Failed rows are NaN."""
         pixels: list[np.ndarray | None] = []
@@ -85,41 +139,101 @@ class ZeroShotClassifier:
                 errors.append(str(e))
         out = np.full((len(images), self.bundle.manifest.embed_dim), np.nan, dtype=np.float32)
         good = [i for i, p in enumerate(pixels) if p is not None]
-        in_name, out_name = self.artifact.inputs[0].name, self.artifact.outputs[0].name
         for start in range(0, len(good), self.max_batch):
             rows = good[start : start + self.max_batch]
-            batch = np.stack([pixels[i] for i in rows])  # type: ignore[misc]
-            out[rows] = self.backend.infer({in_name: batch})[out_name]
+            out[rows] = self.image(np.stack([pixels[i] for i in rows]))  # type: ignore[misc]
         return out, errors
 
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, D] L2-normalised text embeddings; needs a text encoder in the bundle."""
+        if isinstance(texts, str):
+            texts = [texts]
+        text, tokenize = self._text_encoder()
+        ids = tokenize(list(texts))
+        return np.concatenate([text(ids[i : i + self.max_batch]) for i in range(0, len(ids), self.max_batch)])
+
+    def _text_encoder(self) -> tuple[Encoder, TextTokenizer]:
+        with self._lock:
+            if self._text is None or self._tokenizer is None:
+                if not self.bundle.manifest.find("text"):
+                    raise BundleError(
+                        f"{self.bundle.root} has no text encoder, so labels cannot be computed on the device",
+                        fix="re-export with --encoders image,text, or precompute labels at export (--labels)",
+                    )
+                # the same backend as the image tower when the bundle allows it
+                same = self.bundle.manifest.find("text", _target(self.backend_name))
+                backend = self.backend_name if same else "auto"
+                self._text = load_encoder(self.bundle, "text", backend, None, self.options)
+                self._tokenizer = TextTokenizer(self.bundle.tokenizer_path(), self.bundle.manifest.tokenizer)
+            return self._text, self._tokenizer
+
+    # ---- labels --------------------------------------------------------------------------
+    def set_labels(self, classes: Sequence[str], templates: Sequence[str] | None = None, name: str = "custom") -> None:
+        """Compute a new label set on the device (open vocabulary) and make it current."""
+        tmpl = list(templates or DEFAULT_TEMPLATES)
+        emb = label_embeddings(classes, tmpl, self.embed_texts)
+        self._labels = LabelSet(name, [c.strip() for c in classes], emb, tmpl)
+
+    def save_labels(self, name: str | None = None) -> None:
+        """Write the current label set into the bundle (atomically) under `name`."""
+        current = self._require_labels()
+        name = name or current.name
+        text = self._text
+        meta = {
+            "classes": current.classes,
+            "templates": current.templates,
+            "computed_on_device_with": text.artifact.key if text else None,
+            "text_artifact_sha256": next(iter(text.artifact.files.values())) if text else None,
+        }
+        with self._lock:
+            self.bundle.write_label_set(name, current.embeddings, meta)
+            self.bundle.save_manifest()
+
+    # ---- classification ------------------------------------------------------------------
     def classify(self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5) -> list[Classification]:
         """Rank the label set for each image; probabilities are softmax(logit_scale * cosine)."""
         single = isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(images, Sequence)
         batch: list[ImageInput] = [images] if single else list(images)  # type: ignore[list-item,arg-type]
         if not batch:
             raise EdgeclipError("no images given", fix="pass at least one image")
+        labels = self._require_labels()  # one consistent label set for the whole call
         emb, errors = self.embed_images(batch)
-        k = max(1, min(top_k, len(self.classes)))
+        k = max(1, min(top_k, len(labels.classes)))
         results = []
         for src, e, err in zip(batch, emb, errors, strict=True):
             name = str(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__
             if err is not None:
                 results.append(Classification(name, error=err))
                 continue
-            logits = self.logit_scale * (self.label_embeddings @ e)
+            logits = self.logit_scale * (labels.embeddings @ e)
             p = np.exp(logits - logits.max())
             p /= p.sum()
             top = np.argsort(-p, kind="stable")[:k]
-            results.append(Classification(name, [(self.classes[i], float(p[i])) for i in top]))
+            results.append(Classification(name, [(labels.classes[i], float(p[i])) for i in top]))
         return results
 
 
-def choose_artifact(bundle: Bundle, encoder: str, backend: str, precision: str | None) -> tuple[str, Artifact]:
-    """Pick (backend name, artifact): an explicit backend must be installed and present."""
+def _target(backend: str) -> str:
+    return str(backend_class(backend).target)
+
+
+def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | None,
+                 options: BackendOptions) -> Encoder:
+    name, artifact, reason = choose_artifact(bundle, encoder, backend, precision)
+    path = bundle.artifact_path(artifact)  # verifies the sha256 before anything runs it
+    return Encoder(backend_class(name)(path, artifact, options), artifact, reason)
+
+
+def choose_artifact(
+    bundle: Bundle, encoder: str, backend: str, precision: str | None
+) -> tuple[str, Artifact, str]:
+    """Pick (backend name, artifact, reason). An explicit backend must be installed and present."""
     m = bundle.manifest
-    names = list(AUTO_ORDER) if backend == "auto" else [backend]
-    if backend != "auto" and backend not in BACKENDS:
-        backend_class(backend)  # raises UnknownNameError with a suggestion
+    if backend == "auto":
+        names, why = auto_order()
+    else:
+        backend_class(backend)  # unknown names raise with a suggestion
+        names, why = [backend], "asked for"
     missing: list[str] = []
     for name in names:
         cls = backend_class(name)
@@ -129,16 +243,20 @@ def choose_artifact(bundle: Bundle, encoder: str, backend: str, precision: str |
         if not cls.available():
             missing.append(f'pip install "edgeclip[{cls.extra}]"')
             continue
-        order = {"fp32": 0, "fp16": 1}  # without a precision asked for, prefer exactness
-        return name, sorted(candidates, key=lambda a: order.get(a.precision, 2))[0]
+        order = list(getattr(cls, "precision_order", DEFAULT_PRECISION_ORDER))
+        best = sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))[0]
+        return name, best, f"{name}: {why}" if backend == "auto" else why
     have = sorted({f"{a.target}-{a.precision}" for a in m.artifacts if a.encoder == encoder})
-    if missing:
+    if missing and backend != "auto":
         raise MissingDependencyError(
-            f"the bundle has a {encoder} encoder for backend '{names[0]}' but its SDK is not installed",
+            f"the bundle has a {encoder} encoder for backend '{backend}' but its SDK is not installed",
             fix=missing[0],
         )
     want = f"backend '{backend}'" + (f" at precision '{precision}'" if precision else "")
+    usable = [b for b in BACKENDS if backend_class(b).available()]
     raise BundleError(
-        f"{bundle.root} has no {encoder} encoder for {want} (it has: {', '.join(have) or 'none'})",
-        fix="export the missing target with `edgeclip export --target ...`, or choose another backend",
+        f"{bundle.root} has no {encoder} encoder for {want} (it has: {', '.join(have) or 'none'}; "
+        f"installed backends: {', '.join(usable) or 'none'})",
+        fix=(missing[0] if missing else "export a target for this device with `edgeclip export --target ...`, "
+             "or choose another backend"),
     )

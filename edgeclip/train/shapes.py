@@ -46,9 +46,7 @@ COLOURS: tuple[str, ...] = tuple(COLOUR_RGB)
 
 # One held-out shape per colour along a diagonal: every colour and every shape
 # is still seen in training, only these pairings are new at evaluation time.
-HELDOUT_COMBOS: frozenset[tuple[str, str]] = frozenset(
-    (c, SHAPES[i % len(SHAPES)]) for i, c in enumerate(COLOURS)
-)
+HELDOUT_COMBOS: frozenset[tuple[str, str]] = frozenset((c, SHAPES[i % len(SHAPES)]) for i, c in enumerate(COLOURS))
 _TRAIN_COMBOS: tuple[tuple[str, str], ...] = tuple(
     (c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_COMBOS
 )
@@ -75,18 +73,32 @@ def _heart(n: int = 40) -> np.ndarray:
     x = 16 * np.sin(t) ** 3
     y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
     pts = np.stack([x, y + 2.5], axis=1)  # +2.5 centres it vertically
-    return pts / np.abs(pts).max()
+    out: np.ndarray = pts / np.abs(pts).max()
+    return out
 
 
 # Unit polygons, centred at the origin, fitting in radius ~1 (y points down).
 _POLYGONS: dict[str, np.ndarray] = {
     "square": np.array([[-0.72, -0.72], [0.72, -0.72], [0.72, 0.72], [-0.72, 0.72]]),
-    "triangle": _star(points=3)[::2] + [0.0, 0.2],  # shift centres its bounding box
+    "triangle": _star(points=3)[::2] + np.array([0.0, 0.2]),  # shift centres its bounding box
     "star": _star(),
     "cross": np.array(
-        [[-0.3, -1], [0.3, -1], [0.3, -0.3], [1, -0.3], [1, 0.3], [0.3, 0.3],
-         [0.3, 1], [-0.3, 1], [-0.3, 0.3], [-1, 0.3], [-1, -0.3], [-0.3, -0.3]]
-    ) * 0.95,
+        [
+            [-0.3, -1],
+            [0.3, -1],
+            [0.3, -0.3],
+            [1, -0.3],
+            [1, 0.3],
+            [0.3, 0.3],
+            [0.3, 1],
+            [-0.3, 1],
+            [-0.3, 0.3],
+            [-1, 0.3],
+            [-1, -0.3],
+            [-0.3, -0.3],
+        ]
+    )
+    * 0.95,
     "heart": _heart(),
 }
 _MAX_ROT: dict[str, float] = {"square": 15.0, "cross": 15.0, "heart": 15.0}
@@ -111,6 +123,8 @@ _BG_WORDS: dict[str, tuple[str, ...]] = {
 _BG_KINDS: tuple[str, ...] = tuple(_BG_WORDS)
 _SMALL = ("small", "little", "tiny")
 _LARGE = ("large", "big", "huge")
+# Every caption names both colour and shape: adding shape-only/colour-only captions was measured to
+# drop held-out zero-shot shape from 77-99 % to ~27 % (in-distribution stayed at 99 %).
 _TEMPLATES: tuple[str, ...] = (
     "{np}",
     "{np}",
@@ -129,20 +143,6 @@ _TEMPLATES: tuple[str, ...] = (
     "a {colour} {shape} against a {bg} backdrop",
     "{colour} {shape}",
 )
-# Single-attribute captions: zero-shot prompts name one attribute only, and
-# these pull each attribute's text embedding apart from its usual partners.
-_SHAPE_ONLY: tuple[str, ...] = (
-    "a {shape}",
-    "a {size_} {shape} {pos}",
-    "a drawing of a {shape}",
-    "there is a {shape} on a {bg} background",
-)
-_COLOUR_ONLY: tuple[str, ...] = (
-    "something {colour}",
-    "a {colour} thing {pos}",
-    "a drawing in {colour}",
-)
-_P_SHAPE_ONLY, _P_COLOUR_ONLY = 0.2, 0.08
 _AN = re.compile(r"\ba ([aeiou])")
 
 ZERO_SHOT_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -187,7 +187,8 @@ def _background(rng: np.random.Generator, n: int) -> tuple[np.ndarray, str]:
     kind = _BG_KINDS[int(rng.integers(len(_BG_KINDS)))]
     base = rng.uniform(95, 165) + rng.uniform(-12, 12, size=3)
     amp = _BG_STRENGTH
-    coords = (np.arange(n, dtype=np.float32) / n - 0.5)
+    coords = np.arange(n, dtype=np.float32) / n - 0.5
+    tex: np.ndarray
     if kind == "gradient":
         theta = rng.uniform(0, 2 * math.pi)
         ramp = coords[None, :] * math.cos(theta) + coords[:, None] * math.sin(theta)
@@ -207,10 +208,9 @@ def _background(rng: np.random.Generator, n: int) -> tuple[np.ndarray, str]:
     return tex[:, :, None] + base.astype(np.float32), kind
 
 
-def _mask(rng: np.random.Generator, shape: str, n: int, frac: float,
-          cx: float, cy: float) -> np.ndarray:
+def _mask(rng: np.random.Generator, shape: str, n: int, frac: float, cx: float, cy: float) -> np.ndarray:
     """Anti-aliased coverage mask in 0..1, float32 (n, n, 1)."""
-    ss = _SUPERSAMPLE
+    ss = max(2, min(_SUPERSAMPLE, 256 // n))  # large images need less supersampling
     big = Image.new("L", (n * ss, n * ss), 0)
     draw = ImageDraw.Draw(big)
     r = frac * n * ss / 2
@@ -235,8 +235,7 @@ def _position_words(dx: float, dy: float, rng: np.random.Generator) -> str:
     return "at the top" if dy < 0 else "at the bottom"
 
 
-def _caption(rng: np.random.Generator, shape: str, colour: str, frac: float,
-             dx: float, dy: float, bg: str) -> str:
+def _caption(rng: np.random.Generator, shape: str, colour: str, frac: float, dx: float, dy: float, bg: str) -> str:
     lo, hi = _SIZE_RANGE
     t = (frac - lo) / max(hi - lo, 1e-6)
     size = ""
@@ -248,22 +247,24 @@ def _caption(rng: np.random.Generator, shape: str, colour: str, frac: float,
     noun = shape if rng.random() < 0.8 else syn[int(rng.integers(len(syn)))]
     bare = " ".join(w for w in (size, colour, noun) if w)
     words = _BG_WORDS[bg]
-    r = rng.random()
-    pool = _SHAPE_ONLY if r < _P_SHAPE_ONLY else _TEMPLATES
-    pool = _COLOUR_ONLY if _P_SHAPE_ONLY <= r < _P_SHAPE_ONLY + _P_COLOUR_ONLY else pool
-    text = pool[int(rng.integers(len(pool)))].format(
-        np="a " + bare, bare=bare, shape=noun, colour=colour, size_=size,
-        pos=_position_words(dx, dy, rng), bg=words[int(rng.integers(len(words)))],
+    text = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))].format(
+        np="a " + bare,
+        bare=bare,
+        shape=noun,
+        colour=colour,
+        pos=_position_words(dx, dy, rng),
+        bg=words[int(rng.integers(len(words)))],
     )
-    text = _AN.sub(r"an \1", " ".join(text.split()))  # split/join drops empty slots
+    text = _AN.sub(r"an \1", text)
     return text + "." if rng.random() < 0.3 else text
 
 
 class ShapesDataset:
     """Map-style, deterministic: item i depends only on (seed, split, i)."""
 
-    def __init__(self, split: Literal["train", "heldout"] = "train", size: int = 10000,
-                 image_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self, split: Literal["train", "heldout"] = "train", size: int = 10000, image_size: int = 64, seed: int = 0
+    ) -> None:
         if split not in _SPLIT_ID:
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
         if size < 0 or image_size < 8:

@@ -1,0 +1,162 @@
+"""Bench report outputs: terminal table, JSON, Markdown, CSV, PNG, and the --compare gate."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from edgeclip._io import write_bytes, write_json
+from edgeclip.bench.run import SCHEMA, SCHEMA_VERSION
+from edgeclip.errors import ConfigError
+
+COLUMNS = [
+    ("key", "row"), ("median_ms", "median ms"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("std_ms", "std"),
+    ("throughput_per_s", "items/s"), ("cold_start_ms", "cold ms"), ("size_mb", "MB"), ("cosine_min", "cos min"),
+    ("top1", "top-1 %"), ("top1_delta", "Δ top-1"), ("speedup_vs_baseline", "x torch"),
+    ("speedup_vs_onnxruntime_fp32", "x ort fp32"), ("end_to_end_over_model", "e2e/model"),
+]
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if key.startswith("cosine") else f"{v:.2f}"
+    return str(v)
+
+
+def header_lines(report: dict[str, Any]) -> list[str]:
+    m, b = report["machine"], report["bundle"]
+    pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    return [
+        f"model {b['model']} ({b['image_size']} px, dim {b['embed_dim']}) from {b['path']}",
+        f"cpu {m['cpu']} [{' '.join(m['cpu_flags'])}], {m['cores']} cores, threads {m['threads'] or 'default'}"
+        + (f", gpu {m['gpu']}" if m["gpu"] else ""),
+        f"{m['os']} {m['machine']}, python {m['python']}; {pk}",
+    ]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# edgeclip bench ({report['created']})", ""]
+    lines += [f"- {h}" for h in header_lines(report)] + [""]
+    lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for r in report["rows"]:
+        lines.append("| " + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |")
+    for s in report["skipped"]:
+        lines.append(f"\nskipped {s['row']}: {s['reason']}")
+    if report["warnings"]:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    keys = sorted({k for r in report["rows"] for k in r})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in report["rows"]:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for h in header_lines(report):
+        console.print(h, style="dim", highlight=False)
+    table = Table(show_lines=False)
+    for _, title in COLUMNS:
+        table.add_column(title, justify="left" if title == "row" else "right")
+    for r in report["rows"]:
+        table.add_row(*[_cell(r, k) for k, _ in COLUMNS])
+    console.print(table)
+    for s in report["skipped"]:
+        console.print(f"skipped {s['row']}: {s['reason']}", style="yellow", highlight=False)
+    for w in report["warnings"]:
+        console.print(f"warning: {w}", style="yellow", highlight=False)
+
+
+def write_plot(report: dict[str, Any], path: str | Path) -> None:
+    """Left: median latency per row with p90 whiskers. Right: top-1 (or cosine) against latency."""
+    from edgeclip._deps import require
+
+    require("matplotlib", purpose="--plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["mode"] == "model"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.32 * len(rows) + 1.5)))
+    labels = [r["key"].replace("/model", "") for r in rows]
+    med = [r["median_ms"] for r in rows]
+    err = [max(0.0, r["p90_ms"] - r["median_ms"]) for r in rows]
+    colors = ["tab:gray" if r["backend"] == "torch" else "tab:blue" for r in rows]
+    ax1.barh(range(len(rows)), med, xerr=[[0] * len(rows), err], color=colors, capsize=3)
+    ax1.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax1.invert_yaxis()
+    ax1.set_xscale("log")
+    ax1.set_xlabel("latency, ms (median, whisker to p90; log scale)")
+    metric = "top1" if any(r.get("top1") is not None for r in rows) else "cosine_min"
+    for r in rows:
+        if r.get(metric) is not None:
+            ax2.scatter(r["median_ms"], r[metric], label=r["key"].replace("/model", ""), s=25)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("latency, ms (median)")
+    ax2.set_ylabel("zero-shot top-1 %" if metric == "top1" else "embedding cosine vs reference (min)")
+    if ax2.collections:
+        ax2.legend(fontsize=6, loc="best")
+    fig.suptitle(f"edgeclip bench: {report['bundle']['model']}  ({report['machine']['cpu']})", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read bench report {p}: {e}", fix="pass a JSON file written by --json") from e
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigError(f"{p} is not an edgeclip bench report (schema {SCHEMA} v{SCHEMA_VERSION})")
+    if not isinstance(data.get("rows"), list):
+        raise ConfigError(f"{p} has no rows")
+    return data
+
+
+def compare(new: dict[str, Any], old: dict[str, Any], max_regression: float) -> tuple[list[dict[str, Any]], bool]:
+    """Per-row median deltas (new/old - 1); True when any row regressed beyond the threshold."""
+    old_rows = {r["key"]: r for r in old["rows"]}
+    deltas, failed = [], False
+    for r in new["rows"]:
+        o = old_rows.get(r["key"])
+        if o is None or not o.get("median_ms"):
+            continue
+        change = r["median_ms"] / o["median_ms"] - 1
+        regressed = change > max_regression
+        failed |= regressed
+        deltas.append({"key": r["key"], "old_ms": o["median_ms"], "new_ms": r["median_ms"],
+                       "change": round(change, 4), "regressed": regressed})
+    return deltas, failed
+
+
+def write_outputs(report: dict[str, Any], json_path: str | None, md_path: str | None, csv_path: str | None,
+                  plot_path: str | None) -> None:
+    if json_path:
+        write_json(json_path, report)
+    if md_path:
+        write_bytes(md_path, to_markdown(report).encode())
+    if csv_path:
+        write_bytes(csv_path, to_csv(report).encode())
+    if plot_path:
+        write_plot(report, plot_path)

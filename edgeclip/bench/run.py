@@ -1,0 +1,318 @@
+"""`edgeclip bench`: latency, size and accuracy per encoder x backend x precision x batch size,
+with a PyTorch eager fp32 baseline measured in the same run, interleaved with the other rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip.bench.machine import machine_info, peak_rss_mb, rss_mb
+from edgeclip.bench.stats import interleave
+from edgeclip.bundle import Artifact, Bundle
+from edgeclip.errors import ConfigError, ImageError
+from edgeclip.export.capabilities import CAPABILITIES
+from edgeclip.runtime.backends import backend_class
+from edgeclip.runtime.backends.base import BackendOptions
+from edgeclip.runtime.classifier import Encoder
+from edgeclip.runtime.labels import DEFAULT_TEMPLATES, label_embeddings
+from edgeclip.runtime.preprocess import preprocess
+from edgeclip.runtime.tokenizer import TextTokenizer
+
+SCHEMA = "edgeclip-bench"
+SCHEMA_VERSION = 1
+NOISY_SPREAD = 1.5  # p90 / median above this marks a row as noisy
+PROBE_TEXTS = ("a photo of a dog.", "a red circle", "something blue on the left", "an image of a star.")
+
+
+@dataclass
+class BenchConfig:
+    bundle: Path
+    backends: list[str] | None = None  # None: every installed backend the bundle has artifacts for
+    precisions: list[str] | None = None
+    encoders: list[str] = field(default_factory=lambda: ["image", "text"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    threads: int | None = None
+    runs: int | None = None
+    min_time_s: float | None = 2.0
+    warmup: int = 3
+    baseline: str = "torch"  # "torch" | "none"
+    checkpoint: Path | None = None
+    eval_data: str | None = None  # builtin:shapes or an image folder with one sub-folder per class
+    eval_size: int = 240
+    end_to_end: bool = True
+    max_accuracy_drop: float = 1.0  # points of top-1
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ConfigError("--batch-sizes must be positive integers, e.g. 1,8")
+        if self.runs is not None and self.runs < 1:
+            raise ConfigError("--runs must be >= 1")
+        if self.baseline not in ("torch", "none"):
+            raise ConfigError("--baseline must be 'torch' or 'none'")
+        for e in self.encoders:
+            if e not in ("image", "text"):
+                raise ConfigError(f"unknown encoder '{e}'", fix="use image, text or image,text")
+
+
+@dataclass
+class Candidate:
+    encoder: str
+    backend: str
+    precision: str
+    run: Callable[[np.ndarray], np.ndarray]
+    size_mb: float
+    cold_start_ms: float
+    rss_delta_mb: float
+
+
+def _image_inputs(bundle: Bundle, n: int) -> tuple[list[bytes], np.ndarray]:
+    """n JPEG files (as bytes, 2x the model size) and their preprocessed pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    size = bundle.manifest.preprocess.image_size
+    jpegs = []
+    for _ in range(n):
+        arr = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(arr).resize((size * 2, size * 2), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    return jpegs, np.stack([preprocess(j, bundle.manifest.preprocess) for j in jpegs])
+
+
+def _load_candidate(bundle: Bundle, artifact: Artifact, backend: str, options: BackendOptions,
+                    probe: np.ndarray) -> Candidate:
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    enc = Encoder(backend_class(backend)(bundle.artifact_path(artifact), artifact, options), artifact, "bench")
+    enc(probe[:1])
+    cold = (time.perf_counter() - t0) * 1000
+    size = sum(bundle.resolve(f).stat().st_size for f in artifact.files) / 1e6
+    return Candidate(artifact.encoder, backend, artifact.precision, enc, size, cold, rss_mb() - rss0)
+
+
+def _torch_baseline(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, probes: dict[str, np.ndarray]
+                    ) -> dict[str, Candidate]:
+    from edgeclip._deps import require
+
+    torch: Any = require("torch", purpose="the PyTorch baseline (or pass --baseline none)")
+    from edgeclip.export.encoders import encoder_module
+    from edgeclip.model.checkpoint import load_checkpoint
+
+    if cfg.checkpoint is None:
+        raise ConfigError("--baseline torch needs --checkpoint CKPT", fix="pass the checkpoint or --baseline none")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    model, _ = load_checkpoint(cfg.checkpoint)
+    out = {}
+    for e in cfg.encoders:
+        module = encoder_module(e, model)
+
+        def run(x: np.ndarray, module: Any = module) -> np.ndarray:
+            with torch.inference_mode():
+                return np.asarray(module(torch.from_numpy(x)).numpy())
+
+        run(probes[e][:1])
+        size = sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
+        out[e] = Candidate(e, "torch", "fp32", run, size, (time.perf_counter() - t0) * 1000, rss_mb() - rss0)
+    return out
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return np.asarray((a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1) + 1e-12))
+
+
+def _eval_set(cfg: BenchConfig, bundle: Bundle) -> tuple[list[str], list[str], np.ndarray, np.ndarray] | None:
+    """(classes, templates, pixels [N,3,S,S], targets [N]) of the zero-shot evaluation."""
+    if cfg.eval_data is None:
+        return None
+    pre = bundle.manifest.preprocess
+    if cfg.eval_data == "builtin:shapes":
+        from edgeclip.train.shapes import ZERO_SHOT_TEMPLATES, ShapesDataset, zero_shot_classes
+
+        ds = ShapesDataset("heldout", cfg.eval_size, image_size=pre.image_size, seed=1)
+        classes = list(zero_shot_classes("shape"))
+        samples = [ds[i] for i in range(len(ds))]
+        pixels = np.stack([preprocess(s.image, pre) for s in samples])
+        return classes, list(ZERO_SHOT_TEMPLATES["shape"]), pixels, np.array([classes.index(s.shape) for s in samples])
+    root = Path(cfg.eval_data)
+    if not root.is_dir():
+        raise ConfigError(f"--eval {cfg.eval_data}: not builtin:shapes or an image folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.is_file()]
+    if not files:
+        raise ConfigError(f"--eval {root}: no images in class sub-folders")
+    arrays: list[np.ndarray] = []
+    labels: list[int] = []
+    for f, i in files[: cfg.eval_size]:
+        try:
+            arrays.append(preprocess(f, pre))
+            labels.append(i)
+        except ImageError:  # unreadable files are skipped; eval_images in the report shows the count
+            continue
+    return classes, list(DEFAULT_TEMPLATES), np.stack(arrays), np.array(labels)
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    bundle = Bundle.open(cfg.bundle)
+    bundle.verify()
+    options = BackendOptions(threads=cfg.threads)
+    jpegs, pixels = _image_inputs(bundle, max(cfg.batch_sizes))
+    tok = TextTokenizer(bundle.tokenizer_path(), bundle.manifest.tokenizer)
+    texts = [PROBE_TEXTS[i % len(PROBE_TEXTS)] for i in range(max(cfg.batch_sizes))]
+    probes = {"image": pixels, "text": tok(texts)}
+
+    # --- which rows: every artifact the bundle has for the requested encoders/backends/precisions
+    skipped: list[dict[str, str]] = []
+    cands: list[Candidate] = []
+    for a in bundle.manifest.artifacts:
+        if a.encoder not in cfg.encoders:
+            continue
+        backend = CAPABILITIES[a.target].backend if a.target in CAPABILITIES else a.target
+        if (cfg.backends and backend not in cfg.backends) or (cfg.precisions and a.precision not in cfg.precisions):
+            continue
+        if not backend_class(backend).available():
+            skipped.append({"row": f"{a.key} on {backend}", "reason": f"{backend} is not usable on this machine"})
+            continue
+        log(f"loading {a.key} on {backend}")
+        cands.append(_load_candidate(bundle, a, backend, options, probes[a.encoder]))
+    for b in cfg.backends or []:
+        for p in cfg.precisions or [None]:  # type: ignore[list-item]
+            if not any(c.backend == b and (p is None or c.precision == p) for c in cands):
+                skipped.append({"row": f"{b}" + (f"-{p}" if p else ""),
+                                "reason": "the bundle has no artifact for it, or its SDK is missing"})
+    baseline = _torch_baseline(cfg, bundle, options, probes) if cfg.baseline == "torch" else {}
+    all_cands = list(baseline.values()) + cands
+    if not all_cands:
+        raise ConfigError("nothing to benchmark: no usable artifact matched", fix="check --backends/--precisions")
+
+    # --- accuracy: embedding cosine against torch fp32 (or the fp32 artifact when torch is absent)
+    accuracy = _accuracy(cfg, bundle, all_cands, baseline, probes)
+
+    # --- latency, interleaved across rows per batch size
+    rows: list[dict[str, Any]] = []
+    for bs in cfg.batch_sizes:
+        calls: dict[str, Callable[[], object]] = {}
+        for c in all_cands:
+            name = f"{c.encoder}/{c.backend}-{c.precision}/b{bs}"
+            calls[f"{name}/model"] = partial(c.run, probes[c.encoder][:bs])
+            if cfg.end_to_end and c.encoder == "image":
+                calls[f"{name}/end_to_end"] = partial(_end_to_end, c, jpegs[:bs], bundle, accuracy.get("labels"))
+        log(f"timing batch size {bs}: {len(calls)} rows interleaved")
+        timings = interleave(calls, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s)
+        for key, t in timings.items():
+            enc, rest = key.split("/", 1)
+            impl, _, mode = rest.rsplit("/", 2)
+            c = next(c for c in all_cands if f"{c.backend}-{c.precision}" == impl and c.encoder == enc)
+            rows.append({
+                "key": key, "encoder": enc, "backend": c.backend, "precision": c.precision, "batch_size": bs,
+                "mode": mode, **t.summary(bs), "cold_start_ms": round(c.cold_start_ms, 2),
+                "size_mb": round(c.size_mb, 3), "rss_delta_mb": round(c.rss_delta_mb, 1),
+                **accuracy["rows"].get(f"{enc}/{impl}", {}),
+            })
+    _ratios(rows)
+    report = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(cfg.threads),
+        "bundle": {"path": str(bundle.root), "model": bundle.manifest.model_name,
+                   "image_size": bundle.manifest.preprocess.image_size, "embed_dim": bundle.manifest.embed_dim},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "rows": rows, "skipped": skipped, "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    report["warnings"] = warnings_for(report, cfg.max_accuracy_drop)
+    return report
+
+
+def _end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.ndarray | None) -> object:
+    """Decode + preprocess + infer + postprocess (softmax over labels), as an app would do."""
+    x = np.stack([preprocess(j, bundle.manifest.preprocess) for j in jpegs])
+    emb = c.run(x)
+    if labels is None:
+        return emb
+    logits = bundle.manifest.logit_scale * emb @ labels.T
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return np.argsort(-p / p.sum(1, keepdims=True), axis=1)[:, :5]
+
+
+def _accuracy(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline: dict[str, Candidate],
+              probes: dict[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": {}}
+    refs: dict[str, tuple[np.ndarray, str]] = {}
+    for e in cfg.encoders:
+        ref = baseline.get(e) or next((c for c in cands if c.encoder == e and c.precision == "fp32"), None)
+        if ref is not None:
+            refs[e] = (ref.run(probes[e]), f"{ref.backend}-fp32")
+    evalset = _eval_set(cfg, bundle)
+    text_ref = baseline.get("text") or next((c for c in cands if c.encoder == "text" and c.precision == "fp32"), None)
+    labels = None
+    if evalset is not None and text_ref is not None:
+        classes, templates, _, _ = evalset
+        labels = label_embeddings(classes, templates, lambda t: text_ref.run(tok_ids(bundle, t)))
+    elif bundle.manifest.labels:
+        labels = bundle.label_set(next(iter(bundle.manifest.labels)))[0]
+    out["labels"] = labels
+    base_top1: float | None = None
+    for c in sorted(cands, key=lambda c: c.backend != "torch"):  # baseline first, for the delta
+        row: dict[str, Any] = {}
+        if c.encoder in refs:
+            cos = _cosine(c.run(probes[c.encoder]), refs[c.encoder][0])
+            row.update(cosine_min=round(float(cos.min()), 6), cosine_mean=round(float(cos.mean()), 6),
+                       cosine_ref=refs[c.encoder][1])
+        if evalset is not None and labels is not None and c.encoder == "image":
+            _, _, pixels, targets = evalset
+            emb = np.concatenate([c.run(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
+            top1 = float(((emb @ labels.T).argmax(1) == targets).mean() * 100)
+            if base_top1 is None:
+                base_top1 = top1
+            row.update(top1=round(top1, 2), top1_delta=round(top1 - base_top1, 2), eval_images=len(targets))
+        out["rows"][f"{c.encoder}/{c.backend}-{c.precision}"] = row
+    return out
+
+
+def tok_ids(bundle: Bundle, texts: list[str]) -> np.ndarray:
+    return TextTokenizer(bundle.tokenizer_path(), bundle.manifest.tokenizer)(texts)
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Speed-up against the torch row and the plain onnxruntime fp32 row, and end-to-end over
+    model-only; always the same encoder, batch size and mode."""
+    by = {(r["encoder"], r["backend"], r["precision"], r["batch_size"], r["mode"]): r for r in rows}
+    for r in rows:
+        for name, backend in (("speedup_vs_baseline", "torch"), ("speedup_vs_onnxruntime_fp32", "onnxruntime")):
+            ref = by.get((r["encoder"], backend, "fp32", r["batch_size"], r["mode"]))
+            if ref:
+                r[name] = round(ref["median_ms"] / r["median_ms"], 3)
+        if r["mode"] == "end_to_end":
+            model = by.get((r["encoder"], r["backend"], r["precision"], r["batch_size"], "model"))
+            if model:
+                r["end_to_end_over_model"] = round(r["median_ms"] / model["median_ms"], 3)
+
+
+def warnings_for(report: dict[str, Any], max_drop: float) -> list[str]:
+    out = []
+    rows = [r for r in report["rows"] if r["mode"] == "model"]
+    for r in rows:
+        if r["precision"].startswith("int8"):
+            for ref in rows:
+                same = all(ref[k] == r[k] for k in ("encoder", "backend", "batch_size"))
+                if same and ref["precision"] in ("fp32", "fp16") and r["median_ms"] >= ref["median_ms"]:
+                    out.append(f"{r['key']}: INT8 is not faster than {ref['precision']} "
+                               f"({r['median_ms']:.2f} ms vs {ref['median_ms']:.2f} ms)")
+        if r.get("top1_delta") is not None and r["top1_delta"] < -max_drop:
+            out.append(f"{r['key']}: zero-shot top-1 drops {-r['top1_delta']:.2f} points (budget {max_drop})")
+        if r["p90_ms"] > NOISY_SPREAD * r["median_ms"]:
+            out.append(f"{r['key']}: noisy (p90 {r['p90_ms']:.2f} ms > {NOISY_SPREAD}x median); rerun when quiet")
+    return out

@@ -1,0 +1,72 @@
+"""`edgeclip bench`."""
+
+from __future__ import annotations
+
+import click
+
+from edgeclip.errors import ConfigError
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--batch-sizes must be comma-separated integers, got {value!r}") from e
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--backends", default=None, help="Comma-separated backends (default: every usable one).")
+@click.option("--precisions", default=None, help="Comma-separated precisions (default: all in the bundle).")
+@click.option("--encoders", default="image,text", show_default=True)
+@click.option("--batch-sizes", default="1,8", show_default=True)
+@click.option("--threads", default=None, type=click.IntRange(min=1))
+@click.option("--runs", default=None, type=int, help="Timed runs per row (default: --min-time).")
+@click.option("--min-time", default=2.0, show_default=True, type=float, help="Seconds of timing per batch size.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0))
+@click.option("--baseline", default="torch", show_default=True, type=click.Choice(["torch", "none"]))
+@click.option("--checkpoint", default=None, type=click.Path(), help="Checkpoint for the torch baseline.")
+@click.option("--eval", "eval_data", default=None, help="builtin:shapes or an image folder (one sub-folder per class).")
+@click.option("--no-end-to-end", is_flag=True, help="Skip the decode+preprocess+infer rows.")
+@click.option("--json", "json_path", default=None, type=click.Path())
+@click.option("--markdown", "md_path", default=None, type=click.Path())
+@click.option("--csv", "csv_path", default=None, type=click.Path())
+@click.option("--plot", "plot_path", default=None, type=click.Path())
+@click.option("--compare", "compare_path", default=None, type=click.Path(), help="An earlier --json report.")
+@click.option("--max-regression", default=0.1, show_default=True, type=float)
+def bench(
+    bundle: str, backends: str | None, precisions: str | None, encoders: str, batch_sizes: str,
+    threads: int | None, runs: int | None, min_time: float, warmup: int, baseline: str, checkpoint: str | None,
+    eval_data: str | None, no_end_to_end: bool, json_path: str | None, md_path: str | None,
+    csv_path: str | None, plot_path: str | None, compare_path: str | None, max_regression: float,
+) -> None:
+    """Latency, size and accuracy of every artifact in BUNDLE, against a torch baseline."""
+    from pathlib import Path
+
+    from edgeclip.bench.report import compare, load_report, print_table, write_outputs
+    from edgeclip.bench.run import BenchConfig, run_bench
+
+    old = load_report(compare_path) if compare_path else None  # fail on a bad file before measuring
+    if baseline == "torch" and checkpoint is None:
+        click.echo("note: no --checkpoint, so no torch baseline (use --baseline none to silence)", err=True)
+        baseline = "none"
+    cfg = BenchConfig(
+        bundle=Path(bundle), backends=_csv(backends), precisions=_csv(precisions), encoders=_csv(encoders) or [],
+        batch_sizes=_ints(batch_sizes), threads=threads, runs=runs, min_time_s=min_time, warmup=warmup,
+        baseline=baseline, checkpoint=Path(checkpoint) if checkpoint else None, eval_data=eval_data,
+        end_to_end=not no_end_to_end,
+    )
+    report = run_bench(cfg, log=lambda msg: click.echo(msg, err=True))
+    print_table(report)
+    write_outputs(report, json_path, md_path, csv_path, plot_path)
+    if old is not None:
+        deltas, failed = compare(report, old, max_regression)
+        for d in deltas:
+            mark = "REGRESSION" if d["regressed"] else ""
+            click.echo(f"{d['key']:<44} {d['old_ms']:9.3f} -> {d['new_ms']:9.3f} ms  {d['change']:+.1%} {mark}")
+        if failed:
+            raise click.ClickException(f"latency regressed by more than {max_regression:.0%} on some rows")

@@ -1,0 +1,420 @@
+"""CoreML target: one ML Program `.mlpackage` per encoder, iOS16+ by default.
+
+Route: `torch.export` -> `ct.convert(ExportedProgram)`. coremltools 9's `torch.jit.trace` route
+breaks on numpy >= 2.4 ("only 0-dimensional arrays can be converted to Python scalars"); the
+torch.export route works with any numpy, so numpy stays unpinned for this target.
+
+Prediction needs macOS, so on Linux the artifact is checked through its saved spec (names,
+shapes, dtypes, specification version, weight storage) and `validation["passed"]` stays None;
+on macOS it is also run through the runtime's CoreMLBackend and compared with torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeclip import _deps
+from edgeclip.bundle import Artifact, TensorSpec
+from edgeclip.errors import ConfigError, ExportError
+from edgeclip.export.encoders import BATCH, EncoderSpec, encoder_module
+from edgeclip.export.targets import ExportContext, validated_artifact
+
+DEFAULT_TARGET = "iOS16"
+# compressed weights (constexpr_* ops) and the fp16 ML Program ops the towers use need iOS16
+MIN_SPEC_VERSION = 7
+DEFAULT_MAX_BATCH = 64  # upper bound of the batch range when coreml_flexible_batch is just "on"
+PALETTE_BITS = {"palette6": 6, "palette4": 4}
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    target: str  # canonical coremltools name, e.g. "iOS16"
+    spec_version: int  # the Core ML specificationVersion that target implies
+    max_batch: int | None  # None: fixed batch 1 (keeps the work on the Neural Engine)
+    image_input: bool  # image tower takes an RGB CVPixelBuffer instead of a float tensor
+
+
+def parse_options(options: dict[str, Any]) -> CoreMLOptions:
+    """Read the coreml_* options; a bad value raises ConfigError before any conversion."""
+    ct = _coremltools()
+    members: dict[str, Any] = dict(ct.target.__members__)
+    asked = str(options.get("coreml_target") or DEFAULT_TARGET)
+    by_lower = {k.lower(): k for k in members}
+    if asked.lower() not in by_lower:
+        valid = [k for k, v in members.items() if v.value >= MIN_SPEC_VERSION]
+        raise ConfigError(
+            f"unknown CoreML deployment target '{asked}'",
+            fix=f"use one of: {', '.join(valid)}",
+        )
+    name = by_lower[asked.lower()]
+    version = int(members[name].value)
+    if version < MIN_SPEC_VERSION:
+        raise ConfigError(
+            f"CoreML deployment target '{name}' is too old: edgeclip writes ML Programs with fp16 and "
+            "compressed weights, which need iOS16 / macOS13 / watchOS9 / tvOS16",
+            fix="pass --coreml-target iOS16 (or newer: iOS17, iOS18, macOS13, macOS14, ...)",
+        )
+    flex = options.get("coreml_flexible_batch")
+    if isinstance(flex, bool) or flex is None:
+        max_batch = DEFAULT_MAX_BATCH if flex else None
+    elif isinstance(flex, int) and flex >= 2:
+        max_batch = flex
+    else:
+        raise ConfigError(
+            f"coreml_flexible_batch must be on/off or a maximum batch >= 2, not {flex!r}",
+            fix="pass --coreml-flexible-batch (batch range 1..64) or leave it out for a fixed batch of 1",
+        )
+    return CoreMLOptions(name, version, max_batch, bool(options.get("coreml_image_input")))
+
+
+# ---- torch side -------------------------------------------------------------------------------
+class _PixelEncoder(torch.nn.Module):
+    """pixel_values -> image_embeds; with `normalize`, takes RGB in [0, 1] and applies mean/std.
+
+    Why normalise inside: CoreML's ImageType has ONE scalar scale and a per-channel bias, but CLIP's
+    std differs per channel, so folding it into ImageType would be approximate (~3 % scale error on
+    two channels). Folding it into the first conv instead is exact only for an unpadded patch stem.
+    A per-channel sub/div on a 3xSxS tensor is exact for every stem and costs nothing next to the
+    tower; ImageType then only rescales 0..255 to 0..1 (scale=1/255, bias=0), which is exact too.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, mean: tuple[float, ...] | None, std: tuple[float, ...] | None):
+        super().__init__()
+        self.encoder = encoder
+        self.normalize = mean is not None and std is not None
+        if self.normalize:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            mean, std = self.get_buffer("mean"), self.get_buffer("std")
+            pixel_values = (pixel_values - mean) / std
+        out: torch.Tensor = self.encoder(pixel_values)
+        return out
+
+
+class _Int32Ids(torch.nn.Module):
+    """input_ids int32 -> text_embeds. CoreML has no int64 tensors at its interface, while the
+    torch TextEncoder embeds and argmax-pools int64 ids; the cast happens inside the graph."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.encoder(input_ids.long())
+        return out
+
+
+def _exported_program(ctx: ExportContext, spec: EncoderSpec, opts: CoreMLOptions) -> torch.export.ExportedProgram:
+    info = ctx.info
+    batch = 2 if opts.max_batch else 1  # a batch-1 example would specialise a dynamic batch away
+    g = torch.Generator().manual_seed(0)
+    module: torch.nn.Module
+    if spec.name == "image":
+        s = info.preprocess.image_size
+        p = info.preprocess
+        norm = (p.mean, p.std) if opts.image_input else (None, None)
+        module = _PixelEncoder(encoder_module("image", ctx.model), *norm).eval()
+        example = torch.rand(batch, 3, s, s, generator=g)
+    else:
+        t = info.tokenizer
+        module = _Int32Ids(encoder_module("text", ctx.model)).eval()
+        example = torch.randint(1, t.sot_id, (batch, t.context_length), generator=g, dtype=torch.int32)
+        example[:, -1] = t.eot_id
+    dynamic = ({0: torch.export.Dim(BATCH, min=1, max=opts.max_batch)},) if opts.max_batch else None
+    ep = torch.export.export(module, (example,), dynamic_shapes=dynamic).run_decompositions({})
+    # `.to(same dtype)` / full slices become aten.alias, which coremltools 9 has no converter for;
+    # an alias in a functional graph is the identity, so it is dropped.
+    for node in list(ep.graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten.alias.default:
+            node.replace_all_uses_with(node.args[0])
+            ep.graph.erase_node(node)
+    ep.graph_module.recompile()
+    return ep
+
+
+# ---- coremltools side -------------------------------------------------------------------------
+def _coremltools() -> Any:
+    with _quiet():
+        return _deps.require("coremltools", extra="coreml", purpose="the coreml export target")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence coremltools' own noise for the duration of a conversion: it logs "torch X not
+    tested" and missing native libs (expected off macOS), emits DeprecationWarnings from its own
+    registry and draws tqdm bars on stderr with no switch to turn them off. Errors still raise."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"coremltools(\.|$)")
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*treespec.*")
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"coremltools(\.|$)")
+            # ct.convert leaves its weights TemporaryDirectory to the finalizer, which cleans it
+            warnings.filterwarnings("ignore", category=ResourceWarning, message=r"Implicitly cleaning up")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _interface(spec: EncoderSpec, opts: CoreMLOptions) -> EncoderSpec:
+    """The artifact's interface as the manifest records it: batch 1 unless flexible; int32 ids."""
+    b: int | str = BATCH if opts.max_batch else 1
+    inp, out = spec.inputs[0], spec.outputs[0]
+    dtype = "int32" if spec.name == "text" else inp.dtype
+    return EncoderSpec(
+        spec.name,
+        (TensorSpec(inp.name, dtype, (b, *inp.shape[1:])),),
+        (TensorSpec(out.name, out.dtype, (b, *out.shape[1:])),),
+    )
+
+
+def _convert(ctx: ExportContext, spec: EncoderSpec, precision: str, opts: CoreMLOptions) -> Any:
+    ct = _coremltools()
+    shape = tuple(spec.inputs[0].shape)
+    b = ct.RangeDim(1, opts.max_batch, default=1, symbol=BATCH) if opts.max_batch else 1
+    if spec.name == "image" and opts.image_input:
+        # 0..255 RGB -> 0..1 exactly; mean/std happen in _PixelEncoder
+        inp = ct.ImageType(name=spec.input_name, shape=(b, *shape[1:]), scale=1 / 255.0, bias=[0.0, 0.0, 0.0],
+                           color_layout=ct.colorlayout.RGB)
+    else:
+        inp = ct.TensorType(name=spec.input_name, shape=(b, *shape[1:]),
+                            dtype=np.int32 if spec.name == "text" else np.float32)
+    with _quiet():
+        try:
+            ep = _exported_program(ctx, spec, opts)
+            model = ct.convert(
+                ep,
+                inputs=[inp],
+                # fp32 outputs even at fp16 compute: callers never see a dtype change
+                outputs=[ct.TensorType(name=spec.output_name, dtype=np.float32)],
+                convert_to="mlprogram",
+                minimum_deployment_target=getattr(ct.target, opts.target),
+                compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+                skip_model_load=True,  # loading needs macOS; the backend loads the saved package
+            )
+            compressed = _compress(model, precision)
+            if compressed is not model:
+                _discard(model)
+            return compressed
+        except (ConfigError, ExportError):
+            raise
+        except Exception as e:  # torch.export and coremltools raise many internal types
+            raise ExportError(f"CoreML conversion of the {spec.name} encoder failed: {type(e).__name__}: {e}") from e
+
+
+def _compress(model: Any, precision: str) -> Any:
+    """Weight-only compression; compute stays fp16. Weights under coremltools' default threshold
+    (2048 elements: biases, norms, small matrices) stay fp16 because compressing them saves nothing."""
+    if precision not in ("int8w", *PALETTE_BITS):
+        return model
+    import coremltools.optimize.coreml as cto
+
+    if precision == "int8w":
+        op: Any = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+        return cto.linear_quantize_weights(model, config=cto.OptimizationConfig(global_config=op))
+    op = cto.OpPalettizerConfig(mode="kmeans", nbits=PALETTE_BITS[precision], granularity="per_tensor")
+    return cto.palettize_weights(model, config=cto.OptimizationConfig(global_config=op))
+
+
+# ---- spec check (works everywhere: reads the saved protobuf, needs no Core ML framework) -------
+def inspect_package(pkg: Path) -> dict[str, Any]:
+    """Facts about a saved .mlpackage: model type, spec version, I/O, and how weights are stored."""
+    ct = _coremltools()
+    from coremltools.proto import FeatureTypes_pb2, MIL_pb2
+
+    with _quiet():
+        spec = ct.utils.load_spec(str(pkg))
+    array_dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name
+    weight_bin = pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+
+    def feature(f: Any) -> dict[str, Any]:
+        kind = f.type.WhichOneof("Type")
+        if kind == "imageType":
+            t = f.type.imageType
+            color = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(t.colorSpace)
+            return {"name": f.name, "type": "image", "color": color, "width": t.width, "height": t.height}
+        a = f.type.multiArrayType
+        return {"name": f.name, "type": "tensor", "dtype": array_dtype(a.dataType), "shape": list(a.shape),
+                "range": [[r.lowerBound, r.upperBound] for r in a.shapeRange.sizeRanges]}
+
+    facts: dict[str, Any] = {
+        "model_type": spec.WhichOneof("Type"),
+        "specification_version": spec.specificationVersion,
+        "inputs": [feature(f) for f in spec.description.input],
+        "outputs": [feature(f) for f in spec.description.output],
+        "weight_file_bytes": weight_bin.stat().st_size if weight_bin.is_file() else 0,
+    }
+    if facts["model_type"] != "mlProgram":
+        return facts
+    fn = spec.mlProgram.functions["main"]
+    floats = {"FLOAT16": 0, "FLOAT32": 0}
+    quantized, palettes, max_offset = 0, [], -1
+    for op in fn.block_specializations[fn.opset].operations:
+        # iOS16/17 constexpr ops keep their tensors in attributes, iOS18 ones in inline inputs
+        values = list(op.attributes.items()) + [
+            (k, a.value) for k, arg in op.inputs.items() for a in arg.arguments if a.HasField("value")
+        ]
+        for role, v in values:
+            if not v.HasField("blobFileValue"):
+                continue
+            max_offset = max(max_offset, v.blobFileValue.offset)
+            dtype = MIL_pb2.DataType.Name(v.type.tensorType.dataType)
+            dims = [d.constant.size for d in v.type.tensorType.dimensions]
+            if op.type == "const" and dtype in floats:
+                floats[dtype] += 1
+            elif op.type in ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale") \
+                    and role in ("quantized_data", "data") and dtype == "INT8":
+                quantized += 1
+            elif op.type == "constexpr_lut_to_dense" and role == "lut":
+                # iOS16/17: lut [2^n]; iOS18: [..., 2^n, vector size]
+                palettes.append(dims[0] if len(dims) == 1 else dims[-2])
+    facts.update(opset=fn.opset, float_weights=floats, int8_weights=quantized,
+                 palettized_weights=len(palettes), palette_sizes=sorted(set(palettes)), max_blob_offset=max_offset)
+    return facts
+
+
+def verify_package(facts: dict[str, Any], iface: EncoderSpec, precision: str, spec_version: int, *,
+                   max_batch: int | None, image_input: bool, palette_bits: int | None) -> None:
+    """Raise ExportError when the saved package is not what this export promised."""
+    inp, out = iface.inputs[0], iface.outputs[0]
+    problems: list[str] = []
+
+    def want(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    want(facts["model_type"] == "mlProgram", f"model type {facts['model_type']} (expected mlProgram)")
+    want(facts["specification_version"] == spec_version,
+         f"specificationVersion {facts['specification_version']} (expected {spec_version})")
+    ins, outs = facts["inputs"], facts["outputs"]
+    want([f["name"] for f in ins] == [inp.name], f"inputs {[f['name'] for f in ins]} (expected [{inp.name}])")
+    want([f["name"] for f in outs] == [out.name], f"outputs {[f['name'] for f in outs]} (expected [{out.name}])")
+    if ins and image_input:
+        want(ins[0]["type"] == "image" and ins[0]["color"] == "RGB", f"input {ins[0]} is not an RGB image")
+        want(ins[0].get("width") == inp.shape[-1] == ins[0].get("height"), f"image input size {ins[0]}")
+    elif ins:
+        dtype = "INT32" if inp.dtype == "int32" else "FLOAT32"
+        want(ins[0].get("dtype") == dtype, f"input dtype {ins[0].get('dtype')} (expected {dtype})")
+        want(ins[0].get("shape") == [1, *inp.shape[1:]], f"input shape {ins[0].get('shape')}")
+        batch_range = ins[0]["range"][0] if ins[0].get("range") else [1, 1]
+        want(batch_range == [1, max_batch or 1], f"input batch range {batch_range} (expected [1, {max_batch or 1}])")
+    if outs:
+        want(outs[0].get("dtype") == "FLOAT32", f"output dtype {outs[0].get('dtype')} (expected FLOAT32)")
+    want(facts["weight_file_bytes"] > 0, "the weights file is missing or empty")
+    want(facts.get("max_blob_offset", -1) < facts["weight_file_bytes"], "a weight points past the weights file")
+    floats = facts.get("float_weights", {})
+    stored = "FLOAT32" if precision == "fp32" else "FLOAT16"
+    other = "FLOAT16" if precision == "fp32" else "FLOAT32"
+    want(floats.get(stored, 0) > 0 or precision not in ("fp16", "fp32"), f"no {stored} weights")
+    want(floats.get(other, 0) == 0, f"{floats.get(other)} {other} weights in a {precision} model")
+    if precision == "int8w":
+        want(facts.get("int8_weights", 0) > 0, "no int8-quantized weights")
+    if palette_bits:
+        want(facts.get("palettized_weights", 0) > 0, "no palettized weights")
+        want(facts.get("palette_sizes") == [2**palette_bits],
+             f"palette sizes {facts.get('palette_sizes')} (expected [{2**palette_bits}])")
+    if problems:
+        raise ExportError(f"the CoreML {iface.name} package does not match its spec: " + "; ".join(problems))
+
+
+def _discard(model: Any) -> None:
+    """Delete the temporary package coremltools keeps until interpreter exit (a model's size)."""
+    if getattr(model, "is_temp_package", False) and getattr(model, "package_path", None):
+        shutil.rmtree(model.package_path, ignore_errors=True)
+
+
+def compression_name(precision: str) -> str | None:
+    if precision == "int8w":
+        return "int8 linear symmetric per-channel (weights only)"
+    if precision in PALETTE_BITS:
+        return f"{PALETTE_BITS[precision]}-bit k-means palettization, per tensor (weights only)"
+    return None
+
+
+def package_files(root: Path, rel_dir: str, package: str = "model.mlpackage") -> list[str]:
+    """Every regular file of the package, relative to the bundle root; Manifest.json first, so
+    Artifact.main_file points into the package and a backend opens its parent directory."""
+    pkg = root / rel_dir / package
+    rest = sorted(p.relative_to(root).as_posix() for p in pkg.rglob("*") if p.is_file() and p.name != "Manifest.json")
+    return [f"{rel_dir}/{package}/Manifest.json", *rest]
+
+
+class CoreMLTarget:
+    name = "coreml"
+    precisions: tuple[str, ...] = ("fp16", "fp32", "int8w", "palette6", "palette4")
+
+    def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
+        opts = parse_options(ctx.options)
+        if spec.name == "image" and opts.image_input and opts.max_batch:
+            # an image feature is one picture; Core ML batches images only through batch predictions
+            raise ConfigError(
+                "--coreml-image-input and --coreml-flexible-batch cannot be combined for the image encoder",
+                fix="drop one of them (an image input is fed one picture per prediction)",
+            )
+        ct = _coremltools()
+        rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
+        iface = _interface(spec, opts)
+        model = _convert(ctx, iface, precision, opts)
+        pkg = folder / "model.mlpackage"
+        with _quiet():
+            model.save(str(pkg))
+            _discard(model)
+        for item in pkg.rglob("*"):  # coremltools writes model.mlmodel 0600; a bundle is shared read-only data
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        facts = inspect_package(pkg)
+        image_input = spec.name == "image" and opts.image_input
+        verify_package(facts, iface, precision, opts.spec_version, max_batch=opts.max_batch,
+                       image_input=image_input, palette_bits=PALETTE_BITS.get(precision))
+        environment: dict[str, Any] = {
+            "coremltools": ct.__version__,
+            "torch": torch.__version__,
+            "deployment_target": opts.target,
+            "specification_version": opts.spec_version,
+            "compute_precision": "fp32" if precision == "fp32" else "fp16",
+            "batch": "flexible" if opts.max_batch else "fixed",
+            "max_batch": opts.max_batch or 1,
+            "conversion": "torch.export",
+            "compression": compression_name(precision),
+        }
+        if image_input:
+            p = ctx.info.preprocess
+            environment["image_input"] = {
+                "color_layout": "RGB", "scale": 1 / 255.0, "bias": [0.0, 0.0, 0.0],
+                "mean": list(p.mean), "std": list(p.std), "normalization": "inside the model (exact)",
+            }
+        run = None
+        checked_with = f"CoreML spec check ({facts['model_type']}, spec v{facts['specification_version']}); " \
+                       "prediction needs macOS"
+        if sys.platform == "darwin":
+            from edgeclip.runtime.backends.base import BackendOptions
+            from edgeclip.runtime.backends.coreml import CoreMLBackend
+
+            probe = Artifact(spec.name, self.name, precision, rel_dir, {"x": ""}, list(iface.inputs),
+                             list(iface.outputs), environment=environment)
+            backend = CoreMLBackend(pkg / "Manifest.json", probe, BackendOptions(device="CPU"))
+            run = lambda x: backend.infer({spec.input_name: x})[spec.output_name]  # noqa: E731
+            checked_with = "CoreML prediction on macOS (CPU_ONLY) + spec check"
+        artifact = validated_artifact(
+            ctx, iface, self.name, precision, rel_dir, package_files(ctx.bundle_root, rel_dir),
+            run=run, checked_with=checked_with, environment=environment,
+        )
+        artifact.validation["spec"] = facts
+        return artifact
+

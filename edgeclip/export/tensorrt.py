@@ -1,0 +1,309 @@
+"""TensorRT target (TensorRT 10): a TensorRT-ready ONNX per encoder plus two build recipes.
+
+Engines are specific to a GPU and a TensorRT version, so the portable artifact is the ONNX
+(fp32 graph, opset 18 with one LayerNormalization op, fixed context length, dynamic batch)
+plus an explicit min/opt/max batch profile, a `build_engine.sh` (trtexec) and `build_engine`
+(Python API). With TensorRT and an NVIDIA GPU present the engine is built now and listed in
+the artifact; otherwise the runtime builds it on first load on the device and caches it.
+
+This module imports nothing heavy at module top: the runtime's TensorRTBackend imports
+`build_engine` from here and must never pull torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeclip import _deps
+from edgeclip._io import atomic_path, sha256_file
+from edgeclip.bundle import Artifact
+from edgeclip.errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    from edgeclip.export.encoders import EncoderSpec
+    from edgeclip.export.targets import ExportContext
+
+TRT_VERSIONS = ">=10.0,<11"
+BUILD_NEEDS = "NVIDIA GPU + TensorRT 10; build_engine.sh or edgeclip.export.tensorrt.build_engine"
+DEFAULT_WORKSPACE = 2 << 30  # bytes; enough for ViT-L/14 tactics at batch 64, and only an upper bound
+# (min, opt, max) batch. TensorRT tunes its kernels for `opt`. Images: a device classifies one
+# camera frame at a time, so opt=1; max=32 is ZeroShotClassifier's default chunk. Texts: the
+# on-device batches come from set_labels (classes x templates, chunked by 32), so opt=32;
+# max=64 leaves room for a caller who raises max_batch. Larger batches are chunked by the backend.
+PROFILE_DEFAULTS: dict[str, tuple[int, int, int]] = {"image": (1, 1, 32), "text": (1, 32, 64)}
+# Nodes renamed with this prefix are pinned to fp32 in fp16 engines: LayerNorm's variance and the
+# final L2 norm's sum of squares overflow or lose precision in fp16 (TensorRT warns about
+# LayerNorm after attention in fp16 for the same reason).
+FP32_PREFIX = "edgeclip_fp32_"
+FP32_OPS = ("LayerNormalization", "ReduceL2")
+ONNX_FILE, SCRIPT_FILE, USER_PLAN, TIMING_CACHE = "model.onnx", "build_engine.sh", "model.plan", "timing.cache"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The optimisation profile of one input: only the batch dimension varies."""
+
+    input: str
+    shape: tuple[int, ...]  # one example, without the batch dimension
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+
+    def dims(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.shape)
+
+    def trtexec(self, batch: int) -> str:
+        return f"{self.input}:{'x'.join(map(str, self.dims(batch)))}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input, "min_batch": self.min_batch, "opt_batch": self.opt_batch,
+            "max_batch": self.max_batch, "shape": list(self.shape),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Profile:
+        return cls(str(d["input"]), tuple(d["shape"]), int(d["min_batch"]), int(d["opt_batch"]), int(d["max_batch"]))
+
+
+def supported_ops() -> dict[str, Any]:
+    """TensorRT's ONNX operator support list (tensorrt_ops.json: version, source, opset range, ops)."""
+    data: dict[str, Any] = json.loads(resources.files("edgeclip.export").joinpath("tensorrt_ops.json").read_text())
+    return data
+
+
+def check_ops(model: Any) -> dict[str, Any]:
+    """Check an onnx.ModelProto against TensorRT's supported ONNX operators and opsets.
+
+    Returns the record kept in the manifest; raises ExportError naming every unsupported op.
+    """
+    table = supported_ops()
+    known = set(table["supported"])
+    ops = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node})
+    unsupported = [op for op in ops if op not in known]  # other domains need plugins: unsupported too
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    lo, hi = table["opset_range"]
+    record = {"tensorrt_version": table["tensorrt_version"], "source": table["source"], "opset": opset,
+              "ops": ops, "unsupported": unsupported}
+    if unsupported:
+        raise ExportError(
+            f"the graph uses ONNX operators TensorRT {table['tensorrt_version']} does not support: "
+            f"{', '.join(unsupported)} (list from {table['source']})",
+            fix="change the model so it exports without these ops, or use the onnx/openvino target",
+        )
+    if not lo <= opset <= hi:
+        raise ExportError(f"ONNX opset {opset} is outside what every TensorRT 10.x parses ({lo}-{hi})",
+                          fix=f"export with an opset between {lo} and {hi}")
+    return record
+
+
+def prepare_onnx(src: Path, dst: Path) -> list[str]:
+    """Copy the fp32 graph, naming the ops to keep in fp32 so both build paths can pin them.
+
+    Returns those node names (TensorRT's ONNX parser names layers after nodes).
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    pinned = []
+    for i, node in enumerate(n for n in model.graph.node if n.op_type in FP32_OPS):
+        node.name = f"{FP32_PREFIX}{node.op_type}_{i}"
+        pinned.append(node.name)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return pinned
+
+
+def profile_for(ctx: ExportContext, spec: EncoderSpec) -> Profile:
+    """The profile from ctx.options (trt_min_batch / trt_opt_batch / trt_max_batch) or the defaults."""
+    lo, opt, hi = (int(ctx.options.get(f"trt_{k}_batch") or d)
+                   for k, d in zip(("min", "opt", "max"), PROFILE_DEFAULTS[spec.name], strict=True))
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"TensorRT batch profile must satisfy 1 <= min <= opt <= max, got {lo}/{opt}/{hi}",
+                          fix="adjust --trt-min-batch / --trt-opt-batch / --trt-max-batch")
+    shape = tuple(int(d) for d in spec.inputs[0].shape[1:])
+    return Profile(spec.input_name, shape, lo, opt, hi)
+
+
+def trtexec_script(profile: Profile, fp16: bool, fp32_layers: list[str], workspace_bytes: int) -> str:
+    """build_engine.sh: the same build as `build_engine`, through trtexec."""
+    args = [
+        f"--onnx={ONNX_FILE}", '--saveEngine="$PLAN"',
+        f"--minShapes={profile.trtexec(profile.min_batch)}",
+        f"--optShapes={profile.trtexec(profile.opt_batch)}",
+        f"--maxShapes={profile.trtexec(profile.max_batch)}",
+        f"--memPoolSize=workspace:${{WORKSPACE_MIB:-{workspace_bytes >> 20}}}M",
+        f"--timingCacheFile={TIMING_CACHE}",
+    ]
+    if fp16:
+        # explicit names, not wildcards: trtexec before 10.x-late only accepts "*" as a whole name
+        spec = ",".join(f"{name}:fp32" for name in fp32_layers)
+        args += ["--fp16", "--precisionConstraints=obey", f"--layerPrecisions={spec}", f"--layerOutputTypes={spec}"]
+    else:
+        args.append("--noTF32")  # fp32 means fp32: TensorRT enables TF32 matmuls by default on Ampere+
+    lines = " \\\n  ".join(['"$TRTEXEC"', *args, '"$@"'])
+    return (
+        "#!/bin/sh\n"
+        "# Build this encoder's TensorRT 10 engine on the device that will run it (engines are GPU-specific).\n"
+        "# Same build in Python: edgeclip.export.tensorrt.build_engine. The edgeclip runtime uses $PLAN\n"
+        "# when it deserializes on this device, else it builds and caches its own engine.\n"
+        "set -eu\n"
+        'cd "$(dirname "$0")"\n'
+        'TRTEXEC="${TRTEXEC:-trtexec}"\n'
+        f'PLAN="${{PLAN:-{USER_PLAN}}}"\n'
+        f"{lines}\n"
+    )
+
+
+def build_engine(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    *,
+    fp16: bool,
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    workspace_bytes: int,
+    timing_cache: str | Path | None = None,
+) -> Path:
+    """Build a serialized TensorRT engine (.plan) for the ONNX at `onnx_path` with TensorRT's Python API.
+
+    Only the batch dimension may be dynamic; it gets the (min, opt, max) profile. With fp16, nodes
+    named FP32_PREFIX* stay fp32. `timing_cache` is loaded when present and saved after the build.
+    The plan is written atomically. Needs TensorRT 10 and an NVIDIA GPU.
+    """
+    trt: Any = _deps.require("tensorrt", extra="tensorrt", purpose="building a TensorRT engine")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}",
+                          fix="check the op check in the manifest and the TensorRT version (needs 10.x)")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+        _pin_fp32(trt, network, config)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would miss the fp32 parity threshold
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        tail = tuple(tensor.shape)[1:]
+        if any(d < 0 for d in tail):
+            raise ExportError(f"input {tensor.name} has a dynamic dimension besides the batch: {tuple(tensor.shape)}")
+        profile.set_shape(tensor.name, (min_batch, *tail), (opt_batch, *tail), (max_batch, *tail))
+    config.add_optimization_profile(profile)
+    cache_file = Path(timing_cache) if timing_cache else None
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file and cache_file.is_file() else b"")
+    config.set_timing_cache(cache, True)  # True: a cache from another GPU/version is ignored, not fatal
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}",
+                          fix="see the TensorRT log above (e.g. raise the workspace limit)")
+    with atomic_path(plan_path) as tmp:
+        tmp.write_bytes(memoryview(plan))
+    if cache_file:
+        with atomic_path(cache_file) as tmp:
+            tmp.write_bytes(memoryview(cache.serialize()))
+    return Path(plan_path)
+
+
+def _pin_fp32(trt: Any, network: Any, config: Any) -> list[str]:
+    """Keep the FP32_PREFIX layers (and the helper layers the parser adds for them) in fp32."""
+    floats = (trt.float32, trt.float16)
+    pinned = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if FP32_PREFIX in layer.name and all(t.dtype in floats for t in outputs):
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned.append(layer.name)
+    if pinned:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return pinned
+
+
+def engine_name(artifact: Artifact, tensorrt_version: str, gpu: str) -> str:
+    """Cache file name of an engine: TensorRT version + GPU + precision + what the engine depends on."""
+    onnx_sha = artifact.files[artifact.main_file]
+    key = json.dumps([onnx_sha, artifact.environment.get("profile"), artifact.precision], sort_keys=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
+    return f"{tensorrt_version}-{slug}-{artifact.precision}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.plan"
+
+
+class TensorRTTarget:
+    name = "tensorrt"
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+
+    def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
+        onnx: Any = _deps.require("onnx", extra="export", purpose="the tensorrt export target")
+
+        from edgeclip.export.onnx import OPSET, add_metadata, reference_onnx
+        from edgeclip.export.targets import validated_artifact
+        from edgeclip.runtime.backends.tensorrt import TensorRTBackend
+
+        rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
+        onnx_file = folder / ONNX_FILE
+        fp32_layers = prepare_onnx(reference_onnx(ctx, spec), onnx_file)
+        add_metadata(onnx_file, ctx, spec, precision)
+        op_check = check_ops(onnx.load(str(onnx_file)))
+        profile = profile_for(ctx, spec)
+        script = folder / SCRIPT_FILE
+        script.write_text(trtexec_script(profile, precision == "fp16", fp32_layers, DEFAULT_WORKSPACE))
+        script.chmod(0o755)
+        files = [f"{rel_dir}/{ONNX_FILE}", f"{rel_dir}/{SCRIPT_FILE}"]
+        env: dict[str, Any] = {
+            "tensorrt": TRT_VERSIONS, "opset": OPSET, "onnx": onnx.__version__, "profile": profile.to_dict(),
+            "workspace_bytes": DEFAULT_WORKSPACE, "fp32_layers": fp32_layers if precision == "fp16" else [],
+            "build": BUILD_NEEDS, "engine_built": False,
+        }
+        probe = Artifact(spec.name, self.name, precision, rel_dir, {files[0]: sha256_file(onnx_file)},
+                         list(spec.inputs), list(spec.outputs), environment=env)
+        if TensorRTBackend.available():  # build now, on this GPU, and validate the engine itself
+            backend = TensorRTBackend(onnx_file, probe)
+            files.append(backend.plan_path.relative_to(ctx.bundle_root).as_posix())
+            env.update(engine_built=True, engine={"tensorrt_version": backend.tensorrt_version, "gpu": backend.gpu,
+                                                  "file": files[-1]})
+            artifact = validated_artifact(
+                ctx, spec, self.name, precision, rel_dir, files,
+                run=lambda x: backend.infer({spec.input_name: x})[spec.output_name],
+                checked_with=f"TensorRT {backend.tensorrt_version} engine on {backend.gpu} (TensorRTBackend)",
+                environment=env,
+            )
+        else:
+            with _polygraphy_runner(onnx_file) as runner:
+                artifact = validated_artifact(
+                    ctx, spec, self.name, precision, rel_dir, files,
+                    run=lambda x: runner.infer({spec.input_name: x})[spec.output_name],
+                    checked_with="polygraphy onnxruntime backend (TensorRT-ready ONNX); engine not built here",
+                    environment=env,
+                )
+        artifact.validation["op_check"] = op_check
+        return artifact
+
+
+@contextmanager
+def _polygraphy_runner(path: Path) -> Iterator[Any]:
+    """polygraphy's OnnxrtRunner on CPU, activated, with its info log lines silenced."""
+    _deps.require("polygraphy", extra="export", purpose="checking the TensorRT-ready ONNX")
+    logger = importlib.import_module("polygraphy.logger").G_LOGGER
+    onnxrt = importlib.import_module("polygraphy.backend.onnxrt")
+    # it logs "[I] Creating ONNX-Runtime Inference Session..." (and a hint about `colored`) otherwise
+    with logger.verbosity(logger.ERROR):
+        runner = onnxrt.OnnxrtRunner(onnxrt.SessionFromOnnx(str(path), providers=["cpu"]))
+        with runner:
+            yield runner

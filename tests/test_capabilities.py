@@ -1,0 +1,40 @@
+"""The capability table decides what `edgeclip export` accepts; nothing is silently rewritten."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeclip.errors import ConfigError, UnknownNameError
+from edgeclip.export.capabilities import CAPABILITIES, markdown_table, plan_exports
+from edgeclip.export.targets import TARGETS
+from edgeclip.runtime.backends import BACKENDS
+
+
+def test_table_covers_every_target_and_backend() -> None:
+    assert set(CAPABILITIES) == set(TARGETS)
+    assert {c.backend for c in CAPABILITIES.values()} <= set(BACKENDS)
+    table = markdown_table()
+    assert all(f"| {t} |" in table for t in CAPABILITIES)
+
+
+def test_default_precision_is_each_targets_first() -> None:
+    assert plan_exports(["onnx", "coreml"], None) == [("onnx", "fp32"), ("coreml", "fp16")]
+
+
+def test_all_takes_what_each_target_supports() -> None:
+    plan = plan_exports(["all"], ["fp32", "fp16", "int8w"])
+    assert ("onnx", "fp16") in plan and ("openvino", "fp32") in plan and ("coreml", "int8w") in plan
+    assert ("onnx", "int8w") not in plan
+
+
+def test_refusals_name_what_is_supported() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'tensorrt'"):
+        plan_exports(["tensorrtt"], None)
+    with pytest.raises(ConfigError, match="target 'onnx' does not support precision 'palette4'") as e:
+        plan_exports(["onnx"], ["palette4"])
+    assert "fp32, fp16" in str(e.value)
+    with pytest.raises(ConfigError, match="no requested target supports precision 'int4'"):
+        plan_exports(["all"], ["int4"])
+    with pytest.raises(ConfigError, match="--coreml-target does not apply.*\\n.*coreml"):
+        plan_exports(["onnx"], None, {"coreml_target": "iOS17"})
+    assert plan_exports(["onnx", "coreml"], None, {"coreml_target": "iOS17"})
