@@ -57,7 +57,8 @@ def run_quickstart(root: Path, steps: int, seed: int = 0, progress: bool = True)
     # 1. train
     click.echo(f"[1/5] training {QUICKSTART_MODEL} on builtin:shapes for {steps} steps ...")
     cfg = TrainConfig(
-        model=QUICKSTART_MODEL, data="builtin:shapes", out=str(ckpt), steps=steps,
+        model=QUICKSTART_MODEL, data=["builtin:shapes"], out=str(ckpt), steps=steps,
+        augment=False,  # procedural data never repeats: augmentation would only cost time
         batch_size=QUICKSTART_BATCH, lr=QUICKSTART_LR, warmup_steps=min(50, steps // 5 + 1),
         seed=seed, progress=progress,
     )

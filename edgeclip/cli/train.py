@@ -1,4 +1,4 @@
-"""`edgeclip train`."""
+"""`edgeclip train` (also under torchrun: `torchrun --nproc_per_node N -m edgeclip train ...`)."""
 
 from __future__ import annotations
 
@@ -7,31 +7,59 @@ from dataclasses import asdict
 
 import click
 
-from edgeclip.train.loop import TrainConfig
-from edgeclip.train.loop import train as run_training
+from edgeclip.train.config import LOSSES, PRECISIONS, SCHEDULES, TrainConfig
 
 
 @click.command()
-@click.option("--data", default="builtin:shapes", show_default=True, help="Training data source.")
-@click.option("--model", default="edge-tiny", show_default=True, help="Model config name.")
-@click.option("--out", default="checkpoints/run", show_default=True, type=click.Path(), help="Checkpoint directory.")
+@click.option("--data", multiple=True, default=["builtin:shapes"], show_default=True,
+              help="Data source (repeatable): builtin:shapes, builtin:digits, a csv/tsv/jsonl file, an image "
+                   "folder, or webdataset shards like 'shards/{000..099}.tar'.")
+@click.option("--data-weights", default=None, help="Comma-separated sampling weight per --data source.")
+@click.option("--model", default=None, help="Model config name (default: the --init/--resume checkpoint's, "
+              "else edge-tiny).")
+@click.option("--out", default="checkpoints/run", show_default=True, type=click.Path(), help="Run directory.")
 @click.option("--steps", default=1000, show_default=True, type=int)
-@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int, help="Per process.")
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--warmup-steps", default=100, show_default=True, type=int)
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(SCHEDULES))
+@click.option("--cooldown-steps", default=0, show_default=True, type=int)
 @click.option("--weight-decay", default=0.1, show_default=True, type=float)
+@click.option("--grad-clip", default=None, type=float, help="Max global gradient norm.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS))
+@click.option("--accum-steps", default=1, show_default=True, type=int,
+              help="GradCache micro-batches per step (keeps all negatives).")
+@click.option("--loss", default="clip", show_default=True, type=click.Choice(LOSSES))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="torch intra-op threads.")
+@click.option("--workers", default=0, show_default=True, type=int, help="Data loading processes.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--no-augment", is_flag=True, help="No random resized crop.")
+@click.option("--log-every", default=20, show_default=True, type=int)
+@click.option("--save-every", default=0, show_default=True, type=int, help="Checkpoint every N steps (0: end).")
+@click.option("--keep-checkpoints", default=3, show_default=True, type=int)
+@click.option("--eval-every", default=0, show_default=True, type=int, help="Zero-shot eval every N steps (0: end).")
+@click.option("--resume", default=None, help="'latest' or OUT/checkpoints/step_NNNNNNNN.")
+@click.option("--init", "init_from", default=None, type=click.Path(), help="Start from these weights (fine-tune).")
+@click.option("--lock-image", is_flag=True, help="Freeze the image tower (LiT).")
+@click.option("--lock-text", is_flag=True, help="Freeze the text tower.")
+@click.option("--force-activation", is_flag=True, help="Allow --init weights with another activation.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--max-bad-steps", default=10, show_default=True, type=int)
 @click.option("--no-progress", is_flag=True, help="No progress bar (the JSONL log is still written).")
-def train(
-    data: str, model: str, out: str, steps: int, batch_size: int, lr: float, warmup_steps: int,
-    weight_decay: float, seed: int, threads: int | None, no_progress: bool,
-) -> None:
-    """Train a CLIP model and write a checkpoint directory."""
-    cfg = TrainConfig(
-        model=model, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
-        warmup_steps=min(warmup_steps, steps), weight_decay=weight_decay, seed=seed, threads=threads,
-        progress=not no_progress,
-    )
+def train(data: tuple[str, ...], data_weights: str | None, init_from: str | None, no_augment: bool,
+          compile_: bool, no_progress: bool, **kw: object) -> None:
+    """Train (or fine-tune) a CLIP model; writes checkpoints and a JSONL log under --out."""
+    from edgeclip.errors import ConfigError
+    from edgeclip.train.loop import train as run_training
+
+    try:
+        weights = [float(w) for w in data_weights.split(",")] if data_weights else None
+    except ValueError as e:
+        raise ConfigError(f"--data-weights must be comma-separated numbers, got {data_weights!r}") from e
+    cfg = TrainConfig(data=list(data), data_weights=weights, init=init_from, augment=not no_augment,
+                      compile=compile_, progress=not no_progress, **kw)  # type: ignore[arg-type]
+    if cfg.warmup_steps > cfg.steps:
+        cfg.warmup_steps = cfg.steps
     result = run_training(cfg)
     click.echo(json.dumps(asdict(result), indent=2))

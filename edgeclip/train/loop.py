@@ -1,8 +1,5 @@
-"""A minimal but correct single-process CLIP trainer.
-
-Reads top to bottom: data and tokenizer, model, optimiser and schedule, the step loop,
-evaluation, checkpoint. The trainer issue extends it (distributed, resume, accumulation).
-"""
+"""The CLIP trainer. Reads top to bottom: world, model and tokenizer (fresh, --init or
+--resume), data, optimiser, then the step loop with logging, evaluation and checkpoints."""
 
 from __future__ import annotations
 
@@ -10,52 +7,39 @@ import json
 import math
 import tempfile
 import time
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 
-from edgeclip.bundle import PreprocessConfig
-from edgeclip.errors import ConfigError, DataError
-from edgeclip.model.checkpoint import save_checkpoint
+from edgeclip.bundle import PreprocessConfig, TokenizerConfig
+from edgeclip.errors import CheckpointError, ConfigError, DataError, EdgeclipError
+from edgeclip.model.checkpoint import load_checkpoint, save_checkpoint
 from edgeclip.model.clip import CLIP
 from edgeclip.model.config import get_config
 from edgeclip.model.tokenizer import train_tokenizer
 from edgeclip.runtime.tokenizer import TextTokenizer
+from edgeclip.train import state as ckpt
+from edgeclip.train.config import TrainConfig
 from edgeclip.train.data import open_source, zero_shot_tasks
-from edgeclip.train.loss import clip_loss
+from edgeclip.train.distributed import World, barrier, init_world, shutdown
+from edgeclip.train.gradcache import grad_cache_step
+from edgeclip.train.loader import PositionDataset, make_loader, normalize_batch
+from edgeclip.train.loss import SIGLIP_LOGIT_SCALE_INIT, SigLipLoss, clip_loss
+from edgeclip.train.progress import Progress
 from edgeclip.train.transforms import eval_transform
 from edgeclip.train.zeroshot import evaluate
 
-# ln(100): CLIP caps the temperature so logits cannot blow up (Radford et al. 2021)
-MAX_LOGIT_SCALE = math.log(100.0)
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "lr_at", "param_groups", "train"]
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP caps the temperature at 100 (Radford et al. 2021)
 
 
-@dataclass
-class TrainConfig:
-    model: str = "edge-tiny"
-    data: str = "builtin:shapes"
-    out: str = "checkpoints/run"
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    seed: int = 0
-    threads: int | None = None
-    log_every: int = 20
-    eval_size: int = 480  # held-out images for zero-shot evaluation at the end
-    tokenizer_samples: int = 4000  # captions used to learn the BPE merges
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        if self.batch_size < 2:
-            raise ConfigError("--batch-size must be >= 2: a contrastive loss needs negatives")
+class TrainingError(EdgeclipError):
+    """The run cannot continue (e.g. too many non-finite steps in a row)."""
 
 
 @dataclass
@@ -66,21 +50,30 @@ class TrainResult:
     seconds: float
     samples_per_s: float
     final_loss: float
+    skipped_steps: int = 0
+    skipped_samples: int = 0
     zero_shot: dict[str, float] = field(default_factory=dict)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to zero."""
+    """Linear warmup, then cosine to zero, constant, or constant with a linear cooldown."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "constant-cooldown":
+        left = cfg.steps - step
+        return cfg.lr if left > cfg.cooldown_steps else cfg.lr * left / max(1, cfg.cooldown_steps)
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def param_groups(model: CLIP, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on gains, biases, embeddings and the logit scale (CLIP practice)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         if p.ndim < 2 or "embedding" in name or "logit_scale" in name:
             no_decay.append(p)
         else:
@@ -88,112 +81,241 @@ def param_groups(model: CLIP, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+@dataclass
+class Setup:
+    model: CLIP
+    preprocess: PreprocessConfig
+    tokenizer_file: Path
+    tokenizer: TokenizerConfig
+    start_step: int
+    state: dict[str, Any] | None
+
+
+def _setup_model(cfg: TrainConfig, scratch: Path, world: World) -> Setup:
+    """Model + tokenizer from --resume, --init, or fresh (BPE learnt from the captions)."""
+    if cfg.resume:
+        path = ckpt.resolve_resume(cfg.resume, Path(cfg.out))
+        model, info = load_checkpoint(path)
+        if cfg.model and cfg.model != info.model.name:
+            raise CheckpointError(f"{path} is a checkpoint of '{info.model.name}', not '{cfg.model}'",
+                                  fix="resume with the same --model (or omit it)")
+        st = ckpt.load_state(path)
+        return Setup(model.train(), info.preprocess, info.tokenizer_path, info.tokenizer, int(st["step"]), st)
+    if cfg.init:
+        model, info = load_checkpoint(cfg.init)
+        if cfg.model:
+            wanted = get_config(cfg.model)
+            if wanted.quick_gelu != info.model.quick_gelu and not cfg.force_activation:
+                raise ConfigError(
+                    f"--init weights use {'QuickGELU' if info.model.quick_gelu else 'GELU'} but '{cfg.model}' "
+                    f"uses {'QuickGELU' if wanted.quick_gelu else 'GELU'}: the model would run but lose accuracy",
+                    fix="use the checkpoint's config (omit --model) or pass --force-activation",
+                )
+        return Setup(model.train(), info.preprocess, info.tokenizer_path, info.tokenizer, 0, None)
+    model_cfg = get_config(cfg.model or "edge-tiny")
+    pre = PreprocessConfig(image_size=model_cfg.vision_cfg.image_size)
+    first = open_source(cfg.data[0], size=cfg.tokenizer_samples, image_size=pre.image_size, seed=cfg.seed)
+    captions = (first[i][1] for i in range(min(cfg.tokenizer_samples, len(first))))
+    tok, tok_cfg = train_tokenizer(captions, model_cfg.text_cfg.vocab_size, model_cfg.text_cfg.context_length)
+    tok_file = scratch / "tokenizer.json"
+    tok.save(str(tok_file))
+    return Setup(CLIP(model_cfg).train(), pre, tok_file, tok_cfg, 0, None)
+
+
+def _open_data(cfg: TrainConfig, pre: PreprocessConfig) -> PositionDataset:
+    sources = [open_source(s, size=max(cfg.steps * cfg.batch_size, 1), image_size=pre.image_size, seed=cfg.seed)
+               for s in cfg.data]
+    for spec, src in zip(cfg.data, sources, strict=True):
+        if len(src) == 0:
+            raise DataError(f"data source '{spec}' is empty", fix="check the path and its contents")
+    return PositionDataset(sources, cfg.data_weights, cfg.seed, pre, cfg.augment)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> AbstractContextManager[Any]:
+    if cfg.precision == "fp32":
+        return nullcontext()
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs CUDA (GradScaler); use bf16 on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
+    world = init_world(cfg.device)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            return _train(cfg, world, Path(scratch))
+    finally:
+        shutdown(world)
+
+
+def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model_cfg = get_config(cfg.model)
-    pre = PreprocessConfig(image_size=model_cfg.vision_cfg.image_size)
-    out = Path(cfg.out)
+    out, dev = Path(cfg.out), world.device
+    s = _setup_model(cfg, scratch, world)
+    model, pre = s.model, s.preprocess
+    tokenize = TextTokenizer(s.tokenizer_file, s.tokenizer)
+    data = _open_data(cfg, pre)
 
-    # --- data and tokenizer: BPE merges learnt from the training captions themselves
-    data = open_source(cfg.data, size=cfg.steps * cfg.batch_size, image_size=pre.image_size, seed=cfg.seed)
-    if len(data) == 0:
-        raise DataError(f"data source '{cfg.data}' is empty")
-    captions = (data[i][1] for i in range(min(cfg.tokenizer_samples, len(data))))
-    tok, tok_cfg = train_tokenizer(captions, model_cfg.text_cfg.vocab_size, model_cfg.text_cfg.context_length)
-    tmpdir = tempfile.TemporaryDirectory()
-    tok_file = Path(tmpdir.name) / "tokenizer.json"
-    tok.save(str(tok_file))
-    tokenize = TextTokenizer(tok_file, tok_cfg)
+    # --- towers to train; LiT keeps a locked tower in eval mode (frozen BatchNorm statistics)
+    for locked, tower in ((cfg.lock_image, model.visual), (cfg.lock_text, model.transformer)):
+        if locked:
+            tower.requires_grad_(False)
+    if cfg.lock_text:
+        for p in (model.token_embedding.weight, model.positional_embedding, model.text_projection):
+            p.requires_grad_(False)
+        model.ln_final.requires_grad_(False)
+    siglip = SigLipLoss() if cfg.loss == "siglip" else None
+    if siglip is not None and s.state is None and not cfg.init:
+        with torch.no_grad():
+            model.logit_scale.fill_(SIGLIP_LOGIT_SCALE_INIT)
+    model.to(dev)
+    if siglip is not None:
+        siglip.to(dev)
+    groups = param_groups(model, cfg.weight_decay)
+    if siglip is not None:
+        groups[1]["params"] = [*groups[1]["params"], siglip.logit_bias]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=dev.type == "cuda")
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
+    counters = {"samples": 0, "skipped_steps": 0, "skipped_samples": 0}
+    if s.state is not None:
+        opt.load_state_dict(s.state["optimizer"])
+        scaler.load_state_dict(s.state["scaler"])
+        ckpt.set_rng_state(s.state["rng"])
+        counters.update({k: int(s.state[k]) for k in counters})
+        if siglip is not None and "siglip" in s.state:
+            siglip.load_state_dict(s.state["siglip"])
+
+    ddp: nn.Module | None = None
+    if world.distributed and cfg.accum_steps == 1:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    forward: Any = ddp or model
+    if cfg.compile:
+        forward = torch.compile(forward)
+    trainable = [p for g in groups for p in g["params"]]
+
+    def loss_fn(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return siglip(img, txt, scale, world) if siglip is not None else clip_loss(img, txt, scale, world)
+
+    def save(step: int, meta_extra: dict[str, Any]) -> Path | None:
+        barrier(world)
+        path = None
+        if world.is_main:
+            meta = {"train": asdict(cfg), **meta_extra}
+            state = {"step": step, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                     "rng": ckpt.rng_state(), **counters}
+            if siglip is not None:
+                state["siglip"] = siglip.state_dict()
+            path = ckpt.save_step(out, step, lambda d: save_checkpoint(d, model, s.tokenizer_file, pre, s.tokenizer,
+                                                                          meta), state, cfg.keep_checkpoints)
+            ckpt.publish(path, out)
+        barrier(world)
+        return path
+
     transform = eval_transform(pre)
+    tasks = zero_shot_tasks(cfg.data[0], image_size=pre.image_size, size=cfg.eval_size, seed=cfg.seed)
 
-    # --- model and optimiser
-    model = CLIP(model_cfg).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "train_log.jsonl", "a", encoding="utf-8")
+    def run_eval() -> dict[str, float]:
+        barrier(world)
+        res = evaluate(model, tokenize, transform, tasks) if (tasks and world.is_main) else {}
+        barrier(world)
+        return res
 
     # --- the step loop
-    order = np.random.default_rng(cfg.seed).permutation(len(data))
-    t0 = time.perf_counter()
-    loss_value = float("nan")
-    with _progress(cfg.progress, cfg.steps) as bar:
-        for step in range(cfg.steps):
-            idx = order[(np.arange(cfg.batch_size) + step * cfg.batch_size) % len(data)]
-            pairs = [data[int(i)] for i in idx]
-            pixels = torch.stack([transform(img) for img, _ in pairs])
-            ids_np = tokenize([c for _, c in pairs])
-            ids = torch.from_numpy(ids_np[:, : int(ids_np.argmax(1).max()) + 1])  # drop all-padding columns
+    out.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        log = stack.enter_context(open(out / "train_log.jsonl", "a", encoding="utf-8")) if world.is_main else None
+        loader = make_loader(data, s.start_step, cfg.steps, cfg.batch_size, world.rank, world.size, cfg.workers)
+        autocast = _autocast(cfg, dev)
+        t0, loss_value, consecutive_bad, step = time.perf_counter(), float("nan"), 0, s.start_step
+        done_here = 0
+        with Progress(cfg.progress and world.is_main, cfg.steps, s.start_step) as bar:
+            for step, batch in zip(range(s.start_step, cfg.steps), loader, strict=False):
+                counters["skipped_samples"] += batch["skipped"]
+                if batch["images"] is None or len(batch["captions"]) < 2:
+                    continue  # every image of this batch failed to decode (counted above)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, cfg)
+                pixels = normalize_batch(batch["images"], pre).to(dev, non_blocking=True)
+                ids_np = tokenize(batch["captions"])
+                ids = torch.from_numpy(ids_np[:, : int(ids_np.argmax(1).max()) + 1]).to(dev)  # drop padding columns
+                if cfg.lock_image:
+                    model.visual.eval()
+                if cfg.accum_steps == 1:
+                    with autocast:
+                        img_f, txt_f, scale = forward(pixels, ids)
+                    loss = loss_fn(img_f, txt_f, scale)
+                    scaler.scale(loss).backward()
+                else:
+                    loss = grad_cache_step(model, loss_fn, pixels, ids, cfg.accum_steps,
+                                           lambda: model.logit_scale.exp(), autocast=lambda: _autocast(cfg, dev))
+                    _average_grads(trainable, world)
+                scaler.unscale_(opt)
+                norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                    # a non-finite loss or gradient skips the step; too many in a row ends the run
+                    counters["skipped_steps"] += 1
+                    consecutive_bad += 1
+                    opt.zero_grad(set_to_none=True)
+                    scaler.update()
+                    if consecutive_bad >= cfg.max_bad_steps:
+                        last = ckpt.list_checkpoints(out)
+                        raise TrainingError(
+                            f"{consecutive_bad} non-finite steps in a row at step {step + 1}; stopping",
+                            fix=f"lower --lr or use --grad-clip; last good checkpoint: "
+                                f"{last[-1][1] if last else 'none'}",
+                        )
+                    continue
+                consecutive_bad = 0
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                counters["samples"] += cfg.batch_size * world.size
+                done_here += 1
 
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            img_f, txt_f, scale = model(pixels, ids)
-            loss = clip_loss(img_f, txt_f, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                    loss_value = float(loss.detach())
+                    elapsed = time.perf_counter() - t0
+                    rec = {"step": step + 1, "loss": round(loss_value, 5), "lr": lr_at(step, cfg),
+                           "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
+                           "grad_norm": round(float(norm), 4),
+                           "samples_per_s": round(done_here * cfg.batch_size * world.size / elapsed, 1),
+                           "elapsed_s": round(elapsed, 2), **counters}
+                    if log:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                    bar.update(step + 1, rec)
+                if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                    ev = run_eval()
+                    if log and ev:
+                        log.write(json.dumps({"step": step + 1, "eval": ev}) + "\n")
+                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                    save(step + 1, {})
+        seconds = time.perf_counter() - t0
 
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                loss_value = float(loss.detach())
-                elapsed = time.perf_counter() - t0
-                rec = {
-                    "step": step + 1,
-                    "loss": round(loss_value, 5),
-                    "lr": lr_at(step, cfg),
-                    "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
-                    "samples_per_s": round((step + 1) * cfg.batch_size / elapsed, 1),
-                    "elapsed_s": round(elapsed, 2),
-                }
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.update(step + 1, rec)
-    seconds = time.perf_counter() - t0
+        zs = run_eval()
+        result = TrainResult(
+            checkpoint=str(out), steps=cfg.steps, samples=counters["samples"], seconds=round(seconds, 2),
+            samples_per_s=round(done_here * cfg.batch_size * world.size / max(seconds, 1e-9), 1),
+            final_loss=round(loss_value, 5), skipped_steps=counters["skipped_steps"],
+            skipped_samples=counters["skipped_samples"], zero_shot={k: round(v, 4) for k, v in zs.items()},
+        )
+        save(cfg.steps, {"result": asdict(result)})
+        if log:
+            log.write(json.dumps({"final": asdict(result)}) + "\n")
+        return result
 
-    # --- evaluation on held-out combinations, then the checkpoint
-    tasks = zero_shot_tasks(cfg.data, image_size=pre.image_size, size=cfg.eval_size, seed=cfg.seed)
-    zs = evaluate(model, tokenize, transform, tasks) if tasks else {}
-    result = TrainResult(
-        checkpoint=str(out),
-        steps=cfg.steps,
-        samples=cfg.steps * cfg.batch_size,
-        seconds=round(seconds, 2),
-        samples_per_s=round(cfg.steps * cfg.batch_size / seconds, 1),
-        final_loss=round(loss_value, 5),
-        zero_shot={k: round(v, 4) for k, v in zs.items()},
-    )
-    log.write(json.dumps({"final": asdict(result)}) + "\n")
-    log.close()
-    save_checkpoint(out, model, tok_file, pre, tok_cfg, meta={"train": asdict(cfg), "result": asdict(result)})
-    tmpdir.cleanup()
-    return result
+def _average_grads(params: list[torch.Tensor], world: World) -> None:
+    """What DDP does, by hand: used with GradCache, whose backward runs outside DDP's forward."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
 
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world.size)
 
-class _progress:
-    """A rich progress bar showing loss and samples/s; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> _progress:
-        if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(
-                TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-            )
-            self._p.__enter__()
-            self._task = self._p.add_task("train", total=self.total, info="")
-        return self
-
-    def update(self, step: int, rec: dict[str, Any]) -> None:
-        if self.enabled:
-            info = f"loss {rec['loss']:.3f}  {rec['samples_per_s']:.0f} samples/s"
-            self._p.update(self._task, completed=step, info=info)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._p.__exit__(None, None, None)

@@ -37,7 +37,7 @@ def evaluate(
     transform: Callable[[ImageInput], torch.Tensor],
     tasks: list[ZeroShotTask],
 ) -> dict[str, float]:
-    """Zero-shot top-1 per task, as {task name: accuracy in [0, 1]}."""
+    """Zero-shot accuracy per task: {name: top-1, name_top5: top-5}, fractions in [0, 1]."""
     was_training = model.training
     model.eval()
     results: dict[str, float] = {}
@@ -47,7 +47,33 @@ def evaluate(
         if key not in image_cache:  # tasks over the same images share one forward pass
             image_cache[key] = encode_images(model, transform, list(task.images))
         labels = label_embeddings(task.classes, task.templates, lambda t: encode_texts(model, tokenize, t))
-        pred = (image_cache[key] @ labels.T).argmax(axis=1)
-        results[task.name] = float((pred == np.asarray(task.targets)).mean())
+        scores = image_cache[key] @ labels.T
+        targets = np.asarray(task.targets)
+        results[task.name] = float((scores.argmax(axis=1) == targets).mean())
+        top5 = np.argsort(-scores, axis=1)[:, : min(5, scores.shape[1])]
+        results[f"{task.name}_top5"] = float((top5 == targets[:, None]).any(axis=1).mean())
     model.train(was_training)
     return results
+
+
+def retrieval(
+    model: CLIP,
+    tokenize: Callable[[list[str]], np.ndarray],
+    transform: Callable[[ImageInput], torch.Tensor],
+    images: list[ImageInput],
+    captions: list[str],
+) -> dict[str, float]:
+    """Image->text and text->image recall@1/5/10 over matching pairs (pair i is the positive)."""
+    was_training = model.training
+    model.eval()
+    img = encode_images(model, transform, images)
+    txt = np.concatenate([encode_texts(model, tokenize, captions[i : i + 256]) for i in range(0, len(captions), 256)])
+    model.train(was_training)
+    sim = img @ txt.T
+    out = {}
+    for name, s in (("image_to_text", sim), ("text_to_image", sim.T)):
+        # rank of the true pair among all candidates for each query
+        rank = (s > np.diag(s)[:, None]).sum(axis=1)
+        for k in (1, 5, 10):
+            out[f"{name}_r{k}"] = float((rank < k).mean())
+    return out

@@ -1,0 +1,95 @@
+"""Distributed setup on torch.distributed: torchrun (and SLURM) environments, gloo on CPU,
+NCCL on CUDA. Only rank 0 writes files; everyone meets at barriers around eval and save."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from edgeclip.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def _slurm_to_torchrun_env() -> None:
+    """Map SLURM's variables to torchrun's when launched by `srun` directly."""
+    if "WORLD_SIZE" in os.environ or "SLURM_NTASKS" not in os.environ:
+        return
+    if int(os.environ["SLURM_NTASKS"]) <= 1:
+        return
+    if "MASTER_ADDR" not in os.environ:
+        raise ConfigError("SLURM job without MASTER_ADDR", fix="export MASTER_ADDR/MASTER_PORT, or use torchrun")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+
+
+def init_world(device: str = "auto") -> World:
+    """Read torchrun/SLURM variables; initialise the process group when there are several ranks."""
+    _slurm_to_torchrun_env()
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is available", fix="use --device cpu")
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return World(rank, local, size, dev)
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward sums, over ranks, the gradient of each rank's slice."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.size = dist.get_rank(), dist.get_world_size()
+        parts = [torch.empty_like(x) for _ in range(ctx.size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss saw every slice
+        return grad.chunk(ctx.size, dim=0)[ctx.rank]
+
+
+def all_gather_with_grad(x: torch.Tensor, world: World) -> torch.Tensor:
+    """Concatenate x (same shape on every rank) in rank order; gradients flow back to each slice."""
+    if not world.distributed:
+        return x
+    out: torch.Tensor = _AllGather.apply(x)
+    return out
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,57 @@
+"""Gradient accumulation that keeps the contrastive objective over the whole batch.
+
+Accumulating plain micro-batch losses would shrink the set of negatives to one micro-batch.
+GradCache (Gao et al. 2021) instead: (1) embed every micro-batch without a graph, (2) compute
+the loss over all embeddings and take its gradient with respect to them, (3) re-embed each
+micro-batch with a graph and back-propagate the cached embedding gradients. The result equals
+the full-batch gradient; memory is that of one micro-batch. (Towers with BatchNorm see
+micro-batch statistics in steps 1 and 3, so there it is an approximation.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+EncodeFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def grad_cache_step(
+    encode: EncodeFn,
+    loss_fn: LossFn,
+    pixels: torch.Tensor,
+    input_ids: torch.Tensor,
+    micro_batches: int,
+    logit_scale: Callable[[], torch.Tensor],
+    autocast: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> torch.Tensor:
+    """Run forward+backward over the batch in `micro_batches` chunks; returns the loss.
+
+    `encode(pixels, ids)` -> (image_features, text_features, logit_scale), normalised.
+    `logit_scale()` -> the scale with a graph to its parameter (e.g. model.logit_scale.exp()).
+    Across ranks, the caller averages gradients afterwards (the backward passes here run
+    outside any DDP forward, so DDP's hooks cannot be used).
+    """
+    px_chunks = pixels.chunk(micro_batches)
+    id_chunks = input_ids.chunk(micro_batches)
+    # 1. embeddings without a graph
+    with torch.no_grad(), autocast():
+        feats = [encode(p, i) for p, i in zip(px_chunks, id_chunks, strict=True)]
+    img = torch.cat([f[0] for f in feats]).float().requires_grad_(True)
+    txt = torch.cat([f[1] for f in feats]).float().requires_grad_(True)
+    # 2. loss over the full batch; its gradient w.r.t. the embeddings, and the logit scale's
+    #    gradient straight onto its parameter
+    loss = loss_fn(img, txt, logit_scale())
+    loss.backward()
+    assert img.grad is not None and txt.grad is not None
+    img_grads, txt_grads = img.grad.split([len(p) for p in px_chunks]), txt.grad.split([len(i) for i in id_chunks])
+    # 3. re-embed each chunk with a graph and push the cached gradients through it
+    for k, (p, i) in enumerate(zip(px_chunks, id_chunks, strict=True)):
+        with autocast():
+            f_img, f_txt, _ = encode(p, i)
+        torch.autograd.backward([f_img.float(), f_txt.float()], [img_grads[k], txt_grads[k]])
+    return loss.detach()
+

@@ -1,0 +1,126 @@
+"""Batches for the trainer, addressed by global sample position so that a run resumed at
+step N sees exactly the samples an uninterrupted run would have seen.
+
+Sample p of the stream is a pure function of (seed, p): which source (weighted choice when
+several are mixed), which item (a fresh permutation per epoch for a single source), and the
+augmentation. Rank r of W takes positions [step*B*W + r*B, step*B*W + (r+1)*B). Worker
+processes therefore change nothing but speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from edgeclip.bundle import PreprocessConfig
+from edgeclip.errors import EdgeclipError
+from edgeclip.runtime.preprocess import load_image, resize_crop
+from edgeclip.train.data import CaptionDataset
+
+CROP_SCALE = (0.9, 1.0)  # "scale near 1": CLIP's captions describe the whole image
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """Crop a random area fraction in CROP_SCALE with aspect in CROP_RATIO, resize to size^2."""
+    w, h = img.size
+    for _ in range(10):
+        area = w * h * rng.uniform(*CROP_SCALE)
+        ratio = float(np.exp(rng.uniform(np.log(CROP_RATIO[0]), np.log(CROP_RATIO[1]))))
+        cw, ch = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch))
+    return resize_crop(img, PreprocessConfig(image_size=size))
+
+
+class PositionDataset(Dataset[tuple[np.ndarray | None, str]]):
+    """Global position -> (uint8 HxWx3 image or None if undecodable, caption)."""
+
+    def __init__(self, sources: Sequence[CaptionDataset], weights: Sequence[float] | None, seed: int,
+                 preprocess: PreprocessConfig, augment: bool) -> None:
+        self.sources = list(sources)
+        w = np.asarray(weights if weights else [len(s) for s in sources], dtype=np.float64)
+        self.cum = np.cumsum(w / w.sum())
+        self.seed, self.pre, self.augment = seed, preprocess, augment
+        self._perm: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return 2**62  # an endless stream; the sampler decides how far to go
+
+    def _locate(self, pos: int) -> tuple[CaptionDataset, int]:
+        if len(self.sources) == 1:  # epochs without replacement
+            src = self.sources[0]
+            epoch, offset = divmod(pos, len(src))
+            if epoch not in self._perm:
+                self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(src))}
+            return src, int(self._perm[epoch][offset])
+        rng = np.random.default_rng([self.seed, pos, 7])  # mixed sources: weighted, with replacement
+        src = self.sources[int(np.searchsorted(self.cum, rng.random(), side="right").clip(0, len(self.sources) - 1))]
+        return src, int(rng.integers(0, len(src)))
+
+    def __getitem__(self, pos: int) -> tuple[np.ndarray | None, str]:
+        src, index = self._locate(pos)
+        image, caption = src[index]
+        try:
+            img = load_image(image)
+        except EdgeclipError:
+            return None, caption  # counted and dropped by the collate function
+        if self.augment:
+            img = random_resized_crop(img, self.pre.image_size, np.random.default_rng([self.seed, pos, 1]))
+        else:
+            img = resize_crop(img, self.pre)
+        return np.asarray(img, dtype=np.uint8), caption
+
+
+class StepSampler(Sampler[list[int]]):
+    """Yields, for steps start..end-1, this rank's list of global positions."""
+
+    def __init__(self, start: int, end: int, batch: int, rank: int, world: int) -> None:
+        self.start, self.end, self.batch, self.rank, self.world = start, end, batch, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.end):
+            base = step * self.batch * self.world + self.rank * self.batch
+            yield list(range(base, base + self.batch))
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+def collate(items: list[tuple[np.ndarray | None, str]]) -> dict[str, Any]:
+    good = [(im, c) for im, c in items if im is not None]
+    return {
+        "images": torch.from_numpy(np.stack([im for im, _ in good])) if good else None,
+        "captions": [c for _, c in good],
+        "skipped": len(items) - len(good),
+    }
+
+
+def _worker_init(worker_id: int) -> None:
+    # the sample RNG is derived from positions; this only keeps torch's own RNG distinct
+    torch.manual_seed(torch.initial_seed() % 2**31 + worker_id)
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: PositionDataset, start_step: int, steps: int, batch: int, rank: int, world: int,
+                workers: int) -> DataLoader[Any]:
+    return DataLoader(
+        dataset, batch_sampler=StepSampler(start_step, steps, batch, rank, world), collate_fn=collate,
+        num_workers=workers, worker_init_fn=_worker_init if workers else None,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+
+
+def normalize_batch(images: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W], (x/255 - mean)/std; same arithmetic as the
+    runtime's numpy path."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std

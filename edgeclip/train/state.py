@@ -1,0 +1,103 @@
+"""Checkpoints during training: one directory per saved step, written atomically.
+
+    OUT/checkpoints/step_00000100/   config.json  model.safetensors  tokenizer.json  train_state.pt
+    OUT/                             the final (or latest) weights, what `edgeclip export` reads
+
+A step directory is built under a temporary name and renamed when complete, so a crash at
+any point leaves every earlier checkpoint intact and never a half-written one that looks
+complete. train_state.pt holds only tensors and plain containers: it loads with
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeclip._io import atomic_dir, atomic_path
+from edgeclip.errors import CheckpointError
+
+STATE = "train_state.pt"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def step_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step_{step:08d}"
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE).is_file()]
+    return sorted(found)
+
+
+def resolve_resume(resume: str, out: Path) -> Path:
+    """`latest` -> the newest complete step directory under OUT; otherwise a path to one."""
+    if resume == "latest":
+        found = list_checkpoints(out)
+        if not found:
+            raise CheckpointError(f"--resume latest: no checkpoint under {out / 'checkpoints'}",
+                                  fix="start without --resume, or pass --out of the run to resume")
+        return found[-1][1]
+    path = Path(resume)
+    if not (path / STATE).is_file():
+        raise CheckpointError(f"--resume {resume}: not a training checkpoint ({STATE} missing)",
+                              fix="pass OUT/checkpoints/step_NNNNNNNN or --resume latest")
+    return path
+
+
+def save_step(out: Path, step: int, write_weights: Any, state: dict[str, Any], keep: int) -> Path:
+    """Write a complete step directory atomically, then prune to the newest `keep`."""
+    dst = step_dir(out, step)
+    if dst.exists():
+        shutil.rmtree(dst)
+    with atomic_dir(dst) as tmp:
+        write_weights(tmp)
+        torch.save(state, tmp / STATE)
+    for _, old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def publish(src: Path, out: Path) -> None:
+    """Copy a step's weights to OUT's top level, file by file atomically."""
+    for name in ("tokenizer.json", "model.safetensors", "config.json"):  # config last: readers key on it
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(src / name, tmp)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors have many types; all mean the same to the user
+        raise CheckpointError(f"cannot load {path / STATE} (refused or corrupt): {e}") from e
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it survives power loss (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,190 @@
+"""The full trainer: exact resume after SIGKILL, GradCache, distributed loss, fine-tuning, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgeclip.errors import CheckpointError, ConfigError
+from edgeclip.model.clip import create_model
+from edgeclip.train.config import TrainConfig
+from edgeclip.train.distributed import World
+from edgeclip.train.gradcache import grad_cache_step
+from edgeclip.train.loop import TrainingError, train
+from edgeclip.train.loss import clip_loss
+from tests.conftest import REPO
+
+TINY = ["--model", "test-tiny", "--batch-size", "8", "--warmup-steps", "2", "--no-progress", "--threads", "1",
+        "--log-every", "1", "--no-augment"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edgeclip", "train", *args]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_resume_after_sigkill_is_bitwise_equal(tmp_path: Path) -> None:
+    n = 8
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    common = [*TINY, "--steps", str(4 * n), "--save-every", str(n)]
+    subprocess.run(_cli(*common, "--out", str(straight)), check=True, capture_output=True, cwd=REPO)
+
+    proc = subprocess.Popen(_cli(*common, "--out", str(killed)), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = killed / "checkpoints" / f"step_{n:08d}"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up, as in a real crash
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    steps_done = sorted(p.name for p in (killed / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert f"step_{4 * n:08d}" not in steps_done
+
+    subprocess.run(_cli(*common, "--out", str(killed), "--resume", "latest"), check=True, capture_output=True,
+                   cwd=REPO)
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = [json.loads(x) for x in (killed / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["final"]["steps"] == 4 * n
+
+
+def test_grad_cache_equals_full_batch_gradient() -> None:
+    torch.manual_seed(0)
+    model = create_model("test-tiny").train()
+    pixels = torch.randn(12, 3, 32, 32)
+    ids = torch.randint(1, 500, (12, 16))
+    ids[:, 9] = 511
+
+    img, txt, scale = model(pixels, ids)
+    clip_loss(img, txt, scale).backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    grad_cache_step(model, lambda i, t, s: clip_loss(i, t, s), pixels, ids, 3, lambda: model.logit_scale.exp())
+    for name, g in full.items():
+        got = dict(model.named_parameters())[name].grad
+        assert got is not None, name
+        torch.testing.assert_close(got, g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _dist_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = create_model("test-tiny").train()
+    g = torch.Generator().manual_seed(1)
+    pixels, ids = torch.randn(8, 3, 32, 32, generator=g), torch.randint(1, 500, (8, 16), generator=g)
+    ids[:, 7] = 511
+    local = slice(rank * 4, rank * 4 + 4)
+    img, txt, scale = model(pixels[local], ids[local])
+    loss = clip_loss(img, txt, scale, World(rank=rank, size=world_size))
+    loss.backward()
+    grads = {}
+    for n, p in model.named_parameters():  # what DDP does: average gradients over ranks
+        dist.all_reduce(p.grad)
+        grads[n] = p.grad / world_size
+    losses = [torch.zeros(()) for _ in range(world_size)]
+    dist.all_gather(losses, loss.detach())
+    if rank == 0:
+        torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_loss_and_gradients_equal_single_process(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "dist.pt"
+    mp.start_processes(_dist_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, start_method="spawn")
+    got = torch.load(out, weights_only=True)
+
+    torch.manual_seed(0)
+    model = create_model("test-tiny").train()
+    g = torch.Generator().manual_seed(1)
+    pixels, ids = torch.randn(8, 3, 32, 32, generator=g), torch.randint(1, 500, (8, 16), generator=g)
+    ids[:, 7] = 511
+    img, txt, scale = model(pixels, ids)
+    loss = clip_loss(img, txt, scale)
+    loss.backward()
+    torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "edgeclip", "train", *TINY, "--steps", "4", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "step" in r and "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]  # one writer: no duplicated lines
+    assert log[-1]["final"]["samples"] == 4 * 8 * 2
+    assert (out / "checkpoints" / "step_00000004" / "train_state.pt").is_file()
+
+
+def test_non_finite_steps_stop_the_run_and_keep_the_last_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(model="test-tiny", out=str(out), steps=4, batch_size=8, warmup_steps=1, save_every=2,
+                      progress=False, augment=False, eval_size=8, tokenizer_samples=200))
+    before = _weights(out / "checkpoints" / "step_00000004")
+    with pytest.raises(TrainingError, match="non-finite steps in a row") as e:
+        train(TrainConfig(model="test-tiny", out=str(out), steps=12, batch_size=8, warmup_steps=1, lr=float("inf"),
+                          progress=False, augment=False, max_bad_steps=3, init=str(out)))
+    assert "last good checkpoint" in str(e.value)
+    after = _weights(out / "checkpoints" / "step_00000004")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_and_init_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        train(TrainConfig(model="test-tiny", out=str(tmp_path / "x"), resume=str(tmp_path / "nope"), progress=False))
+    with pytest.raises(CheckpointError, match="no checkpoint under"):
+        train(TrainConfig(model="test-tiny", out=str(tmp_path / "x"), resume="latest", progress=False))
+    run = tmp_path / "run"
+    train(TrainConfig(model="test-tiny", out=str(run), steps=2, batch_size=8, warmup_steps=1, progress=False,
+                      eval_size=8, tokenizer_samples=200))
+    with pytest.raises(CheckpointError, match="checkpoint of 'test-tiny', not 'edge-tiny'"):
+        train(TrainConfig(model="edge-tiny", out=str(run), resume="latest", steps=4, progress=False))
+    with pytest.raises(ConfigError, match="QuickGELU"):
+        train(TrainConfig(model="test-tiny-quickgelu", out=str(tmp_path / "y"), init=str(run), progress=False))
+
+
+def test_lock_image_keeps_the_image_tower(tmp_path: Path) -> None:
+    run, tuned = tmp_path / "run", tmp_path / "tuned"
+    train(TrainConfig(model="test-tiny", out=str(run), steps=2, batch_size=8, warmup_steps=1, progress=False,
+                      eval_size=8, tokenizer_samples=200))
+    train(TrainConfig(out=str(tuned), init=str(run), lock_image=True, steps=3, batch_size=8, warmup_steps=1,
+                      progress=False, eval_size=8))
+    a, b = _weights(run), _weights(tuned)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))
+    assert not torch.equal(a["text_projection"], b["text_projection"])
+
+
+def test_config_refusals() -> None:
+    with pytest.raises(ConfigError):
+        TrainConfig(batch_size=10, accum_steps=3)
+    with pytest.raises(ConfigError):
+        TrainConfig(lock_image=True, lock_text=True)
+    with pytest.raises(ConfigError):
+        TrainConfig(resume="latest", init="x")
+    with pytest.raises(ConfigError):
+        TrainConfig(precision="int8")
