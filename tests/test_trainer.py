@@ -188,3 +188,56 @@ def test_config_refusals() -> None:
         TrainConfig(resume="latest", init="x")
     with pytest.raises(ConfigError):
         TrainConfig(precision="int8")
+
+
+def _shard(path: Path, n: int, corrupt: int) -> None:
+    import io
+    import tarfile
+
+    from edgeclip.train.shapes import ShapesDataset
+
+    ds = ShapesDataset("train", n, 32)
+    with tarfile.open(path, "w") as tar:
+        for i in range(n):
+            buf = io.BytesIO()
+            ds[i].image.save(buf, "PNG")
+            data = buf.getvalue() if i >= corrupt else b"\x89PNG broken"
+            for name, payload in ((f"{i:05d}.png", data), (f"{i:05d}.txt", ds[i].caption.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def test_webdataset_and_csv_sources_train(tmp_path: Path) -> None:
+    for k in range(2):
+        _shard(tmp_path / f"shard-{k:03d}.tar", 12, corrupt=2)
+    spec = str(tmp_path / "shard-{000..001}.tar")
+    r = train(TrainConfig(model="test-tiny", data=[spec], out=str(tmp_path / "wds"), steps=3, batch_size=8,
+                          warmup_steps=1, progress=False, tokenizer_samples=10))
+    assert r.steps == 3 and r.samples == 24
+    # corrupt images are dropped by the shard reader and counted there, never a crash
+    from edgeclip.train.sources import WebDatasetSource
+
+    src = WebDatasetSource(spec)
+    assert len(list(src.samples(0))) == 20 and sum(src.skipped.values()) == 4
+
+    from edgeclip.train.shapes import ShapesDataset
+
+    rows = ["filepath,caption"]
+    for i in range(6):
+        s = ShapesDataset("train", 6, 40)[i]
+        s.image.save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{s.caption}")
+    rows.append("missing.png,a red circle")  # a row whose file is gone: skipped and counted
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    r = train(TrainConfig(model="test-tiny", data=[str(tmp_path / "data.csv")], out=str(tmp_path / "csv"), steps=4,
+                          batch_size=4, warmup_steps=1, progress=False, tokenizer_samples=7))
+    assert r.steps == 4 and r.skipped_samples >= 1
+
+
+def test_retrieval_metrics_are_logged(tmp_path: Path) -> None:
+    r = train(TrainConfig(model="test-tiny", out=str(tmp_path / "r"), steps=2, batch_size=8, warmup_steps=1,
+                          progress=False, eval_size=16, tokenizer_samples=100))
+    for key in ("image_to_text_r1", "image_to_text_r5", "image_to_text_r10", "text_to_image_r1"):
+        assert 0.0 <= r.zero_shot[key] <= 1.0
+    assert r.zero_shot["image_to_text_r10"] >= r.zero_shot["image_to_text_r1"]

@@ -14,6 +14,7 @@ from edgeclip.errors import EdgeclipError
 # command -> "module:attribute"; importing a command's module is what pulls torch or an SDK
 COMMANDS: dict[str, str] = {
     "train": "edgeclip.cli.train:train",
+    "import": "edgeclip.cli.importer:import_weights",
     "export": "edgeclip.cli.export:export",
     "classify": "edgeclip.cli.runtime:classify",
     "embed": "edgeclip.cli.runtime:embed",

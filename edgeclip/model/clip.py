@@ -1,4 +1,4 @@
-"""CLIP in PyTorch: ViT image tower, causal text transformer, and the split encoders.
+"""CLIP in PyTorch: ViT (or ModifiedResNet) image tower, causal text transformer, split encoders.
 
 Parameter names follow OpenAI CLIP (`visual.conv1`, `visual.transformer.resblocks.N.attn.
 in_proj_weight`, `text_projection`, `logit_scale`, ...) so OpenAI / open_clip state dicts load
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig
+from edgeclip.model.resnet import ModifiedResNet
 
 # Added to masked attention logits. Finite on purpose: -inf turns into NaN once a graph is
 # run in fp16 or quantized (a zero point computed from -inf), and -1e4 is already exp()-zero.
@@ -50,7 +51,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
         super().__init__()
-        hidden = int(width * mlp_ratio)
+        hidden = round(width * mlp_ratio)  # round: an inferred ratio such as 64 / 24 is inexact
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
@@ -113,6 +114,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(w))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid**2 + 1, w))
         self.ln_pre = nn.LayerNorm(w)
+        assert isinstance(cfg.layers, int), "a ViT config has one depth"
         self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu)
         self.ln_post = nn.LayerNorm(w)
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
@@ -134,7 +136,11 @@ class CLIP(nn.Module):
         super().__init__()
         self.cfg = cfg
         t: TextConfig = cfg.text_cfg
-        self.visual = VisionTransformer(cfg.vision_cfg, cfg.embed_dim, cfg.quick_gelu)
+        self.visual: VisionTransformer | ModifiedResNet
+        if cfg.vision_cfg.is_resnet:
+            self.visual = ModifiedResNet(cfg.vision_cfg, cfg.embed_dim)  # ReLU inside: quick_gelu is text-only
+        else:
+            self.visual = VisionTransformer(cfg.vision_cfg, cfg.embed_dim, cfg.quick_gelu)
         self.token_embedding = nn.Embedding(t.vocab_size, t.width)
         self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
         self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_ratio, cfg.quick_gelu)
@@ -150,7 +156,10 @@ class CLIP(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=self.cfg.text_cfg.width**-0.5)
         self.transformer.init_weights()
-        self.visual.transformer.init_weights()
+        if isinstance(self.visual, ModifiedResNet):
+            self.visual.init_weights()
+        else:
+            self.visual.transformer.init_weights()
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised pixels -> [B, embed_dim] (not normalised)."""

@@ -20,7 +20,10 @@ class VisionConfig:
     image_size: int = 224
     patch_size: int = 32
     width: int = 768
-    layers: int = 12
+    # an int: a ViT with that many blocks. A list of four ints (e.g. [3, 4, 6, 3]): OpenAI's
+    # ModifiedResNet with that many bottlenecks per stage (as in open_clip); `width` is then the
+    # stem width, `heads` those of the attention pool, and the image is downsampled 32x.
+    layers: int | tuple[int, ...] = 12
     heads: int = 12
     mlp_ratio: float = 4.0
     # "patch": one strided conv (OpenAI ViT). "conv": stride-2 3x3 conv+BN+GELU layers with
@@ -30,6 +33,9 @@ class VisionConfig:
     stem_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.layers, tuple):
+            self._check_resnet(self.layers)
+            return
         if self.stem not in ("patch", "conv"):
             raise ConfigError(f"vision_cfg.stem must be 'patch' or 'conv', got {self.stem!r}")
         if self.stem == "conv":
@@ -41,6 +47,20 @@ class VisionConfig:
             raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
             raise ConfigError(f"vision width {self.width} is not divisible by heads {self.heads}")
+
+    def _check_resnet(self, depths: tuple[int, ...]) -> None:
+        if len(depths) != 4 or min(depths) < 1:
+            raise ConfigError(f"a ResNet vision_cfg.layers needs four stage depths >= 1, got {list(depths)}")
+        if self.patch_size != 32 or self.stem != "patch":
+            raise ConfigError("a ResNet image tower downsamples 32x: leave patch_size at 32 and stem at 'patch'")
+        if self.image_size % 32:
+            raise ConfigError(f"ResNet image_size {self.image_size} is not a multiple of 32")
+        if (self.width * 32) % self.heads:
+            raise ConfigError(f"ResNet feature width {self.width * 32} is not divisible by heads {self.heads}")
+
+    @property
+    def is_resnet(self) -> bool:
+        return isinstance(self.layers, tuple)
 
     @property
     def grid(self) -> int:
@@ -72,6 +92,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["vision_cfg"]["stem_channels"] = list(self.vision_cfg.stem_channels)
+        if isinstance(self.vision_cfg.layers, tuple):
+            d["vision_cfg"]["layers"] = list(self.vision_cfg.layers)
         return d
 
     @classmethod
@@ -80,6 +102,8 @@ class ModelConfig:
             v = dict(d.get("vision_cfg", {}))
             if "stem_channels" in v:
                 v["stem_channels"] = tuple(int(c) for c in v["stem_channels"])
+            if isinstance(v.get("layers"), list):
+                v["layers"] = tuple(int(n) for n in v["layers"])
             return cls(
                 name=str(name or d["name"]),
                 embed_dim=int(d["embed_dim"]),

@@ -9,16 +9,17 @@ processes therefore change nothing but speed.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from edgeclip.bundle import PreprocessConfig
-from edgeclip.errors import EdgeclipError
+from edgeclip.errors import DataError, EdgeclipError
 from edgeclip.runtime.preprocess import load_image, resize_crop
 from edgeclip.train.data import CaptionDataset
 
@@ -124,3 +125,46 @@ def normalize_batch(images: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor
     mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+class StreamDataset(IterableDataset[tuple[np.ndarray | None, str]]):
+    """WebDataset shards as an endless stream for this rank: epoch after epoch, shards
+    shuffled per epoch and dealt by rank then worker (see sources.WebDatasetSource)."""
+
+    def __init__(self, source: Any, seed: int, preprocess: PreprocessConfig, augment: bool, rank: int,
+                 world: int) -> None:
+        self.source, self.seed, self.pre, self.augment = source, seed, preprocess, augment
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray | None, str]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        epoch = 0
+        while True:
+            n = 0
+            for n, (data, caption) in enumerate(self.source.samples(
+                    epoch, rank=self.rank, world_size=self.world, worker=worker, num_workers=workers), start=1):
+                try:
+                    img = load_image(data)
+                except EdgeclipError:
+                    yield None, caption
+                    continue
+                if self.augment:
+                    img = random_resized_crop(img, self.pre.image_size,
+                                              np.random.default_rng([self.seed, epoch, self.rank, worker, n]))
+                else:
+                    img = resize_crop(img, self.pre)
+                yield np.asarray(img, dtype=np.uint8), caption
+            if n == 0 and epoch == 0:
+                raise DataError("the WebDataset yielded no usable sample for this rank/worker",
+                                fix="check the shards (and use at least as many shards as ranks x workers)")
+            epoch += 1
+
+
+def make_stream_loader(dataset: StreamDataset, start_step: int, steps: int, batch: int,
+                       workers: int) -> Iterator[dict[str, Any]]:
+    """Batches start_step..steps-1 of the stream; resuming replays (and drops) earlier batches,
+    which keeps the data position exact for the same number of workers."""
+    loader = DataLoader(dataset, batch_size=batch, collate_fn=collate, num_workers=workers,
+                        worker_init_fn=_worker_init if workers else None)
+    return itertools.islice(iter(loader), start_step, steps)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,14 +26,15 @@ from edgeclip.model.tokenizer import train_tokenizer
 from edgeclip.runtime.tokenizer import TextTokenizer
 from edgeclip.train import state as ckpt
 from edgeclip.train.config import TrainConfig
-from edgeclip.train.data import open_source, zero_shot_tasks
+from edgeclip.train.data import open_source, open_stream, retrieval_pairs, zero_shot_tasks
 from edgeclip.train.distributed import World, barrier, init_world, shutdown
 from edgeclip.train.gradcache import grad_cache_step
-from edgeclip.train.loader import PositionDataset, make_loader, normalize_batch
+from edgeclip.train.loader import PositionDataset, StreamDataset, make_loader, make_stream_loader, normalize_batch
 from edgeclip.train.loss import SIGLIP_LOGIT_SCALE_INIT, SigLipLoss, clip_loss
 from edgeclip.train.progress import Progress
+from edgeclip.train.sources import is_webdataset
 from edgeclip.train.transforms import eval_transform
-from edgeclip.train.zeroshot import evaluate
+from edgeclip.train.zeroshot import evaluate, retrieval
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "lr_at", "param_groups", "train"]
 
@@ -114,15 +117,22 @@ def _setup_model(cfg: TrainConfig, scratch: Path, world: World) -> Setup:
         return Setup(model.train(), info.preprocess, info.tokenizer_path, info.tokenizer, 0, None)
     model_cfg = get_config(cfg.model or "edge-tiny")
     pre = PreprocessConfig(image_size=model_cfg.vision_cfg.image_size)
-    first = open_source(cfg.data[0], size=cfg.tokenizer_samples, image_size=pre.image_size, seed=cfg.seed)
-    captions = (first[i][1] for i in range(min(cfg.tokenizer_samples, len(first))))
+    captions: Iterator[str]
+    if is_webdataset(cfg.data[0]):
+        stream = open_stream(cfg.data[0], cfg.seed).samples(0)
+        captions = itertools.islice((c for _, c in stream), cfg.tokenizer_samples)
+    else:
+        first = open_source(cfg.data[0], image_size=pre.image_size, seed=cfg.seed)
+        captions = (first[i][1] for i in range(min(cfg.tokenizer_samples, len(first))))
     tok, tok_cfg = train_tokenizer(captions, model_cfg.text_cfg.vocab_size, model_cfg.text_cfg.context_length)
     tok_file = scratch / "tokenizer.json"
     tok.save(str(tok_file))
     return Setup(CLIP(model_cfg).train(), pre, tok_file, tok_cfg, 0, None)
 
 
-def _open_data(cfg: TrainConfig, pre: PreprocessConfig) -> PositionDataset:
+def _open_data(cfg: TrainConfig, pre: PreprocessConfig, world: World) -> PositionDataset | StreamDataset:
+    if len(cfg.data) == 1 and is_webdataset(cfg.data[0]):
+        return StreamDataset(open_stream(cfg.data[0], cfg.seed), cfg.seed, pre, cfg.augment, world.rank, world.size)
     sources = [open_source(s, size=max(cfg.steps * cfg.batch_size, 1), image_size=pre.image_size, seed=cfg.seed)
                for s in cfg.data]
     for spec, src in zip(cfg.data, sources, strict=True):
@@ -156,7 +166,7 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     s = _setup_model(cfg, scratch, world)
     model, pre = s.model, s.preprocess
     tokenize = TextTokenizer(s.tokenizer_file, s.tokenizer)
-    data = _open_data(cfg, pre)
+    data = _open_data(cfg, pre, world)
 
     # --- towers to train; LiT keeps a locked tower in eval mode (frozen BatchNorm statistics)
     for locked, tower in ((cfg.lock_image, model.visual), (cfg.lock_text, model.transformer)):
@@ -215,10 +225,16 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
 
     transform = eval_transform(pre)
     tasks = zero_shot_tasks(cfg.data[0], image_size=pre.image_size, size=cfg.eval_size, seed=cfg.seed)
+    pairs = None if is_webdataset(cfg.data[0]) else retrieval_pairs(
+        cfg.data[0], image_size=pre.image_size, size=cfg.eval_size, seed=cfg.seed)
 
     def run_eval() -> dict[str, float]:
         barrier(world)
-        res = evaluate(model, tokenize, transform, tasks) if (tasks and world.is_main) else {}
+        res: dict[str, float] = {}
+        if world.is_main:
+            res = evaluate(model, tokenize, transform, tasks) if tasks else {}
+            if pairs:
+                res.update(retrieval(model, tokenize, transform, *pairs))
         barrier(world)
         return res
 
@@ -226,7 +242,12 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         log = stack.enter_context(open(out / "train_log.jsonl", "a", encoding="utf-8")) if world.is_main else None
-        loader = make_loader(data, s.start_step, cfg.steps, cfg.batch_size, world.rank, world.size, cfg.workers)
+        tb = _tensorboard(stack, out) if world.is_main else None
+        loader: Any = (
+        make_loader(data, s.start_step, cfg.steps, cfg.batch_size, world.rank, world.size, cfg.workers)
+        if isinstance(data, PositionDataset)
+        else make_stream_loader(data, s.start_step, cfg.steps, cfg.batch_size, cfg.workers)
+    )
         autocast = _autocast(cfg, dev)
         t0, loss_value, consecutive_bad, step = time.perf_counter(), float("nan"), 0, s.start_step
         done_here = 0
@@ -287,11 +308,17 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                     if log:
                         log.write(json.dumps(rec) + "\n")
                         log.flush()
+                    if tb is not None:
+                        for key in ("loss", "lr", "logit_scale", "grad_norm", "samples_per_s"):
+                            tb.add_scalar(f"train/{key}", rec[key], step + 1)
                     bar.update(step + 1, rec)
                 if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                     ev = run_eval()
                     if log and ev:
                         log.write(json.dumps({"step": step + 1, "eval": ev}) + "\n")
+                    if tb is not None:
+                        for key, value in ev.items():
+                            tb.add_scalar(f"eval/{key}", value, step + 1)
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                     save(step + 1, {})
         seconds = time.perf_counter() - t0
@@ -307,6 +334,17 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
         if log:
             log.write(json.dumps({"final": asdict(result)}) + "\n")
         return result
+
+def _tensorboard(stack: ExitStack, out: Path) -> Any:
+    """A TensorBoard writer when `tensorboard` is installed (optional), else None."""
+    from edgeclip import _deps
+
+    if not _deps.has("tensorboard"):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return stack.enter_context(SummaryWriter(str(out / "tensorboard")))
+
 
 def _average_grads(params: list[torch.Tensor], world: World) -> None:
     """What DDP does, by hand: used with GradCache, whose backward runs outside DDP's forward."""

@@ -1,0 +1,175 @@
+"""edgeclip's training step against open_clip's on the same model, batch, precision and data.
+
+    .venv/bin/python benchmarks/train_throughput.py [--models ViT-B-32,edge-vit] [--batch 32] [--rounds 4]
+
+open_clip needs torchvision, which does not import beside this venv's CPU torch 2.13, so open_clip
+runs in its own venv (default /tmp/ocenv: `torch==2.14.1 torchvision==0.29.1 open_clip_torch`,
+created on first use, ~5.6 GB, about a minute from this machine's local wheels). Each side runs in
+a persistent worker process; the script alternates them round by round (interleaved, so machine
+drift cancels in the ratio) and prints samples/s and the ratio as JSON
+(also written to benchmarks/results/train_throughput.json).
+
+"Same model": ViT-B-32 as both define it; "edge-vit" is edge-tiny's size with a patch-16 stem
+(open_clip has no conv stem). Captions are 8-20 tokens padded to the context length: edgeclip's
+trainer drops all-padding columns, open_clip's does not; both use fp32 AdamW and the same loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+EDGE_VIT = {  # edge-tiny's dimensions with a patch stem, as an open_clip config
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 128, "layers": 2, "head_width": 32},
+    "text_cfg": {"context_length": 24, "vocab_size": 1024, "width": 128, "heads": 4, "layers": 2},
+}
+
+
+def _batch(batch: int, image_size: int, ctx: int, vocab: int):  # type: ignore[no-untyped-def]
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, image_size, image_size, generator=g)
+    ids = torch.zeros(batch, ctx, dtype=torch.long)
+    lengths = torch.randint(8, min(20, ctx - 1), (batch,), generator=g)
+    for i, n in enumerate(lengths.tolist()):
+        ids[i, 0] = vocab - 2
+        ids[i, 1 : n - 1] = torch.randint(1, vocab - 2, (n - 2,), generator=g)
+        ids[i, n - 1] = vocab - 1  # EOT: the highest id, where both pool
+    return images, ids
+
+
+def worker(side: str, model_name: str, batch: int, threads: int) -> None:
+    """Build the model, then answer lines 'N' with the seconds N training steps took."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if side == "edgeclip":
+        sys.path.insert(0, str(HERE.parent))
+        from edgeclip.model.clip import CLIP
+        from edgeclip.model.config import ModelConfig, get_config
+        from edgeclip.train.loop import param_groups
+        from edgeclip.train.loss import clip_loss
+
+        cfg = get_config(model_name) if model_name != "edge-vit" else ModelConfig.from_dict(
+            {**EDGE_VIT, "vision_cfg": {**{k: v for k, v in EDGE_VIT["vision_cfg"].items() if k != "head_width"},
+                                        "heads": 4}}, name="edge-vit")
+        model = CLIP(cfg).train()
+        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+        images, ids = _batch(batch, cfg.vision_cfg.image_size, cfg.text_cfg.context_length, cfg.text_cfg.vocab_size)
+
+        def step() -> None:
+            trimmed = ids[:, : int(ids.argmax(1).max()) + 1]  # as edgeclip's trainer does
+            img, txt, scale = model(images, trimmed)
+            loss = clip_loss(img, txt, scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    else:
+        import open_clip
+        from open_clip.loss import ClipLoss
+
+        if model_name == "edge-vit":
+            cfg_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "edgeclip_oc_cfg"
+            cfg_dir.mkdir(exist_ok=True)
+            (cfg_dir / "edge-vit.json").write_text(json.dumps(EDGE_VIT))
+            open_clip.add_model_config(cfg_dir)
+        model = open_clip.create_model(model_name).train()
+        ctx, vocab = model.context_length, model.vocab_size
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+        rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+        images, ids = _batch(batch, size, ctx, vocab)
+        loss_fn = ClipLoss()
+
+        def step() -> None:
+            out = model(images, ids)
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"]) if isinstance(out, dict) \
+                else loss_fn(*out[:3])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    step()  # warm-up: allocator, kernels
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        print(f"{time.perf_counter() - t0:.6f}", flush=True)
+
+
+def ensure_open_clip_env(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import open_clip, torch; print(torch.__version__)"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    print(f"setting up open_clip's environment in {venv} (torch 2.14.1 + torchvision 0.29.1) ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "torch==2.14.1", "torchvision==0.29.1",
+                    "open_clip_torch"], check=True)
+    return python
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="edge-vit,ViT-B-32")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps-per-round", type=int, default=2)
+    ap.add_argument("--open-clip-venv", default="/tmp/ocenv")
+    ap.add_argument("--worker", default=None)
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.model, args.batch, args.threads)
+        return
+    oc_python = ensure_open_clip_env(Path(args.open_clip_venv))
+    results = []
+    for model in args.models.split(","):
+        procs = {}
+        for side, python in (("edgeclip", sys.executable), ("open_clip", str(oc_python))):
+            procs[side] = subprocess.Popen(
+                [python, __file__, "--worker", side, "--model", model, "--batch", str(args.batch),
+                 "--threads", str(args.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        for p in procs.values():
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        times: dict[str, list[float]] = {s: [] for s in procs}
+        for _ in range(args.rounds):
+            for side, p in procs.items():  # alternate: drift hits both sides alike
+                assert p.stdin is not None and p.stdout is not None
+                p.stdin.write(f"{args.steps_per_round}\n")
+                p.stdin.flush()
+                times[side].append(float(p.stdout.readline()))
+        for p in procs.values():
+            p.stdin.close()  # type: ignore[union-attr]
+            p.wait()
+        sps = {s: args.batch * args.steps_per_round / sorted(t)[len(t) // 2] for s, t in times.items()}
+        results.append({"model": model, "batch": args.batch, "threads": args.threads, "precision": "fp32",
+                        "samples_per_s": {k: round(v, 1) for k, v in sps.items()},
+                        "ratio_edgeclip_over_open_clip": round(sps["edgeclip"] / sps["open_clip"], 3),
+                        "round_seconds": times})
+    report = {"benchmark": "train_throughput", "device": "cpu", "results": results,
+              "note": "median over interleaved rounds; open_clip runs torch 2.14.1, edgeclip torch 2.13.0"}
+    out = HERE / "results" / "train_throughput.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

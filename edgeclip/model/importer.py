@@ -1,0 +1,212 @@
+"""`import_weights`: OpenAI / open_clip / Hugging Face CLIP weights -> an edgeclip checkpoint.
+
+The architecture is read from tensor shapes (widths, depths, patch size, grid, embed dim); heads
+from the source's config (HF) or OpenAI's rule width // 64; the activation from the source
+(HF `hidden_act`, OpenAI = QuickGELU, open_clip: `-quickgelu` in the file or `--model` name).
+`--model NAME` pins a registered config: every shape must agree, a different image size
+interpolates the positional embeddings (bicubic), and a different activation is an error
+unless forced.
+
+Text pooling: edgeclip pools at argmax(input_ids) as OpenAI does. transformers pools there
+only for legacy configs (`eos_token_id == 2`) and otherwise at the first `eos_token_id`; with
+OpenAI's tokenizer EOT (49407) is the highest id and appears once, so all three agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from edgeclip.bundle import PreprocessConfig
+from edgeclip.errors import CheckpointError, ConfigError
+from edgeclip.model.checkpoint import save_checkpoint
+from edgeclip.model.clip import CLIP
+from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig, get_config, list_models
+from edgeclip.model.hf_keys import short_list
+from edgeclip.model.openai_tokenizer import VOCAB_SIZE, openai_clip_tokenizer
+from edgeclip.model.sources import Source, read_source
+
+
+@dataclass
+class ImportResult:
+    path: Path
+    config: ModelConfig
+    source_kind: str
+    activation: str
+    notes: list[str] = field(default_factory=list)
+
+
+def import_weights(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    model: str | None = None,
+    force_activation: bool = False,
+    vocab: str | os.PathLike[str] | None = None,
+) -> ImportResult:
+    """Import CLIP weights at `src` into a new checkpoint directory `out`."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"output {out} already exists", fix="choose a new --out directory")
+    named = get_config(model) if model else None
+    tokenizer, tok_cfg = openai_clip_tokenizer(vocab)  # fail on a missing vocabulary before heavy work
+    source = read_source(src)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in source.state.items()}
+    inferred = infer_config(state, source)
+    cfg, notes = resolve_config(inferred, named, source, force_activation)
+    if cfg.vision_cfg.image_size != inferred.vision_cfg.image_size:
+        resize_positions(state, cfg.vision_cfg)
+        notes.append(f"positional embeddings interpolated (bicubic) from {inferred.vision_cfg.image_size} px "
+                     f"to {cfg.vision_cfg.image_size} px")
+    if cfg.text_cfg.vocab_size != VOCAB_SIZE:
+        raise ConfigError(f"the text tower has {cfg.text_cfg.vocab_size} tokens; OpenAI's BPE has {VOCAB_SIZE}",
+                          fix="only CLIP models with OpenAI's tokenizer can be imported")
+    clip = CLIP(cfg)
+    load_strict(clip, state, str(src))
+    notes += [f"dropped stale tensor '{k}'" for k in source.dropped]
+    activation = "quick_gelu" if cfg.quick_gelu else "gelu"
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_file = Path(tmp) / "tokenizer.json"
+        tokenizer.save(str(tok_file))
+        meta: dict[str, Any] = {"imported_from": str(src), "source_format": source.kind, "activation": activation,
+                                "activation_origin": source.activation_origin, "notes": notes}
+        preprocess = PreprocessConfig(image_size=cfg.vision_cfg.image_size)  # OpenAI mean/std, bicubic
+        save_checkpoint(out, clip.eval(), tok_file, preprocess, dataclasses.replace(
+            tok_cfg, context_length=cfg.text_cfg.context_length), meta)
+    return ImportResult(out, cfg, source.kind, activation, notes)
+
+
+def _depth(state: dict[str, torch.Tensor], prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m[1] for k in state if (m := pat.match(k))})
+
+
+def _tensor(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state:
+        raise CheckpointError(f"cannot infer the architecture: tensor '{key}' is missing",
+                              fix="the file must hold a whole CLIP model (image and text towers)")
+    return state[key]
+
+
+def infer_config(state: dict[str, torch.Tensor], source: Source) -> ModelConfig:
+    """Read the architecture from tensor shapes; heads from the source, else width // 64."""
+    vocab, tw = _tensor(state, "token_embedding.weight").shape
+    text = TextConfig(
+        context_length=_tensor(state, "positional_embedding").shape[0], vocab_size=vocab, width=tw,
+        heads=source.text_heads or max(1, tw // 64), layers=_depth(state, "transformer.resblocks."),
+        mlp_ratio=_tensor(state, "transformer.resblocks.0.mlp.c_fc.weight").shape[0] / tw,
+    )
+    embed_dim = _tensor(state, "text_projection").shape[1]
+    if "visual.proj" in state:
+        vision = _infer_vit(state, source)
+    elif "visual.attnpool.c_proj.weight" in state:
+        vision = _infer_resnet(state)
+    else:
+        visual = sorted({".".join(k.split(".")[:2]) for k in state if k.startswith("visual.")})
+        raise ConfigError(f"unknown image tower architecture (visual tensors: {short_list(visual)})",
+                          fix="supported: OpenAI-style ViT (visual.proj) and ModifiedResNet (visual.attnpool)")
+    cfg = ModelConfig("imported", embed_dim, vision, text, quick_gelu=bool(source.quick_gelu))
+    return dataclasses.replace(cfg, name=_registered_name(cfg) or "imported")
+
+
+def _infer_vit(state: dict[str, torch.Tensor], source: Source) -> VisionConfig:
+    conv = _tensor(state, "visual.conv1.weight")
+    width, patch = conv.shape[0], conv.shape[-1]
+    if conv.shape[1] != 3 or conv.shape[-1] != conv.shape[-2]:
+        raise ConfigError(f"unsupported ViT stem: visual.conv1.weight has shape {list(conv.shape)}")
+    grid = math.isqrt(_tensor(state, "visual.positional_embedding").shape[0] - 1)
+    return VisionConfig(
+        image_size=grid * patch, patch_size=patch, width=width,
+        layers=_depth(state, "visual.transformer.resblocks."), heads=source.vision_heads or max(1, width // 64),
+        mlp_ratio=_tensor(state, "visual.transformer.resblocks.0.mlp.c_fc.weight").shape[0] / width,
+    )
+
+
+def _infer_resnet(state: dict[str, torch.Tensor]) -> VisionConfig:
+    width = _tensor(state, "visual.layer1.0.conv1.weight").shape[0]
+    grid = math.isqrt(_tensor(state, "visual.attnpool.positional_embedding").shape[0] - 1)
+    depths = tuple(_depth(state, f"visual.layer{i}.") for i in range(1, 5))
+    return VisionConfig(image_size=grid * 32, patch_size=32, width=width, layers=depths, heads=width * 32 // 64)
+
+
+def _registered_name(cfg: ModelConfig) -> str | None:
+    for name in list_models():
+        if dataclasses.replace(get_config(name), name=cfg.name) == cfg:
+            return name
+    return None
+
+
+def resolve_config(
+    inferred: ModelConfig, named: ModelConfig | None, source: Source, force_activation: bool
+) -> tuple[ModelConfig, list[str]]:
+    """The config to build: the inferred one, or `named` after checking it fits the weights."""
+    notes = [f"activation {'QuickGELU' if inferred.quick_gelu else 'GELU'}: {source.activation_origin}"]
+    if named is None:
+        if source.quick_gelu is None:
+            notes[0] = "activation GELU (open_clip's default; the checkpoint does not record it: pass --model)"
+        return inferred, notes
+    diffs = _shape_differences(inferred, named)
+    if diffs:
+        raise ConfigError(f"the weights do not fit --model {named.name}: {'; '.join(diffs)}",
+                          fix=f"omit --model to use the inferred architecture ({inferred.name})")
+    if source.quick_gelu is not None and source.quick_gelu != named.quick_gelu:
+        want, have = ("QuickGELU", "GELU") if source.quick_gelu else ("GELU", "QuickGELU")
+        if not force_activation:
+            raise ConfigError(
+                f"activation mismatch: the weights use {want} ({source.activation_origin}) but --model "
+                f"{named.name} uses {have}",
+                fix="choose the matching config (e.g. a '-quickgelu' one) or pass --force-activation",
+            )
+        notes.append(f"--force-activation: {have} from --model {named.name} overrides the source's {want}")
+    elif source.quick_gelu is None:
+        notes[0] = f"activation {'QuickGELU' if named.quick_gelu else 'GELU'} from --model {named.name}"
+    return named, notes
+
+
+def _shape_differences(inferred: ModelConfig, named: ModelConfig) -> list[str]:
+    diffs = [f"embed_dim {inferred.embed_dim} vs {named.embed_dim}"] if inferred.embed_dim != named.embed_dim else []
+    for tower in ("vision_cfg", "text_cfg"):
+        a, b = getattr(inferred, tower), getattr(named, tower)
+        for f in dataclasses.fields(a):
+            if f.name in ("heads", "image_size"):  # heads are not in the shapes; image size interpolates
+                continue
+            if getattr(a, f.name) != getattr(b, f.name):
+                diffs.append(f"{tower}.{f.name} {getattr(a, f.name)} in the weights vs {getattr(b, f.name)}")
+    return diffs
+
+
+def resize_positions(state: dict[str, torch.Tensor], vision: VisionConfig) -> None:
+    """Resample the image positional embedding ([1 + g*g, W]) to `vision`'s grid, as open_clip
+    does (bicubic, antialiased, align_corners False); the class/mean token's row is kept."""
+    key = "visual.attnpool.positional_embedding" if vision.is_resnet else "visual.positional_embedding"
+    pos = state[key]
+    g, n, w = math.isqrt(pos.shape[0] - 1), vision.grid, pos.shape[1]
+    grid = pos[1:].reshape(1, g, g, w).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(n, n), mode="bicubic", antialias=True, align_corners=False)
+    state[key] = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(n * n, w)])
+
+
+def load_strict(model: CLIP, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load every tensor or fail listing all missing, extra and misshapen tensors."""
+    expected = model.state_dict()
+    for key, ref in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(ref)  # a BN step counter: unused in eval
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [f"{k} {list(state[k].shape)} (needs {list(t.shape)})" for k, t in expected.items()
+              if k in state and state[k].shape != t.shape]
+    problems = [f"{len(v)} {what}: {short_list(v)}" for what, v in
+                (("missing", missing), ("unexpected", extra), ("with a wrong shape", shapes)) if v]
+    if problems:
+        raise CheckpointError(f"{source}: tensors do not fit the architecture: {'; '.join(problems)}",
+                              fix="the file is not a complete CLIP state dict of one of the supported layouts")
+    model.load_state_dict(state, strict=True)
