@@ -85,11 +85,11 @@ def test_no_weight_decay_on_gains_biases_embeddings_and_scale() -> None:
 
 def test_training_learns_and_writes_log_and_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    r = train(TrainConfig(model="test-tiny", out=str(out), steps=40, batch_size=32, lr=2e-3, warmup_steps=5,
+    r = train(TrainConfig(model="test-tiny", out=str(out), steps=100, batch_size=32, lr=2e-3, warmup_steps=5, augment=False,
                           log_every=5, eval_size=32, tokenizer_samples=300, progress=False))
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "step" in row]
-    assert steps[-1]["loss"] < min(steps[0]["loss"], math.log(32)) - 0.1  # below chance after 40 steps
+    assert steps[-1]["loss"] < math.log(32) - 0.3  # well below chance (ln 32) after 100 steps
     assert all(0 <= math.log(row["logit_scale"]) <= MAX_LOGIT_SCALE + 1e-6 for row in steps)
     assert rows[-1]["final"]["samples_per_s"] > 0
     assert {"shape", "colour", "shape_top5", "colour_top5", "image_to_text_r1"} <= set(r.zero_shot)
