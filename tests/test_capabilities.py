@@ -38,3 +38,16 @@ def test_refusals_name_what_is_supported() -> None:
     with pytest.raises(ConfigError, match="--coreml-target does not apply.*\\n.*coreml"):
         plan_exports(["onnx"], None, {"coreml_target": "iOS17"})
     assert plan_exports(["onnx", "coreml"], None, {"coreml_target": "iOS17"})
+
+
+def test_int8_precisions_and_options() -> None:
+    assert plan_exports(["onnx"], ["int8", "int8-dynamic"], {"calib": "builtin:shapes"}) == [
+        ("onnx", "int8"), ("onnx", "int8-dynamic")]
+    assert plan_exports(["all"], ["int8"], {"calib": "x", "min_cosine": 0.99}) == [
+        ("onnx", "int8"), ("openvino", "int8"), ("tensorrt", "int8"), ("coreml", "fp16")]
+    with pytest.raises(ConfigError, match="target 'coreml' does not support precision 'int8'"):
+        plan_exports(["coreml"], ["int8"])
+    with pytest.raises(ConfigError, match="target 'openvino' does not support precision 'int8-dynamic'"):
+        plan_exports(["openvino"], ["int8-dynamic"])
+    with pytest.raises(ConfigError, match="--calib does not apply to target\\(s\\) coreml"):
+        plan_exports(["coreml"], None, {"calib": "builtin:shapes"})

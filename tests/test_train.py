@@ -85,7 +85,8 @@ def test_no_weight_decay_on_gains_biases_embeddings_and_scale() -> None:
 
 def test_training_learns_and_writes_log_and_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    r = train(TrainConfig(model="test-tiny", out=str(out), steps=100, batch_size=32, lr=2e-3, warmup_steps=5, augment=False,
+    r = train(TrainConfig(model="test-tiny", out=str(out), steps=100, batch_size=32, lr=2e-3, warmup_steps=5,
+                          augment=False,
                           log_every=5, eval_size=32, tokenizer_samples=300, progress=False))
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "step" in row]

@@ -20,6 +20,16 @@ def _read_lines(path: str | None, what: str) -> list[str] | None:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
+def _calibration_line(c: dict[str, object]) -> str:
+    m = c["measured"]
+    assert isinstance(m, dict)
+    drop = f", top-1 drop {m['top1_drop']:.2f} points" if "top1_drop" in m else ""
+    excluded = c.get("excluded_layers") or []
+    assert isinstance(excluded, list)
+    return (f"int8 {c['method']} on {c['size']} {c['inputs']}: held-out ({m['heldout_size']}) cosine min "
+            f"{m['cosine_min']:.5f} p1 {m['cosine_p1']:.5f} mean {m['cosine_mean']:.5f}{drop}; "
+            f"{len(excluded)} layer(s) kept float")
+
 
 @click.command(epilog="Targets and precisions:\n\n\b\n" + "\n".join(
     f"  {c.target:<9} {', '.join(c.precisions):<34} builds on {c.builds_on}" for c in CAPABILITIES.values()))
@@ -39,6 +49,16 @@ def _read_lines(path: str | None, what: str) -> list[str] | None:
 @click.option("--trt-min-batch", type=click.IntRange(min=1), default=None)
 @click.option("--trt-opt-batch", type=click.IntRange(min=1), default=None)
 @click.option("--trt-max-batch", type=click.IntRange(min=1), default=None)
+@click.option("--calib", default=None,
+              help="INT8 calibration images: a folder (recursive), a .csv/.tsv with a filepath column, a webdataset "
+                   ".tar or builtin:shapes. Required for --precision int8.")
+@click.option("--calib-size", type=click.IntRange(min=2), default=None, help="Images to read from --calib [300].")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
+              help="Activation range estimation [minmax].")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=None,
+              help="INT8 guard: largest zero-shot top-1 drop vs fp32 on held-out images, in points [1.0].")
+@click.option("--min-cosine", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="INT8 guard: smallest held-out embedding cosine vs fp32 [0.995].")
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to create or add to.")
 def export(
     checkpoint: str, targets: str, precision: str | None, encoders: str, labels_file: str | None,
@@ -67,6 +87,10 @@ def export(
         numbers = (f"cosine_min {v['cosine_min']:.7f}  max_abs {v['max_abs']:.2e}" if "cosine_min" in v
                    else "spec checked; numerics need its device")
         click.echo(f"{a.key:<26} {numbers}  [{v.get('checked_with', '')}]")
+        if a.calibration:
+            click.echo(f"  {_calibration_line(a.calibration)}")
+            for w in a.calibration.get("warnings", []):
+                click.echo(f"  warning: {w}")
     for name in result.label_sets:
         click.echo(f"labels/{name}")
     click.echo(f"bundle: {result.bundle}")

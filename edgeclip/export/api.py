@@ -22,10 +22,11 @@ from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.capabilities import plan_exports
 from edgeclip.export.encoders import ENCODERS, encoder_spec
+from edgeclip.export.int8 import check_int8_plan, preload_calibration
 from edgeclip.export.targets import ExportContext, Target, get_target
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
 from edgeclip.model.clip import CLIP, TextEncoder
-from edgeclip.runtime.labels import DEFAULT_TEMPLATES, check_classes, label_embeddings
+from edgeclip.runtime.labels import DEFAULT_TEMPLATES, check_classes, label_embeddings, prompts
 from edgeclip.runtime.preprocess import preprocess
 from edgeclip.runtime.tokenizer import TextTokenizer
 
@@ -61,6 +62,7 @@ def export_bundle(
     # check every argument before any work, so bad input fails fast and writes nothing
     asked = [precision] if isinstance(precision, str) else list(precision) if precision else None
     plan = plan_exports(list(targets), asked, dict(options or {}))
+    check_int8_plan(plan, dict(options or {}))
     resolved = {name: get_target(name) for name, _ in plan}
     for e in encoders:
         if e not in ENCODERS:
@@ -81,7 +83,10 @@ def export_bundle(
         ctx = ExportContext(
             model, info, staging, _probes(info, first[0] if first else None), workdir, dict(options or {}),
             label_embeddings=_label_embeddings(model, info, *first) if first else None,
+            label_classes=first[0] if first else None,
+            label_prompts=prompts(*first) if first else [],
         )
+        preload_calibration(ctx, plan)
         artifacts = [_export_one(resolved[t], ctx, e, p) for t, p in plan for e in encoders]
         if existing is None:
             bundle = Bundle(staging, _new_manifest(model, info))

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from edgeclip.errors import ConfigError, UnknownNameError
 
+# options of every INT8-capable target: calibration source and method, and the accuracy guard's budget
+INT8_OPTIONS = ("calib", "calib_size", "calib_method", "max_accuracy_drop", "min_cosine")
+
 
 @dataclass(frozen=True)
 class Capability:
@@ -26,19 +29,20 @@ CAPABILITIES: dict[str, Capability] = {
     c.target: c
     for c in (
         Capability(
-            "onnx", ("fp32", "fp16"), (), "onnxruntime",
+            "onnx", ("fp32", "fp16", "int8", "int8-dynamic"), INT8_OPTIONS, "onnxruntime",
             builds_on="anywhere (torch, onnx)",
             runs_on="ONNX Runtime: any CPU; CUDA / TensorRT execution providers",
             numerics_here="yes: onnxruntime CPU vs torch",
         ),
         Capability(
-            "openvino", ("fp32", "fp16"), ("ov_precision_hint",), "openvino",
+            "openvino", ("fp32", "fp16", "int8"), ("ov_precision_hint", *INT8_OPTIONS), "openvino",
             builds_on="anywhere (openvino)",
             runs_on="OpenVINO: x86 CPUs (Intel/AMD), Intel GPU and NPU",
             numerics_here="yes: OpenVINO CPU plugin (f32 hint) vs torch",
         ),
         Capability(
-            "tensorrt", ("fp32", "fp16"), ("trt_min_batch", "trt_opt_batch", "trt_max_batch"), "tensorrt",
+            "tensorrt", ("fp32", "fp16", "int8"), ("trt_min_batch", "trt_opt_batch", "trt_max_batch", *INT8_OPTIONS),
+            "tensorrt",
             builds_on="ONNX + build recipe anywhere; the engine on an NVIDIA GPU with TensorRT 10",
             runs_on="NVIDIA GPUs and Jetson (engine built on the device, cached)",
             numerics_here="TensorRT-ready ONNX in onnxruntime; engine needs TensorRT + NVIDIA GPU",

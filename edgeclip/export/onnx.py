@@ -121,20 +121,27 @@ def run_in_onnxruntime(path: Path, spec: EncoderSpec) -> Any:
 
 class OnnxTarget:
     name = "onnx"
-    precisions: tuple[str, ...] = ("fp32", "fp16")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-dynamic")
 
     def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
         rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
         path = folder / "model.onnx"
         src = reference_onnx(ctx, spec)
+        calibration = None
         if precision == "fp16":
             to_fp16(src, path)
+        elif precision.startswith("int8"):
+            from edgeclip.export.onnx_int8 import quantize_onnx
+
+            calibration = quantize_onnx(ctx, spec, src, path, precision, target=self.name)
         else:
             shutil.copyfile(src, path)
         add_metadata(path, ctx, spec, precision)
-        return validated_artifact(
+        artifact = validated_artifact(
             ctx, spec, self.name, precision, rel_dir, [f"{rel_dir}/model.onnx"],
             run=run_in_onnxruntime(path, spec),
             checked_with="onnxruntime CPU",
             environment=onnx_environment(),
         )
+        artifact.calibration = calibration
+        return artifact

@@ -18,20 +18,28 @@ VALIDATION_HINT = "f32"
 
 class OpenVinoTarget:
     name = "openvino"
-    precisions: tuple[str, ...] = ("fp32", "fp16")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
 
     def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
         ov: Any = _deps.require("openvino", extra="openvino", purpose="the openvino export target")
         rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
-        model = ov.convert_model(str(reference_onnx(ctx, spec)))
-        # fp16 stores weights in half precision; compute precision is the device's choice
-        ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=precision == "fp16")
+        calibration = None
+        if precision == "int8":
+            from edgeclip.export.openvino_int8 import quantize_openvino
+
+            calibration = quantize_openvino(ctx, spec, reference_onnx(ctx, spec), folder, VALIDATION_HINT)
+        else:
+            model = ov.convert_model(str(reference_onnx(ctx, spec)))
+            # fp16 stores weights in half precision; compute precision is the device's choice
+            ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=precision == "fp16")
         files = [f"{rel_dir}/model.xml", f"{rel_dir}/model.bin"]
         probe = Artifact(spec.name, self.name, precision, rel_dir, {"x": ""}, list(spec.inputs), list(spec.outputs))
         backend = OpenVinoBackend(folder / "model.xml", probe, BackendOptions(precision_hint=VALIDATION_HINT))
-        return validated_artifact(
+        artifact = validated_artifact(
             ctx, spec, self.name, precision, rel_dir, files,
             run=lambda x: backend.infer({spec.input_name: x})[spec.output_name],
             checked_with=f"OpenVINO CPU (INFERENCE_PRECISION_HINT={VALIDATION_HINT})",
             environment={"openvino": ov.__version__, "source": "onnx", "weights": precision},
         )
+        artifact.calibration = calibration
+        return artifact

@@ -34,6 +34,8 @@ class ExportContext:
     workdir: Path  # scratch space that is deleted after the export
     options: dict[str, Any] = field(default_factory=dict)  # target-specific options (capability table)
     label_embeddings: np.ndarray | None = None  # [C, D] from torch, for top-1 agreement
+    label_classes: list[str] | None = None  # class names of label_embeddings' rows
+    label_prompts: list[str] = field(default_factory=list)  # their prompts (calibrate an INT8 text tower)
     cache: dict[str, Any] = field(default_factory=dict)  # e.g. the fp32 ONNX graph per encoder
 
     def artifact_dir(self, encoder: str, target: str, precision: str) -> tuple[str, Path]:

@@ -134,8 +134,14 @@ def profile_for(ctx: ExportContext, spec: EncoderSpec) -> Profile:
     return Profile(spec.input_name, shape, lo, opt, hi)
 
 
-def trtexec_script(profile: Profile, fp16: bool, fp32_layers: list[str], workspace_bytes: int) -> str:
-    """build_engine.sh: the same build as `build_engine`, through trtexec."""
+def trtexec_script(
+    profile: Profile, fp16: bool, fp32_layers: list[str], workspace_bytes: int, int8: bool = False
+) -> str:
+    """build_engine.sh: the same build as `build_engine`, through trtexec.
+
+    int8: the ONNX carries Q/DQ nodes (explicit quantization); `--int8 --fp16` lets TensorRT run the
+    quantized MatMul/Conv in int8 and the float rest in fp16, with the FP32_PREFIX layers pinned to fp32.
+    """
     args = [
         f"--onnx={ONNX_FILE}", '--saveEngine="$PLAN"',
         f"--minShapes={profile.trtexec(profile.min_batch)}",
@@ -144,7 +150,9 @@ def trtexec_script(profile: Profile, fp16: bool, fp32_layers: list[str], workspa
         f"--memPoolSize=workspace:${{WORKSPACE_MIB:-{workspace_bytes >> 20}}}M",
         f"--timingCacheFile={TIMING_CACHE}",
     ]
-    if fp16:
+    if int8:
+        args.append("--int8")  # with Q/DQ in the graph, int8 is where the graph says, never implicit
+    if fp16 or int8:
         # explicit names, not wildcards: trtexec before 10.x-late only accepts "*" as a whole name
         spec = ",".join(f"{name}:fp32" for name in fp32_layers)
         args += ["--fp16", "--precisionConstraints=obey", f"--layerPrecisions={spec}", f"--layerOutputTypes={spec}"]
@@ -174,12 +182,15 @@ def build_engine(
     max_batch: int,
     workspace_bytes: int,
     timing_cache: str | Path | None = None,
+    int8: bool | None = None,
 ) -> Path:
     """Build a serialized TensorRT engine (.plan) for the ONNX at `onnx_path` with TensorRT's Python API.
 
     Only the batch dimension may be dynamic; it gets the (min, opt, max) profile. With fp16, nodes
-    named FP32_PREFIX* stay fp32. `timing_cache` is loaded when present and saved after the build.
-    The plan is written atomically. Needs TensorRT 10 and an NVIDIA GPU.
+    named FP32_PREFIX* stay fp32. int8 (None: when the graph has Q/DQ nodes) enables the INT8 and
+    FP16 flags for an explicitly quantized graph, as `trtexec --int8 --fp16`. `timing_cache` is
+    loaded when present and saved after the build. The plan is written atomically. Needs TensorRT 10
+    and an NVIDIA GPU.
     """
     trt: Any = _deps.require("tensorrt", extra="tensorrt", purpose="building a TensorRT engine")
     logger = trt.Logger(trt.Logger.WARNING)
@@ -192,7 +203,11 @@ def build_engine(
                           fix="check the op check in the manifest and the TensorRT version (needs 10.x)")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if fp16:
+    if int8 is None:
+        int8 = _has_qdq(trt, network)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+    if fp16 or int8:
         config.set_flag(trt.BuilderFlag.FP16)
         _pin_fp32(trt, network, config)
     else:
@@ -218,6 +233,12 @@ def build_engine(
         with atomic_path(cache_file) as tmp:
             tmp.write_bytes(memoryview(cache.serialize()))
     return Path(plan_path)
+
+
+def _has_qdq(trt: Any, network: Any) -> bool:
+    """Whether the parsed network is explicitly quantized (has Quantize/Dequantize layers)."""
+    kinds = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+    return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
 
 def _pin_fp32(trt: Any, network: Any, config: Any) -> list[str]:
@@ -247,7 +268,7 @@ def engine_name(artifact: Artifact, tensorrt_version: str, gpu: str) -> str:
 
 class TensorRTTarget:
     name = "tensorrt"
-    precisions: tuple[str, ...] = ("fp32", "fp16")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
 
     def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
         onnx: Any = _deps.require("onnx", extra="export", purpose="the tensorrt export target")
@@ -258,17 +279,26 @@ class TensorRTTarget:
 
         rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
         onnx_file = folder / ONNX_FILE
-        fp32_layers = prepare_onnx(reference_onnx(ctx, spec), onnx_file)
+        calibration = None
+        if precision == "int8":  # Q/DQ on the prepared graph: the pinned names survive quantization
+            from edgeclip.export.onnx_int8 import quantize_onnx
+
+            prepared = ctx.workdir / f"tensorrt-{spec.name}-prepared.onnx"
+            fp32_layers = prepare_onnx(reference_onnx(ctx, spec), prepared)
+            calibration = quantize_onnx(ctx, spec, prepared, onnx_file, precision, target=self.name)
+        else:
+            fp32_layers = prepare_onnx(reference_onnx(ctx, spec), onnx_file)
         add_metadata(onnx_file, ctx, spec, precision)
         op_check = check_ops(onnx.load(str(onnx_file)))
         profile = profile_for(ctx, spec)
         script = folder / SCRIPT_FILE
-        script.write_text(trtexec_script(profile, precision == "fp16", fp32_layers, DEFAULT_WORKSPACE))
+        script.write_text(trtexec_script(profile, precision == "fp16", fp32_layers, DEFAULT_WORKSPACE,
+                                         int8=precision == "int8"))
         script.chmod(0o755)
         files = [f"{rel_dir}/{ONNX_FILE}", f"{rel_dir}/{SCRIPT_FILE}"]
         env: dict[str, Any] = {
             "tensorrt": TRT_VERSIONS, "opset": OPSET, "onnx": onnx.__version__, "profile": profile.to_dict(),
-            "workspace_bytes": DEFAULT_WORKSPACE, "fp32_layers": fp32_layers if precision == "fp16" else [],
+            "workspace_bytes": DEFAULT_WORKSPACE, "fp32_layers": fp32_layers if precision in ("fp16", "int8") else [],
             "build": BUILD_NEEDS, "engine_built": False,
         }
         probe = Artifact(spec.name, self.name, precision, rel_dir, {files[0]: sha256_file(onnx_file)},
@@ -293,6 +323,7 @@ class TensorRTTarget:
                     environment=env,
                 )
         artifact.validation["op_check"] = op_check
+        artifact.calibration = calibration
         return artifact
 
 

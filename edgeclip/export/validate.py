@@ -11,7 +11,9 @@ import torch
 from edgeclip.errors import ValidationError
 
 # minimum cosine between artifact and torch embeddings, per precision
-MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999}
+# (INT8 on the fixed probes, which include noise images no calibration set covers; the accuracy
+# guard's held-out numbers are INT8's real gate)
+MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99, "int8-dynamic": 0.99}
 
 
 def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,136 @@
+"""INT8 vs fp32 image-tower latency, ONNX Runtime and OpenVINO, on this CPU.
+
+For each model (random-init ViT-B-32 at 224 px and a trained edge checkpoint) the script exports
+fp32 and guarded INT8 image encoders (calibrated on builtin:shapes with the model's own
+preprocessing), then times fp32 and INT8 of the same backend interleaved in one loop (so machine
+noise hits both alike), at batch 1 and 8 with 2 threads. OpenVINO runs with
+INFERENCE_PRECISION_HINT=f32 for both, so fp32 means fp32 (the CPU default would be bf16).
+
+    .venv/bin/python benchmarks/int8_speed.py [--edge-checkpoint /tmp/qs/checkpoint] [--reps 30]
+
+Prints JSON (medians in ms, fp32/int8 ratios, the guard's accuracy numbers) and writes
+benchmarks/results/int8_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip.bundle import Bundle, PreprocessConfig
+from edgeclip.export.api import export_bundle
+from edgeclip.runtime.backends import backend_class
+from edgeclip.runtime.backends.base import BackendOptions
+
+RESULTS = Path(__file__).parent / "results" / "int8_speed.json"
+BACKENDS = {"onnxruntime": ("onnx", None), "openvino": ("openvino", "f32")}
+THREADS = 2
+
+
+def vit_b32_checkpoint(out: Path) -> Path:
+    """Random-init ViT-B-32 (vision tower as in OpenAI's) with a small trained vocabulary, so the
+    checkpoint needs no 49k-token tokenizer; only the image tower is benchmarked."""
+    from edgeclip.model.checkpoint import save_checkpoint
+    from edgeclip.model.clip import create_model
+    from edgeclip.model.config import get_config
+    from edgeclip.model.tokenizer import train_tokenizer
+    from edgeclip.train.shapes import ShapesDataset
+
+    cfg = get_config("ViT-B-32")
+    cfg = dataclasses.replace(cfg, text_cfg=dataclasses.replace(cfg.text_cfg, vocab_size=1024))
+    captions = [ShapesDataset("train", 400, 32)[i].caption for i in range(400)]
+    tok, tok_cfg = train_tokenizer(captions, 1024, cfg.text_cfg.context_length)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer-src.json"))
+    import torch
+
+    torch.manual_seed(0)
+    save_checkpoint(out / "ckpt", create_model(cfg), out / "tokenizer-src.json",
+                    PreprocessConfig(image_size=cfg.vision_cfg.image_size), tok_cfg)
+    return out / "ckpt"
+
+
+def export(ckpt: Path, out: Path, labels: dict[str, Any] | None, calib_size: int) -> tuple[Bundle, float]:
+    t = time.perf_counter()
+    export_bundle(ckpt, out, targets=["onnx", "openvino"], precision=["fp32", "int8"], encoders=["image"],
+                  labels=labels, options={"calib": "builtin:shapes", "calib_size": calib_size})
+    return Bundle.open(out), time.perf_counter() - t
+
+
+def time_interleaved(bundle: Bundle, backend: str, batch: int, reps: int) -> dict[str, Any]:
+    target, hint = BACKENDS[backend]
+    cls = backend_class(backend)
+    runs = {}
+    for precision in ("fp32", "int8"):
+        a = bundle.manifest.find("image", target, precision)[0]
+        runs[precision] = cls(bundle.artifact_path(a), a, BackendOptions(threads=THREADS, precision_hint=hint))
+    size = bundle.manifest.preprocess.image_size
+    x = {"pixel_values": np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)}
+    for _ in range(3):  # warm-up: first calls allocate and pick kernels
+        for r in runs.values():
+            r.infer(x)
+    times: dict[str, list[float]] = {p: [] for p in runs}
+    for _ in range(reps):
+        for p, r in runs.items():
+            t = time.perf_counter()
+            r.infer(x)
+            times[p].append((time.perf_counter() - t) * 1e3)
+    med = {p: float(np.median(v)) for p, v in times.items()}
+    return {"batch": batch, "fp32_ms": round(med["fp32"], 2), "int8_ms": round(med["int8"], 2),
+            "speedup": round(med["fp32"] / med["int8"], 2), "reps": reps,
+            "fp32_p90_ms": round(float(np.percentile(times["fp32"], 90)), 2),
+            "int8_p90_ms": round(float(np.percentile(times["int8"], 90)), 2)}
+
+
+def accuracy(bundle: Bundle) -> dict[str, Any]:
+    out = {}
+    for a in bundle.manifest.artifacts:
+        if a.calibration:
+            m = a.calibration["measured"]
+            out[a.key] = {k: m[k] for k in ("heldout_size", "cosine_min", "cosine_p1", "cosine_mean", "top1_fp32",
+                                            "top1_int8", "top1_drop", "top1_agreement") if k in m}
+            out[a.key]["excluded_layers"] = a.calibration["excluded_layers"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--edge-checkpoint", default="/tmp/qs/checkpoint")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--calib-size", type=int, default=300)
+    ap.add_argument("--models", default="vit-b-32,edge")
+    args = ap.parse_args()
+    from edgeclip.train.shapes import SHAPES, ZERO_SHOT_TEMPLATES
+
+    report: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {THREADS} threads",
+                              "openvino_hint": "f32 for fp32 and int8", "models": {}}
+    with tempfile.TemporaryDirectory(prefix="int8-speed-") as tmp:
+        for name in args.models.split(","):
+            if name == "vit-b-32":
+                ckpt, labels = vit_b32_checkpoint(Path(tmp) / "vitb32"), None
+            else:
+                ckpt, labels = Path(args.edge_checkpoint), {"shape": (list(SHAPES), list(ZERO_SHOT_TEMPLATES["shape"]))}
+            bundle, seconds = export(ckpt, Path(tmp) / f"{name}.edgeclip", labels, args.calib_size)
+            latency = {f"{b}/batch{batch}": time_interleaved(bundle, b, batch, args.reps if batch == 1 else
+                                                             max(5, args.reps // 2))
+                       for b in BACKENDS for batch in (1, 8)}
+            report["models"][name] = {
+                "export_seconds": round(seconds, 1),
+                "latency": latency,
+                "accuracy": accuracy(bundle),
+            }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The INT8 accuracy guard: measure a quantized encoder against fp32 on held-out inputs and, when
+it breaks the budget, keep the most sensitive layers in float until it does not.
+
+Target-agnostic: a target passes `quantize(excluded) -> run` (it writes the artifact with those
+layers left in float and returns a callable inputs -> embeddings) and the candidate layer names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeclip.errors import ExportError
+
+log = logging.getLogger("edgeclip.export.guard")
+
+Run = Callable[[np.ndarray], np.ndarray]
+Quantize = Callable[[list[str]], Run]
+SENSITIVITY_PROBES = 64  # held-out inputs used to rank layers (the final check uses all of them)
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_accuracy_drop: float = 1.0  # zero-shot top-1 points (or disagreement when no true labels)
+    min_cosine: float = 0.995  # worst held-out embedding cosine against fp32
+
+
+@dataclass
+class HeldOut:
+    """Held-out inputs, their fp32 embeddings, and what top-1 is measured against (image tower)."""
+
+    inputs: np.ndarray
+    reference: np.ndarray  # fp32 embeddings [N, D]
+    label_embeddings: np.ndarray | None = None  # [C, D]
+    truth: np.ndarray | None = None  # true class index per input, when known
+
+
+@dataclass
+class GuardResult:
+    metrics: dict[str, Any]
+    excluded: list[str]  # every layer left in float (defaults + guard)
+    excluded_by_guard: list[str] = field(default_factory=list)
+    sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> held-out mean cosine without it
+    attempts: int = 1
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return np.asarray((a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1) + 1e-12))
+
+
+def measure(held: HeldOut, got: np.ndarray) -> dict[str, Any]:
+    """Embedding cosine (min / p1 / mean) and, with label embeddings, top-1 agreement and drop."""
+    cos = cosine_rows(held.reference, got)
+    m: dict[str, Any] = {
+        "heldout_size": len(cos), "cosine_min": float(cos.min()),
+        "cosine_p1": float(np.percentile(cos, 1)), "cosine_mean": float(cos.mean()),
+    }
+    if held.label_embeddings is not None:
+        ref_top = (held.reference @ held.label_embeddings.T).argmax(1)
+        got_top = (got @ held.label_embeddings.T).argmax(1)
+        m["top1_agreement"] = float((ref_top == got_top).mean())
+        if held.truth is not None:
+            m["top1_fp32"] = float((ref_top == held.truth).mean())
+            m["top1_int8"] = float((got_top == held.truth).mean())
+            m["top1_drop"] = round(100 * (m["top1_fp32"] - m["top1_int8"]), 4)
+            m["top1_drop_measured_as"] = "accuracy against true labels (points)"
+        else:
+            m["top1_drop"] = round(100 * (1 - m["top1_agreement"]), 4)
+            m["top1_drop_measured_as"] = "disagreement with fp32 top-1 (points; no true labels)"
+    return m
+
+
+def within(m: dict[str, Any], budget: Budget) -> bool:
+    ok = m["cosine_min"] >= budget.min_cosine
+    return ok and ("top1_drop" not in m or m["top1_drop"] <= budget.max_accuracy_drop)
+
+
+def _evaluate(run: Run, held: HeldOut, batch: int = 32) -> dict[str, Any]:
+    got = np.concatenate([run(held.inputs[i : i + batch]) for i in range(0, len(held.inputs), batch)])
+    return measure(held, got)
+
+
+def guarded_quantize(
+    quantize: Quantize, candidates: Sequence[str], keep_float: Sequence[str], held: HeldOut, budget: Budget, what: str
+) -> GuardResult:
+    """Quantize with `keep_float` left in float; if the held-out numbers break `budget`, rank the
+    `candidates` by how much leaving each one in float helps, then leave them in float one by one
+    (most harmful first) until the budget holds. Raises ExportError with the best numbers reached."""
+    excluded = list(keep_float)
+    metrics = _evaluate(quantize(excluded), held)
+    result = GuardResult(metrics, list(excluded))
+    if within(metrics, budget):
+        return result
+    log.warning("%s: INT8 misses the budget (%s); running the sensitivity pass", what, _fmt(metrics))
+    probe = HeldOut(held.inputs[:SENSITIVITY_PROBES], held.reference[:SENSITIVITY_PROBES])
+    remaining = [c for c in candidates if c not in excluded]
+    for name in remaining:
+        result.sensitivity[name] = _evaluate(quantize([*excluded, name]), probe)["cosine_mean"]
+        result.attempts += 1
+    best = (metrics, list(excluded))
+    for name in sorted(remaining, key=lambda n: -result.sensitivity[n]):
+        excluded.append(name)
+        metrics = _evaluate(quantize(excluded), held)
+        result.attempts += 1
+        if _score(metrics, budget) > _score(best[0], budget):
+            best = (metrics, list(excluded))
+        if within(metrics, budget):
+            result.metrics, result.excluded = metrics, list(excluded)
+            result.excluded_by_guard = [n for n in excluded if n not in keep_float]
+            log.warning("%s: within budget after leaving %d layer(s) in float: %s", what,
+                        len(result.excluded_by_guard), ", ".join(result.excluded_by_guard))
+            return result
+    raise ExportError(
+        f"{what}: INT8 cannot meet the accuracy budget (min cosine >= {budget.min_cosine}, top-1 drop <= "
+        f"{budget.max_accuracy_drop} points) even with every quantizable layer in float; best reached: "
+        f"{_fmt(best[0])} with {len(best[1])} layer(s) in float",
+        fix="relax --min-cosine / --max-accuracy-drop, calibrate on more representative images (--calib), "
+            "try --calib-method percentile, or export fp16/fp32",
+    )
+
+
+def _score(m: dict[str, Any], budget: Budget) -> float:
+    """Larger is better: how far inside (or outside) the budget, in units of the budget."""
+    cos = (m["cosine_min"] - budget.min_cosine) / max(1e-9, 1 - budget.min_cosine)
+    drop = (budget.max_accuracy_drop - m.get("top1_drop", 0.0)) / max(1e-9, budget.max_accuracy_drop)
+    return min(cos, drop)
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    s = f"cosine min {m['cosine_min']:.5f} p1 {m['cosine_p1']:.5f} mean {m['cosine_mean']:.5f}"
+    return s + (f", top-1 drop {m['top1_drop']:.2f} points" if "top1_drop" in m else "")

@@ -1,0 +1,169 @@
+"""ONNX Runtime INT8: calibration ranges, static QDQ (onnx and TensorRT flavours) and dynamic.
+
+Ranges are computed once per encoder with onnxruntime's calibrators (so entropy gets real bin
+counts: `quantize_static`'s own Entropy path silently equals MinMax) and saved as a calibration
+cache; every quantization after that (the guard re-quantizes with other layers in float) reads
+the cache through `quantize_static(calibration_cache_path=...)` and runs no calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip.errors import ExportError
+
+log = logging.getLogger("edgeclip.export.quantize")
+
+OP_TYPES = ("MatMul", "Gemm", "Conv")  # all op types cost accuracy and break on -inf masks
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm")  # ConvInteger has no int8-weight CPU kernel
+METHODS = ("minmax", "percentile", "entropy")
+# CLIP-aware defaults: the patch embedding / conv stem and the final projections stay float
+FLOAT_WEIGHT_PREFIXES = ("visual.conv1", "visual.stem")
+FLOAT_PROJECTIONS = ("visual.proj", "text_projection")
+CALIB_OPTIONS: dict[str, dict[str, Any]] = {
+    "minmax": {},
+    "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": True},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 255},
+}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's quantizer logs advice on the root logger and warns about its internals."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _ort_method(method: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[method]
+
+
+def preprocess_graph(src: Path, dst: Path) -> str:
+    """onnxruntime's quant_pre_process (ONNX shape inference + basic optimisation) into `dst`.
+
+    Its symbolic shape inference crashes on the dynamo graph's Expand nodes, so it is skipped.
+    Returns what was done; on failure `dst` is a copy of `src`.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet():
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return "quant_pre_process (onnx shape inference + optimisation; symbolic shapes skipped)"
+    except Exception as e:  # the tool raises many internal types; the raw graph quantizes too
+        log.warning("quant_pre_process failed (%s); quantizing the graph as exported", e)
+        dst.write_bytes(src.read_bytes())
+        return f"none (quant_pre_process failed: {type(e).__name__})"
+
+
+def quantizable_nodes(path: Path, op_types: Sequence[str] | None = OP_TYPES) -> list[str]:
+    """Names of the nodes quantize_static would quantize (op_types None: every QDQ-capable op)."""
+    import onnx
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    types = set(op_types) if op_types is not None else set(QDQRegistry) | set(QLinearOpsRegistry)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in types]
+
+
+def clip_float_defaults(path: Path) -> list[str]:
+    """Nodes kept in float unless measured safe: the patch embedding / conv stem (Conv on
+    visual.conv1 / visual.stem weights) and the final projection MatMul (visual.proj /
+    text_projection). The token embedding is a Gather, which is never quantized here."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    keep = []
+    for n in graph.node:
+        weights = n.input[1:2]
+        stem = n.op_type == "Conv" and any(w.startswith(FLOAT_WEIGHT_PREFIXES) for w in weights)
+        projection = n.op_type in ("MatMul", "Gemm") and any(w in FLOAT_PROJECTIONS for w in weights)
+        if stem or projection:
+            keep.append(n.name)
+    return keep
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over fixed batches."""
+
+    def __init__(self, input_name: str, batches: Sequence[np.ndarray]) -> None:
+        self._feeds = [{input_name: b} for b in batches]
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+
+def compute_ranges(
+    model: Path, input_name: str, batches: Sequence[np.ndarray], method: str, op_types: Sequence[str] | None,
+    cache_file: Path,
+) -> Path:
+    """Calibrate `model` on `batches` with onnxruntime's calibrator for `method`; save the tensor
+    ranges as a calibration cache (JSON) that quantize_static reads back."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if not batches:
+        raise ExportError("no calibration batches", fix="pass --calib with images")
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        calibrator = create_calibrator(
+            model, list(op_types) if op_types else None,
+            augmented_model_path=str(cache_file.with_suffix(".augmented.onnx")),
+            calibrate_method=_ort_method(method), extra_options=CALIB_OPTIONS[method],
+        )
+        calibrator.collect_data(_Reader(input_name, batches))
+        ranges = calibrator.compute_data()
+    save_tensors_data(ranges, cache_file)
+    return cache_file
+
+
+def quantize_static_qdq(
+    src: Path, dst: Path, ranges: Path, method: str, excluded: Sequence[str], *,
+    op_types: Sequence[str] | None = OP_TYPES, symmetric_activations: bool = False,
+) -> None:
+    """QDQ int8: per-channel symmetric int8 weights, per-tensor activations (asymmetric for
+    onnxruntime CPU; symmetric, zero point 0, for TensorRT), biases left in float for TensorRT."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations}
+    if symmetric_activations:
+        extra["QuantizeBias"] = False  # TensorRT has no int32 DequantizeLinear for biases
+    with _quiet():
+        quantize_static(
+            str(src), str(dst), calibration_data_reader=None, calibration_cache_path=str(ranges),
+            quant_format=QuantFormat.QDQ, calibrate_method=_ort_method(method),
+            op_types_to_quantize=list(op_types) if op_types else None, per_channel=True,
+            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded), extra_options=extra,
+        )
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, excluded: Sequence[str]) -> None:
+    """Dynamic int8: weights quantized offline, activation ranges computed per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(DYNAMIC_OP_TYPES), per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded))
