@@ -51,3 +51,11 @@ def test_int8_precisions_and_options() -> None:
         plan_exports(["openvino"], ["int8-dynamic"])
     with pytest.raises(ConfigError, match="--calib does not apply to target\\(s\\) coreml"):
         plan_exports(["coreml"], None, {"calib": "builtin:shapes"})
+
+
+def test_readme_table_is_generated_from_the_capability_table() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- capabilities:start -->")[1].split("<!-- capabilities:end -->")[0]
+    assert block.strip() == markdown_table().strip(), "README is stale: paste markdown_table() output"
