@@ -241,3 +241,11 @@ def test_retrieval_metrics_are_logged(tmp_path: Path) -> None:
     for key in ("image_to_text_r1", "image_to_text_r5", "image_to_text_r10", "text_to_image_r1"):
         assert 0.0 <= r.zero_shot[key] <= 1.0
     assert r.zero_shot["image_to_text_r10"] >= r.zero_shot["image_to_text_r1"]
+
+
+@pytest.mark.slow
+def test_digits_learn_far_above_chance(tmp_path: Path) -> None:
+    """Real handwritten digits, held-out 20 %: measured 96.9 % after 300 steps (46 s here)."""
+    r = train(TrainConfig(model="edge-tiny", data=["builtin:digits"], out=str(tmp_path / "d"), steps=300,
+                          batch_size=128, lr=2e-3, warmup_steps=30, augment=False, progress=False))
+    assert r.zero_shot["digits"] >= 0.7  # chance is 0.1

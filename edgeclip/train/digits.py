@@ -61,6 +61,10 @@ _HELDOUT_FRACTION = 0.2
 # Each real training digit appears under this many renderings (colour, position, caption),
 # so long runs see fresh pixels instead of cycling through 1,438 fixed images.
 RENDERINGS_PER_DIGIT = 50
+# Fraction rendered as dark ink on a light background. Measured: with half the images inverted,
+# edge-tiny stayed at chance (loss ln(batch), text embeddings identical across digits) for 650
+# steps; all light-on-dark, it reached 96.9 % zero-shot after 300 steps (46 s).
+_DARK_ON_LIGHT = 0.0
 _GLYPH_FRACTION = 0.85  # glyph side / image side; the rest is room for mild position jitter
 _SPLIT_ID = {"train": 0, "heldout": 1}
 _SALT = 0xD161  # keeps digits' random streams apart from other sources with the same seed
@@ -154,7 +158,7 @@ class DigitsDataset:
         oy, ox = rng.integers(0, n - g + 1, size=2)
         alpha[oy : oy + g, ox : ox + g, 0] = _glyphs(g)[src]
         # white-on-dark or dark-on-light, each colour jittered per channel so colour carries no label
-        light_on_dark = bool(rng.random() < 0.5)
+        light_on_dark = bool(rng.random() >= _DARK_ON_LIGHT)
         dark = rng.uniform(0, 60) + rng.uniform(-15, 15, size=3)
         light = rng.uniform(195, 255) + rng.uniform(-15, 15, size=3)
         fg, bg = (light, dark) if light_on_dark else (dark, light)
