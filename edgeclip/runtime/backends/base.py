@@ -10,6 +10,15 @@ import numpy as np
 
 from edgeclip.bundle import Artifact
 
+# manifest dtype name -> numpy dtype of the array a backend feeds
+NP_DTYPES: dict[str, type[np.generic]] = {
+    "float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
+}
+
+
+def input_dtypes(artifact: Artifact) -> dict[str, type[np.generic]]:
+    return {s.name: NP_DTYPES[s.dtype] for s in artifact.inputs}
+
 
 @dataclass(frozen=True)
 class BackendOptions:

@@ -9,9 +9,7 @@ import numpy as np
 
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
-from edgeclip.runtime.backends.base import BackendOptions
-
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
 
 
 class OnnxRuntimeBackend:
@@ -37,7 +35,7 @@ class OnnxRuntimeBackend:
         ]
         providers = [p for p in wanted if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-        self.input_dtypes = {s.name: _NP_DTYPES[s.dtype] for s in artifact.inputs}
+        self.input_dtypes = input_dtypes(artifact)
         self.output_names = [s.name for s in artifact.outputs]
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

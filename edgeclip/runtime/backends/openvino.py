@@ -10,9 +10,7 @@ import numpy as np
 
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
-from edgeclip.runtime.backends.base import BackendOptions
-
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
 
 
 class OpenVinoBackend:
@@ -32,7 +30,7 @@ class OpenVinoBackend:
         if options.precision_hint:
             config["INFERENCE_PRECISION_HINT"] = options.precision_hint
         self.compiled = ov.Core().compile_model(str(path), options.device, config)
-        self.input_dtypes = {s.name: _NP_DTYPES[s.dtype] for s in artifact.inputs}
+        self.input_dtypes = input_dtypes(artifact)
         self.output_names = [s.name for s in artifact.outputs]
         self._local = threading.local()  # an infer request is not thread-safe: one per thread
 

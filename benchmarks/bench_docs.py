@@ -1,0 +1,103 @@
+"""Regenerate docs/bench-*.{md,png,json}: `edgeclip bench` on the quickstart bundle and on a ViT-B-32 bundle.
+
+    .venv/bin/python benchmarks/bench_docs.py [--work benchmarks/work] [--threads 2]
+
+Builds what is missing under --work (kept between runs, git-ignored):
+- quickstart/: `edgeclip quickstart` (trained edge-tiny + bundle), plus guarded INT8 ONNX Runtime
+  and OpenVINO artifacts calibrated on builtin:shapes;
+- vit-b-32/: a random-init ViT-B-32 checkpoint (OpenAI tokenizer; no pretrained weights can be
+  downloaded here) exported to ONNX and OpenVINO, fp32 and guarded INT8.
+Then runs `edgeclip bench` with the torch eager fp32 baseline interleaved, writing the tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGECLIP = [sys.executable, "-m", "edgeclip"]
+
+
+def run(*args: str) -> None:
+    print("+", " ".join(args), flush=True)
+    subprocess.run(list(args), check=True, cwd=ROOT)
+
+
+def shapes_labels(work: Path) -> tuple[Path, Path]:
+    from edgeclip.train.shapes import SHAPES, ZERO_SHOT_TEMPLATES
+
+    classes, templates = work / "shapes.txt", work / "shape_templates.txt"
+    classes.write_text("\n".join(SHAPES) + "\n")
+    templates.write_text("\n".join(ZERO_SHOT_TEMPLATES["shape"]) + "\n")
+    return classes, templates
+
+
+def quickstart_bundle(work: Path) -> tuple[Path, Path]:
+    qs = work / "quickstart"
+    ckpt, bundle = qs / "checkpoint", qs / "shapes.edgeclip"
+    if not (bundle / "manifest.json").exists():
+        run(*EDGECLIP, "quickstart", "--out", str(qs), "--no-progress")
+    classes, templates = shapes_labels(work)
+    from edgeclip.bundle import Bundle
+
+    if not Bundle.open(bundle).manifest.find("image", "onnx", "int8"):
+        run(*EDGECLIP, "export", str(ckpt), "--target", "onnx,openvino", "--precision", "int8",
+            "--calib", "builtin:shapes", "--labels", str(classes), "--templates", str(templates),
+            "--out", str(bundle))
+    return ckpt, bundle
+
+
+def vit_b32_bundle(work: Path) -> tuple[Path, Path]:
+    d = work / "vit-b-32"
+    ckpt, bundle = d / "checkpoint", d / "vit-b-32.edgeclip"
+    if not (ckpt / "config.json").exists():
+        import torch
+
+        from edgeclip.bundle import PreprocessConfig
+        from edgeclip.model.checkpoint import save_checkpoint
+        from edgeclip.model.clip import create_model
+        from edgeclip.model.openai_tokenizer import openai_clip_tokenizer
+
+        torch.manual_seed(0)
+        tok, tok_cfg = openai_clip_tokenizer()
+        d.mkdir(parents=True, exist_ok=True)
+        tok.save(str(d / "tokenizer.json"))
+        save_checkpoint(ckpt, create_model("ViT-B-32").eval(), d / "tokenizer.json", PreprocessConfig(image_size=224),
+                        tok_cfg, meta={"weights": "random init (seed 0)"})
+    classes, templates = shapes_labels(work)
+    if not (bundle / "manifest.json").exists():
+        run(*EDGECLIP, "export", str(ckpt), "--target", "onnx,openvino", "--precision", "fp32",
+            "--labels", str(classes), "--templates", str(templates), "--out", str(bundle))
+    from edgeclip.bundle import Bundle
+
+    if not Bundle.open(bundle).manifest.find("image", "onnx", "int8"):
+        run(*EDGECLIP, "export", str(ckpt), "--target", "onnx,openvino", "--precision", "int8",
+            "--calib", "builtin:shapes", "--labels", str(classes), "--templates", str(templates),
+            "--out", str(bundle))
+    return ckpt, bundle
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work"))
+    ap.add_argument("--threads", default="2")
+    ap.add_argument("--only", default="quickstart,vit-b-32")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    for name in args.only.split(","):
+        ckpt, bundle = quickstart_bundle(work) if name == "quickstart" else vit_b32_bundle(work)
+        extra = ["--eval", "builtin:shapes"] if name == "quickstart" else []
+        run(*EDGECLIP, "bench", str(bundle), "--checkpoint", str(ckpt), "--encoders", "image",
+            "--batch-sizes", "1,8", "--threads", args.threads, "--min-time", "3", *extra,
+            "--json", str(docs / f"bench-{name}.json"), "--markdown", str(docs / f"bench-{name}.md"),
+            "--plot", str(docs / f"bench-{name}.png"))
+
+
+if __name__ == "__main__":
+    main()
