@@ -53,7 +53,16 @@ class PreprocessConfig:
         for key in ("mean", "std"):
             if key in d:
                 d[key] = tuple(float(v) for v in d[key])
-        return cls(**_known_fields(cls, d, "preprocess"))
+        cfg = cls(**_known_fields(cls, d, "preprocess"))
+        # refuse here what would otherwise fail (untyped) on the first image
+        size = cfg.image_size
+        if type(size) is not int or size < 1:
+            raise BundleError(f"preprocess image_size must be a positive integer, got {size!r}")
+        if cfg.interpolation not in ("bicubic", "bilinear"):
+            raise BundleError(f"preprocess interpolation {cfg.interpolation!r} is not 'bicubic' or 'bilinear'")
+        if len(cfg.mean) != 3 or len(cfg.std) != 3 or not all(v > 0 for v in cfg.std):
+            raise BundleError(f"preprocess mean/std must be 3 values each (std > 0), got {cfg.mean}, {cfg.std}")
+        return cfg
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,8 @@ class Artifact:
         d["outputs"] = [TensorSpec.from_dict(s) for s in d.get("outputs", [])]
         if not isinstance(d.get("files"), dict) or not d["files"]:
             raise BundleError(f"artifact {d.get('encoder')}/{d.get('target')} lists no files")
+        if not d["inputs"] or not d["outputs"]:
+            raise BundleError(f"artifact {d.get('encoder')}/{d.get('target')} lists no inputs or no outputs")
         return cls(**_known_fields(cls, d, "artifact"))
 
 
@@ -173,14 +184,14 @@ class Manifest:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise BundleError(f"{MANIFEST} is not an edgeclip bundle manifest (format != '{FORMAT}')")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
             raise BundleError(
                 f"bundle schema_version {version!r} is not supported (this edgeclip reads {SCHEMA_VERSION})",
                 fix="re-export the bundle with this edgeclip version, or upgrade edgeclip",
             )
         try:
             tok = dict(d["tokenizer"])
-            return cls(
+            manifest = cls(
                 model_name=str(d["model"]["name"]),
                 model_config=dict(d["model"]["config"]),
                 embed_dim=int(d["embed_dim"]),
@@ -197,6 +208,9 @@ class Manifest:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"{MANIFEST} is malformed: {type(e).__name__}: {e}") from e
+        for a in manifest.artifacts:
+            _check_shapes(a, manifest)
+        return manifest
 
     def find(self, encoder: str, target: str | None = None, precision: str | None = None) -> list[Artifact]:
         return [
@@ -206,6 +220,16 @@ class Manifest:
             and (target is None or a.target == target)
             and (precision is None or a.precision == precision)
         ]
+
+
+def _check_shapes(a: Artifact, m: Manifest) -> None:
+    """Fixed dims of an encoder's first input/output must match image_size and embed_dim."""
+    size = m.preprocess.image_size
+    ins, outs = a.inputs[0].shape, a.outputs[0].shape
+    wrong = a.encoder == "image" and len(ins) == 4 and any(isinstance(v, int) and v != size for v in ins[2:])
+    if wrong or (outs and isinstance(outs[-1], int) and outs[-1] != m.embed_dim):
+        raise BundleError(f"artifact {a.key} has shapes {list(ins)} -> {list(outs)}, which do not fit "
+                          f"image_size {size} and embed_dim {m.embed_dim} in {MANIFEST}")
 
 
 def _known_fields(cls: Any, d: dict[str, Any], what: str) -> dict[str, Any]:
@@ -237,8 +261,8 @@ class Bundle:
             raise BundleError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
         try:
             data = json.loads(mpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{mpath} is not valid JSON: {e}") from e
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: [[[[...
+            raise BundleError(f"{mpath} is not valid JSON: {type(e).__name__}: {e}") from e
         return cls(root, Manifest.from_dict(data))
 
     def resolve(self, rel: str) -> Path:
@@ -294,13 +318,18 @@ class Bundle:
         if name not in self.manifest.labels:
             raise UnknownNameError("label set", name, self.manifest.labels)
         ls = self.manifest.labels[name]
+        if ls.embeddings not in ls.files or ls.meta not in ls.files:  # never read an unverified file
+            raise BundleError(f"label set '{name}': {ls.embeddings} and {ls.meta} must be listed in its files")
         self.verify_files(ls.files)
         try:
             emb = np.load(self.resolve(ls.embeddings), allow_pickle=False)
-        except ValueError as e:  # object arrays need pickle: refuse
+        except (ValueError, OSError, EOFError) as e:  # object arrays need pickle: refuse
             raise BundleError(f"label file '{ls.embeddings}' is not a plain float array: {e}") from e
-        meta = json.loads(self.resolve(ls.meta).read_text(encoding="utf-8"))
-        classes = meta.get("classes")
+        try:
+            meta = json.loads(self.resolve(ls.meta).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise BundleError(f"label file '{ls.meta}' is not valid JSON: {type(e).__name__}: {e}") from e
+        classes = meta.get("classes") if isinstance(meta, dict) else None
         if (
             emb.dtype != np.float32
             or emb.ndim != 2

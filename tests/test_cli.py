@@ -118,3 +118,27 @@ def test_train_rejects_bad_arguments(tmp_path: Path) -> None:
     proc = run_cli("train", "--data", "builtin:shape", "--steps", "1", "--out", str(tmp_path / "x"))
     assert proc.returncode != 0 and "builtin:shapes" in proc.stderr
     _no_traceback(proc)
+
+
+def test_embed_and_labels_commands(tiny_bundle: Path, images: list[Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    b = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    out = tmp_path / "img.npy"
+    proc = run_cli("embed", str(b), "--images", str(images[0]), "--images", str(images[1]), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    emb = np.load(out, allow_pickle=False)
+    assert emb.shape == (2, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    proc = run_cli("embed", str(b), "--text", "a red circle", "--out", str(tmp_path / "t.npy"))
+    assert proc.returncode == 0 and np.load(tmp_path / "t.npy").shape == (1, 32)
+    proc = run_cli("embed", str(b), "--out", str(tmp_path / "x.npy"))
+    assert proc.returncode == 2 and "either --images or --text" in proc.stderr
+    classes = tmp_path / "classes.txt"
+    classes.write_text("red thing\nblue thing\n")
+    proc = run_cli("labels", str(b), "--classes", str(classes), "--name", "colours")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("classify", str(b), str(images[0]), "--labels", "colours", "--json")
+    assert {p["label"] for p in json.loads(proc.stdout)["predictions"]} == {"red thing", "blue thing"}
+    proc = run_cli("classify", str(b), str(images[0]), "--labels", "nope")
+    assert proc.returncode != 0 and "unknown label set 'nope'" in proc.stderr
+    _no_traceback(proc)

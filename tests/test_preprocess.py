@@ -61,8 +61,7 @@ def test_photo_geometry_is_shortest_side_then_center_crop() -> None:
     assert w != h
     cfg = PreprocessConfig(image_size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     x = preprocess(photo, cfg)
-    scale = 64 / min(w, h)
-    resized = short.resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC)
+    resized = short.resize((int(64 * w / h), 64) if w > h else (64, int(64 * h / w)), Image.Resampling.BICUBIC)
     left, top = (resized.width - 64) // 2, (resized.height - 64) // 2
     expect = np.asarray(resized.crop((left, top, left + 64, top + 64)), dtype=np.float32) / 255
     np.testing.assert_allclose(x.transpose(1, 2, 0), expect, atol=1e-6)
@@ -107,3 +106,30 @@ def test_decompression_bomb_is_refused() -> None:
     Image.new("L", (4000, 3000)).save(buf, "PNG")
     with pytest.raises(ImageError, match="pixel limit"):
         load_image(buf.getvalue(), max_pixels=1_000_000)
+
+
+def test_matches_transformers_clip_image_processor_on_real_photos() -> None:
+    """Same resize (shortest side, bicubic, floor), crop (center, floor) and mean/std as HF."""
+    import logging
+
+    from transformers import CLIPImageProcessor
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # it notes its torchvision fallback
+    proc = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    cfg = PreprocessConfig(image_size=224)
+    for photo in _photos():
+        with Image.open(photo) as im:
+            rgb = im.convert("RGB")
+        for img in (rgb, rgb.resize((301, 211)), rgb.resize((97, 555))):
+            ref = proc(images=img, return_tensors="np")["pixel_values"][0]
+            assert np.abs(preprocess(img, cfg) - ref).max() <= 1e-6
+
+
+def test_golden_file() -> None:
+    """tests/golden/preprocess.npz (regenerate with tests/golden/make_preprocess_golden.py)."""
+    from tests.golden.make_preprocess_golden import SIZE, inputs
+
+    golden = np.load(Path(__file__).parent / "golden" / "preprocess.npz", allow_pickle=False)
+    cfg = PreprocessConfig(image_size=SIZE)
+    for name, src in inputs().items():
+        np.testing.assert_allclose(preprocess(src, cfg), golden[name], atol=1e-6, rtol=0)  # type: ignore[arg-type]

@@ -57,7 +57,13 @@ class Encoder:
         return type(self.backend).name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.backend.infer({self.artifact.inputs[0].name: x})[self.artifact.outputs[0].name]
+        try:
+            return self.backend.infer({self.artifact.inputs[0].name: x})[self.artifact.outputs[0].name]
+        except EdgeclipError:
+            raise
+        except Exception as e:  # the SDK's own error types: the artifact does not match its manifest entry
+            raise BundleError(f"{self.artifact.key} failed in {self.backend_name}: {type(e).__name__}: {e}",
+                              fix="re-export the bundle") from e
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,14 @@ def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | No
                  options: BackendOptions) -> Encoder:
     name, artifact, reason = choose_artifact(bundle, encoder, backend, precision)
     path = bundle.artifact_path(artifact)  # verifies the sha256 before anything runs it
-    return Encoder(backend_class(name)(path, artifact, options), artifact, reason)
+    try:
+        impl = backend_class(name)(path, artifact, options)
+    except EdgeclipError:
+        raise
+    except Exception as e:  # a file that hashes right but is not a model this SDK can load
+        raise BundleError(f"{artifact.key} cannot be loaded by {name}: {type(e).__name__}: {e}",
+                          fix="re-export the bundle") from e
+    return Encoder(impl, artifact, reason)
 
 
 def choose_artifact(

@@ -22,6 +22,8 @@ ImageInput = Union[str, os.PathLike[str], bytes, IO[bytes], Image.Image, np.ndar
 
 # PIL's own default; larger images are refused before their pixels are decoded
 MAX_PIXELS = 89_478_485
+# beyond this aspect ratio the resized-but-uncropped image is not materialised (see resize_crop)
+_MAX_ASPECT = 16
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -64,6 +66,8 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 def _decode(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
     w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageError(f"{name}: the image is empty ({w}x{h})")
     if w * h > max_pixels:
         raise ImageError(f"{name}: {w}x{h} exceeds the {max_pixels}-pixel limit (decompression bomb?)")
     img.seek(0)  # first frame of an animation
@@ -90,7 +94,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode.startswith("I") or mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         if mode == "F":
-            scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
+            finite = arr[np.isfinite(arr)]  # an all-NaN image has no maximum (and must not warn)
+            scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
         else:  # 16-bit (or 32-bit integer holding 16-bit data): 65535 -> 255
             scale = 1.0 / 257.0 if arr.size and arr.max() > 255 else 1.0
         arr = np.nan_to_num(arr * scale, nan=0.0)
@@ -105,11 +110,17 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     size = cfg.image_size
     w, h = img.size
     if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        # the long side is floored, as in transformers' CLIPImageProcessor and torchvision's Resize
+        nw, nh = (size, max(size, int(size * h / w))) if w <= h else (max(size, int(size * w / h)), size)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        if nw * nh > _MAX_ASPECT * size * size:
+            # a 20000x1 strip would be resized to gigabytes before the crop: resample only the
+            # source region the crop keeps (equal to resize-then-crop within 1-2 levels)
+            sx, sy = w / nw, h / nh
+            box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+            return img.resize((size, size), _RESAMPLE[cfg.interpolation], box=box)
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), _RESAMPLE[cfg.interpolation])
-        left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return img
 
