@@ -109,6 +109,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> None:
         if r.get(metric) is not None:
             ax2.scatter(r["median_ms"], r[metric], label=r["key"].replace("/model", ""), s=25)
     ax2.set_xscale("log")
+    ax2.ticklabel_format(axis="y", useOffset=False)  # show 0.99987, not +9.999e-1 offsets
     ax2.set_xlabel("latency, ms (median)")
     ax2.set_ylabel("zero-shot top-1 %" if metric == "top1" else "embedding cosine vs reference (min)")
     if ax2.collections:
