@@ -166,6 +166,7 @@ def calibration_record(
         "excluded_layers": result.excluded,
         "excluded_by_default": [n for n in result.excluded if n in defaults],
         "excluded_by_guard": result.excluded_by_guard,
+        "float_defaults_measured_safe": result.defaults_quantized,
         "guard": {"max_accuracy_drop": budget.max_accuracy_drop, "min_cosine": budget.min_cosine,
                   "attempts": result.attempts, "sensitivity": result.sensitivity},
         "measured": result.metrics,

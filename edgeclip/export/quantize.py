@@ -54,24 +54,6 @@ def _ort_method(method: str) -> Any:
             "entropy": CalibrationMethod.Entropy}[method]
 
 
-def preprocess_graph(src: Path, dst: Path) -> str:
-    """onnxruntime's quant_pre_process (ONNX shape inference + basic optimisation) into `dst`.
-
-    Its symbolic shape inference crashes on the dynamo graph's Expand nodes, so it is skipped.
-    Returns what was done; on failure `dst` is a copy of `src`.
-    """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        with _quiet():
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-        return "quant_pre_process (onnx shape inference + optimisation; symbolic shapes skipped)"
-    except Exception as e:  # the tool raises many internal types; the raw graph quantizes too
-        log.warning("quant_pre_process failed (%s); quantizing the graph as exported", e)
-        dst.write_bytes(src.read_bytes())
-        return f"none (quant_pre_process failed: {type(e).__name__})"
-
-
 def quantizable_nodes(path: Path, op_types: Sequence[str] | None = OP_TYPES) -> list[str]:
     """Names of the nodes quantize_static would quantize (op_types None: every QDQ-capable op)."""
     import onnx
