@@ -1,2 +1,3 @@
-"""Calibration sets for INT8 export (images preprocessed once with the runtime's own
-preprocessing). Not implemented yet: tracked by the calibration/INT8 issue."""
+"""Calibration sets for INT8 export: images from a folder, csv/tsv, WebDataset or builtin:shapes,
+preprocessed once with the runtime's own preprocessing and cached as .npz by content hash
+(`sources.py`, `cache.py`)."""
