@@ -111,6 +111,13 @@ class Artifact:
     environment: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
 
+    @classmethod
+    def probe(cls, encoder: str, target: str, precision: str, inputs: list[TensorSpec],
+              outputs: list[TensorSpec], **kw: Any) -> Artifact:
+        """An entry for an artifact still being validated (no files registered yet), so that a
+        runtime backend can run it before it enters the manifest."""
+        return cls(encoder, target, precision, "", {"(unregistered)": ""}, inputs, outputs, **kw)
+
     @property
     def key(self) -> str:
         return f"{self.encoder}/{self.target}-{self.precision}"

@@ -48,9 +48,9 @@ def test_zero_shot_tasks_cover_both_attributes() -> None:
 
 def test_unknown_and_empty_sources() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'builtin:shapes'"):
-        open_source("builtin:shape", size=10, image_size=32)
+        open_source("builtin:shape", image_size=32)
     with pytest.raises(DataError):
-        open_source("/no/such/data.csv", size=10, image_size=32)
+        open_source("/no/such/data.csv", image_size=32)
 
 
 def test_loss_is_symmetric_infonce() -> None:

@@ -199,7 +199,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         raise ConfigError("nothing to benchmark: no usable artifact matched", fix="check --backends/--precisions")
 
     # --- accuracy: embedding cosine against torch fp32 (or the fp32 artifact when torch is absent)
-    accuracy = _accuracy(cfg, bundle, all_cands, baseline, probes)
+    accuracy = _accuracy(cfg, bundle, all_cands, baseline, probes, tok)
 
     # --- latency, interleaved across rows per batch size
     rows: list[dict[str, Any]] = []
@@ -248,7 +248,7 @@ def _end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.nda
 
 
 def _accuracy(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline: dict[str, Candidate],
-              probes: dict[str, np.ndarray]) -> dict[str, Any]:
+              probes: dict[str, np.ndarray], tokenize: TextTokenizer) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": {}}
     refs: dict[str, tuple[np.ndarray, str]] = {}
     for e in cfg.encoders:
@@ -260,7 +260,7 @@ def _accuracy(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline
     labels = None
     if evalset is not None and text_ref is not None:
         classes, templates, _, _ = evalset
-        labels = label_embeddings(classes, templates, lambda t: text_ref.run(tok_ids(bundle, t)))
+        labels = label_embeddings(classes, templates, lambda t: text_ref.run(tokenize(t)))
     elif bundle.manifest.labels:
         labels = bundle.label_set(next(iter(bundle.manifest.labels)))[0]
     out["labels"] = labels
@@ -280,10 +280,6 @@ def _accuracy(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline
             row.update(top1=round(top1, 2), top1_delta=round(top1 - base_top1, 2), eval_images=len(targets))
         out["rows"][f"{c.encoder}/{c.backend}-{c.precision}"] = row
     return out
-
-
-def tok_ids(bundle: Bundle, texts: list[str]) -> np.ndarray:
-    return TextTokenizer(bundle.tokenizer_path(), bundle.manifest.tokenizer)(texts)
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:

@@ -406,8 +406,8 @@ class CoreMLTarget:
             from edgeclip.runtime.backends.base import BackendOptions
             from edgeclip.runtime.backends.coreml import CoreMLBackend
 
-            probe = Artifact(spec.name, self.name, precision, rel_dir, {"x": ""}, list(iface.inputs),
-                             list(iface.outputs), environment=environment)
+            probe = Artifact.probe(spec.name, self.name, precision, list(iface.inputs), list(iface.outputs),
+                                   environment=environment)
             backend = CoreMLBackend(pkg / "Manifest.json", probe, BackendOptions(device="CPU"))
             run = lambda x: backend.infer({spec.input_name: x})[spec.output_name]  # noqa: E731
             checked_with = "CoreML prediction on macOS (CPU_ONLY) + spec check"

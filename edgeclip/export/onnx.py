@@ -114,7 +114,7 @@ def onnx_environment() -> dict[str, Any]:
 
 def run_in_onnxruntime(path: Path, spec: EncoderSpec) -> Any:
     """A callable x -> embeddings through the runtime's own onnxruntime backend."""
-    probe = Artifact(spec.name, "onnx", "probe", "", {"x": ""}, list(spec.inputs), list(spec.outputs))
+    probe = Artifact.probe(spec.name, "onnx", "probe", list(spec.inputs), list(spec.outputs))
     backend = OnnxRuntimeBackend(path, probe, BackendOptions())
     return lambda x: backend.infer({spec.input_name: x})[spec.output_name]
 

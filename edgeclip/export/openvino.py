@@ -33,7 +33,7 @@ class OpenVinoTarget:
             # fp16 stores weights in half precision; compute precision is the device's choice
             ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=precision == "fp16")
         files = [f"{rel_dir}/model.xml", f"{rel_dir}/model.bin"]
-        probe = Artifact(spec.name, self.name, precision, rel_dir, {"x": ""}, list(spec.inputs), list(spec.outputs))
+        probe = Artifact.probe(spec.name, self.name, precision, list(spec.inputs), list(spec.outputs))
         backend = OpenVinoBackend(folder / "model.xml", probe, BackendOptions(precision_hint=VALIDATION_HINT))
         artifact = validated_artifact(
             ctx, spec, self.name, precision, rel_dir, files,

@@ -66,7 +66,7 @@ def quantize_openvino(
     fp32 = ov.convert_model(str(onnx_path))
     candidates = ov_layer_names(fp32, [op.get_friendly_name() for op in fp32.get_ordered_ops()])
     defaults = ov_layer_names(fp32, clip_float_defaults(onnx_path))
-    probe = Artifact(spec.name, "openvino", "int8", "", {"x": ""}, list(spec.inputs), list(spec.outputs))
+    probe = Artifact.probe(spec.name, "openvino", "int8", list(spec.inputs), list(spec.outputs))
 
     def quantize(excluded: list[str]) -> Run:
         model = _nncf_quantize(ov, onnx_path, data.calibration, opts.method, excluded)

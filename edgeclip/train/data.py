@@ -36,8 +36,8 @@ class ZeroShotTask:
     targets: Sequence[int]
 
 
-def open_source(spec: str, *, size: int = 0, image_size: int, seed: int = 0) -> CaptionDataset:
-    """Open a map-style training source (`size` is unused: procedural sources are endless)."""
+def open_source(spec: str, *, image_size: int, seed: int = 0) -> CaptionDataset:
+    """Open a map-style training source (procedural ones are effectively endless)."""
     if is_webdataset(spec):
         raise DataError(f"'{spec}' is a WebDataset: it is streamed, not indexed",
                         fix="use it as the only --data source")

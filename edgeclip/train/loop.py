@@ -94,7 +94,7 @@ class Setup:
     state: dict[str, Any] | None
 
 
-def _setup_model(cfg: TrainConfig, scratch: Path, world: World) -> Setup:
+def _setup_model(cfg: TrainConfig, scratch: Path) -> Setup:
     """Model + tokenizer from --resume, --init, or fresh (BPE learnt from the captions)."""
     if cfg.resume:
         path = ckpt.resolve_resume(cfg.resume, Path(cfg.out))
@@ -133,8 +133,7 @@ def _setup_model(cfg: TrainConfig, scratch: Path, world: World) -> Setup:
 def _open_data(cfg: TrainConfig, pre: PreprocessConfig, world: World) -> PositionDataset | StreamDataset:
     if len(cfg.data) == 1 and is_webdataset(cfg.data[0]):
         return StreamDataset(open_stream(cfg.data[0], cfg.seed), cfg.seed, pre, cfg.augment, world.rank, world.size)
-    sources = [open_source(s, size=max(cfg.steps * cfg.batch_size, 1), image_size=pre.image_size, seed=cfg.seed)
-               for s in cfg.data]
+    sources = [open_source(s, image_size=pre.image_size, seed=cfg.seed) for s in cfg.data]
     for spec, src in zip(cfg.data, sources, strict=True):
         if len(src) == 0:
             raise DataError(f"data source '{spec}' is empty", fix="check the path and its contents")
@@ -163,7 +162,7 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out, dev = Path(cfg.out), world.device
-    s = _setup_model(cfg, scratch, world)
+    s = _setup_model(cfg, scratch)
     model, pre = s.model, s.preprocess
     tokenize = TextTokenizer(s.tokenizer_file, s.tokenizer)
     data = _open_data(cfg, pre, world)

@@ -9,6 +9,7 @@ import torch
 
 from edgeclip.bundle import PreprocessConfig
 from edgeclip.runtime.preprocess import ImageInput, load_image, resize_crop
+from edgeclip.train.loader import normalize_batch
 
 
 def eval_transform(cfg: PreprocessConfig) -> Callable[[ImageInput], torch.Tensor]:
@@ -17,12 +18,8 @@ def eval_transform(cfg: PreprocessConfig) -> Callable[[ImageInput], torch.Tensor
     Decoding and geometry are the runtime's own functions; normalisation is done in torch
     here and in numpy on the device, and a test holds the two equal.
     """
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
-
     def transform(src: ImageInput) -> torch.Tensor:
         img = resize_crop(load_image(src), cfg)
-        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-        return (x - mean) / std
+        return normalize_batch(torch.from_numpy(np.array(img, dtype=np.uint8))[None], cfg)[0]
 
     return transform
