@@ -87,6 +87,8 @@ def main() -> None:
             calls[f"edgeclip-{backend}-{precision}"] = lambda enc=enc: enc(x)
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
+    # without this an idle session's threads keep spinning after run(), slowing the next call timed
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     plain = ort.InferenceSession(str(bundle.artifact_path(bundle.manifest.find("image", "onnx", "fp32")[0])), so,
                                  providers=["CPUExecutionProvider"])
     calls["plain-onnxruntime-fp32"] = lambda: plain.run(None, {"pixel_values": x})

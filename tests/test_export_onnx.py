@@ -67,6 +67,23 @@ def test_graphs_are_split_opset_and_symbolic_batch(tiny_bundle: Path) -> None:
         assert a.inputs[0].shape[0] == "batch_size"
 
 
+def test_graphs_have_constant_shapes_and_fusable_gelu(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Attention reshapes to constant shapes (no Shape -> Gather -> Concat chain per block) and
+    GELU is exported in the order onnxruntime fuses into one kernel: both cost int8 its speed-up."""
+    import onnxruntime as ort
+
+    b = Bundle.open(tiny_bundle)
+    for encoder in ("image", "text"):
+        path = b.artifact_path(b.manifest.find(encoder, "onnx", "fp32")[0])
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        assert ops.count("Shape") <= 1 and "Slice" not in ops, encoder
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / f"{encoder}-optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        fused = {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+        assert "Erf" not in fused and fused & {"Gelu", "BiasGelu"}, encoder
+
+
 def test_label_embeddings_are_normalised_and_labelled(tiny_bundle: Path) -> None:
     from tests.conftest import TINY_CLASSES
 
@@ -151,3 +168,9 @@ def test_export_adds_to_an_existing_bundle(tiny_checkpoint: Path, tmp_path: Path
     assert sorted(a.key for a in b.manifest.artifacts) == ["image/onnx-fp32", "text/onnx-fp32"]
     assert list(b.manifest.labels) == ["animals"]
     b.verify()
+
+
+def test_session_threads_stop_spinning_after_a_run(tiny_bundle: Path) -> None:
+    # an idle session spinning after run() doubled the next session's latency on 2 cores
+    so = _backend(Bundle.open(tiny_bundle), "image").session.get_session_options()
+    assert so.get_session_config_entry("session.force_spinning_stop") == "1"

@@ -22,6 +22,17 @@ from edgeclip.model.resnet import ModifiedResNet
 MASK_VALUE = -1.0e4
 
 
+class GELU(nn.GELU):
+    """Exact (erf) GELU. Under torch.export it is written out as x * 0.5 * (1 + erf(x / sqrt 2)),
+    the same function in the op order onnxruntime fuses into one Gelu / BiasGelu kernel; the order
+    nn.GELU exports to is left as five separate ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+        return super().forward(x)
+
+
 class QuickGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
@@ -38,12 +49,23 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+        n, d = x.shape[1:]
+        h, hd = self.heads, d // self.heads
+        # -1 for the batch: an exported graph then reshapes to constant shapes, with no
+        # Shape/Gather/Concat chain computing the batch size at run time
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).reshape(-1, n, 3, h, hd)
+        if torch.compiler.is_exporting():
+            # SDPA written out: torch's ONNX decomposition of SDPA transposes K through a
+            # dynamic-shape Reshape chain and scales Q and K separately (26 extra ops per block)
+            q = qkv[:, :, 0].transpose(1, 2) * hd**-0.5
+            k = qkv[:, :, 1].permute(0, 2, 3, 1)
+            v = qkv[:, :, 2].transpose(1, 2)
+            logits = q @ k if mask is None else q @ k + mask
+            out = logits.softmax(-1) @ v
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(-1, n, d))
 
 
 class ResidualBlock(nn.Module):
@@ -55,7 +77,7 @@ class ResidualBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        act: nn.Module = QuickGELU() if quick_gelu else nn.GELU()
+        act: nn.Module = QuickGELU() if quick_gelu else GELU()
         self.mlp = nn.Sequential(
             OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act), ("c_proj", nn.Linear(hidden, width))])
         )
@@ -104,7 +126,7 @@ class VisionTransformer(nn.Module):
             convs: list[nn.Module] = []
             cin = 3
             for cout in cfg.stem_channels:
-                convs += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+                convs += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), GELU()]
                 cin = cout
             self.stem = nn.Sequential(*convs)
             self.conv1 = nn.Conv2d(cin, w, kernel_size=3, stride=2, padding=1, bias=False)

@@ -27,6 +27,10 @@ class OnnxRuntimeBackend:
         ort: Any = _deps.require("onnxruntime", extra=self.extra, purpose="the onnxruntime backend")
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        # Worker threads spin between the ops of a run (latency), but not after it: by default they
+        # keep spinning for a while after run() returns, taking the cores from whatever runs next
+        # (a camera decode, another session: an idle session doubled a neighbour's latency here)
+        so.add_session_config_entry("session.force_spinning_stop", "1")
         if options.threads:
             so.intra_op_num_threads = options.threads
             so.inter_op_num_threads = 1
