@@ -249,3 +249,35 @@ def test_digits_learn_far_above_chance(tmp_path: Path) -> None:
     r = train(TrainConfig(model="edge-tiny", data=["builtin:digits"], out=str(tmp_path / "d"), steps=300,
                           batch_size=128, lr=2e-3, warmup_steps=30, augment=False, progress=False))
     assert r.zero_shot["digits"] >= 0.7  # chance is 0.1
+
+
+@pytest.mark.parametrize("kind", ["fused", "foreach", "grad-scaler"])
+def test_a_non_finite_step_changes_nothing_and_is_counted(kind: str) -> None:
+    from edgeclip.train.nonfinite import NonFiniteGuard
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1, fused=kind != "foreach")
+    scaler = torch.amp.GradScaler("cpu", enabled=kind == "grad-scaler")
+    guard = NonFiniteGuard(torch.device("cpu"))
+    x = torch.randn(8, 4)
+
+    def step(poison: bool) -> None:
+        loss = model(x).square().mean() * (float("nan") if poison else 1.0)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        guard.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        opt.zero_grad(set_to_none=True)
+
+    step(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    for _ in range(3):
+        step(True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no update, no weight decay
+    assert all(torch.equal(m, opt.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters(), strict=True))
+    assert all(int(opt.state[p]["step"]) == 1 for p in model.parameters())
+    assert guard.check() == (3, 3)
+    step(False)
+    assert not torch.equal(before["weight"], model.weight.detach())
+    assert guard.check() == (3, 0)  # the streak was reset by the good step

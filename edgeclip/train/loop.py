@@ -31,6 +31,7 @@ from edgeclip.train.distributed import World, barrier, init_world, shutdown
 from edgeclip.train.gradcache import grad_cache_step
 from edgeclip.train.loader import PositionDataset, StreamDataset, make_loader, make_stream_loader, normalize_batch
 from edgeclip.train.loss import SIGLIP_LOGIT_SCALE_INIT, SigLipLoss, clip_loss
+from edgeclip.train.nonfinite import NonFiniteGuard
 from edgeclip.train.progress import Progress
 from edgeclip.train.sources import is_webdataset
 from edgeclip.train.transforms import eval_transform
@@ -185,7 +186,7 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     groups = param_groups(model, cfg.weight_decay)
     if siglip is not None:
         groups[1]["params"] = [*groups[1]["params"], siglip.logit_bias]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=dev.type == "cuda")
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=dev.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
     counters = {"samples": 0, "skipped_steps": 0, "skipped_samples": 0}
     if s.state is not None:
@@ -248,8 +249,21 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
         else make_stream_loader(data, s.start_step, cfg.steps, cfg.batch_size, cfg.workers)
     )
         autocast = _autocast(cfg, dev)
-        t0, loss_value, consecutive_bad, step = time.perf_counter(), float("nan"), 0, s.start_step
+        t0, loss_value, step = time.perf_counter(), float("nan"), s.start_step
         done_here = 0
+        guard, counted = NonFiniteGuard(dev), dict(counters)
+
+        def check_guard(step: int) -> None:
+            skipped, streak = guard.check()
+            counters["skipped_steps"] = counted["skipped_steps"] + skipped
+            counters["samples"] = counted["samples"] + (done_here - skipped) * cfg.batch_size * world.size
+            if streak >= cfg.max_bad_steps:
+                last = ckpt.list_checkpoints(out)
+                raise TrainingError(
+                    f"{streak} non-finite steps in a row by step {step + 1}; stopping",
+                    fix=f"lower --lr or use --grad-clip; last good checkpoint: {last[-1][1] if last else 'none'}",
+                )
+
         with Progress(cfg.progress and world.is_main, cfg.steps, s.start_step) as bar:
             for step, batch in zip(range(s.start_step, cfg.steps), loader, strict=False):
                 counters["skipped_samples"] += batch["skipped"]
@@ -273,35 +287,23 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                     _average_grads(trainable, world)
                 scaler.unscale_(opt)
                 norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
-                if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                    # a non-finite loss or gradient skips the step; too many in a row ends the run
-                    counters["skipped_steps"] += 1
-                    consecutive_bad += 1
-                    opt.zero_grad(set_to_none=True)
-                    scaler.update()
-                    if consecutive_bad >= cfg.max_bad_steps:
-                        last = ckpt.list_checkpoints(out)
-                        raise TrainingError(
-                            f"{consecutive_bad} non-finite steps in a row at step {step + 1}; stopping",
-                            fix=f"lower --lr or use --grad-clip; last good checkpoint: "
-                                f"{last[-1][1] if last else 'none'}",
-                        )
-                    continue
-                consecutive_bad = 0
-                scaler.step(opt)
-                scaler.update()
+                guard.step(opt, scaler, loss, norm)  # skipped inside the kernel when not finite
                 opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                counters["samples"] += cfg.batch_size * world.size
                 done_here += 1
+                logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+                eval_step = bool(cfg.eval_every) and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps
+                save_step = bool(cfg.save_every) and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps
+                if dev.type != "cuda" or logging_step or eval_step or save_step:
+                    check_guard(step)  # the only host sync of a CUDA step, and not on every step
 
-                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                if logging_step:
                     loss_value = float(loss.detach())
                     elapsed = time.perf_counter() - t0
-                    rec = {"step": step + 1, "loss": round(loss_value, 5), "lr": lr_at(step, cfg),
+                    rec = {"step": step + 1, "loss": _finite(loss_value, 5), "lr": lr_at(step, cfg),
                            "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
-                           "grad_norm": round(float(norm), 4),
+                           "grad_norm": _finite(float(norm), 4),
                            "samples_per_s": round(done_here * cfg.batch_size * world.size / elapsed, 1),
                            "elapsed_s": round(elapsed, 2), **counters}
                     if log:
@@ -309,17 +311,19 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                         log.flush()
                     if tb is not None:
                         for key in ("loss", "lr", "logit_scale", "grad_norm", "samples_per_s"):
-                            tb.add_scalar(f"train/{key}", rec[key], step + 1)
+                            if rec[key] is not None:
+                                tb.add_scalar(f"train/{key}", rec[key], step + 1)
                     bar.update(step + 1, rec)
-                if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                if eval_step:
                     ev = run_eval()
                     if log and ev:
                         log.write(json.dumps({"step": step + 1, "eval": ev}) + "\n")
                     if tb is not None:
                         for key, value in ev.items():
                             tb.add_scalar(f"eval/{key}", value, step + 1)
-                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                if save_step:
                     save(step + 1, {})
+        check_guard(step)
         seconds = time.perf_counter() - t0
 
         zs = run_eval()
@@ -333,6 +337,11 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
         if log:
             log.write(json.dumps({"final": asdict(result)}) + "\n")
         return result
+
+def _finite(x: float, digits: int) -> float | None:
+    """A logged number; None (JSON null) for the loss or norm of a skipped non-finite step."""
+    return round(x, digits) if math.isfinite(x) else None
+
 
 def _tensorboard(stack: ExitStack, out: Path) -> Any:
     """A TensorBoard writer when `tensorboard` is installed (optional), else None."""

@@ -24,7 +24,8 @@ class Progress:
 
     def update(self, step: int, rec: dict[str, Any]) -> None:
         if self.enabled:
-            info = (f"loss {rec['loss']:.3f}  lr {rec['lr']:.2e}  scale {rec['logit_scale']:.1f}  "
+            loss = "nan" if rec["loss"] is None else f"{rec['loss']:.3f}"
+            info = (f"loss {loss}  lr {rec['lr']:.2e}  scale {rec['logit_scale']:.1f}  "
                     f"{rec['samples_per_s']:.0f} samples/s")
             self._p.update(self._task, completed=step, info=info)
 
