@@ -1,6 +1,9 @@
 """edgeclip's training step against open_clip's on the same model, batch, precision and data.
 
     .venv/bin/python benchmarks/train_throughput.py [--models ViT-B-32,edge-vit] [--batch 32] [--rounds 4]
+    # on a GPU (the issue's goal: ViT-B-32, bf16, batch 256, against open_clip eager bf16):
+    python benchmarks/train_throughput.py --device cuda --precision bf16 --batch 256 --models ViT-B-32 \
+        --sides edgeclip,edgeclip+compile,open_clip,open_clip+compile --open-clip-python python --rounds 6
 
 open_clip needs torchvision, which does not import beside this venv's CPU torch 2.13, so open_clip
 runs in its own venv (default /tmp/ocenv: `torch==2.14.1 torchvision==0.29.1 open_clip_torch`,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -46,33 +50,52 @@ def _batch(batch: int, image_size: int, ctx: int, vocab: int):  # type: ignore[n
     return images, ids
 
 
-def worker(side: str, model_name: str, batch: int, threads: int) -> None:
-    """Build the model, then answer lines 'N' with the seconds N training steps took."""
+def worker(side: str, model_name: str, batch: int, threads: int, device: str, precision: str) -> None:
+    """Build the model, then answer lines 'N' with the seconds N training steps took.
+    `side` is edgeclip or open_clip, with "+compile" for torch.compile."""
+    import contextlib
+
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dev = torch.device(device)
+    side, _, compiled = side.partition("+")
+    autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # both trainers' default for fp32 on CUDA
+        torch.backends.cudnn.allow_tf32 = True
     if side == "edgeclip":
         sys.path.insert(0, str(HERE.parent))
         from edgeclip.model.clip import CLIP
         from edgeclip.model.config import ModelConfig, get_config
-        from edgeclip.train.loop import param_groups
+        from edgeclip.train.loop import MAX_LOGIT_SCALE, param_groups
         from edgeclip.train.loss import clip_loss
+        from edgeclip.train.nonfinite import NonFiniteGuard
 
         cfg = get_config(model_name) if model_name != "edge-vit" else ModelConfig.from_dict(
             {**EDGE_VIT, "vision_cfg": {**{k: v for k, v in EDGE_VIT["vision_cfg"].items() if k != "head_width"},
                                         "heads": 4}}, name="edge-vit")
-        model = CLIP(cfg).train()
-        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+        model = CLIP(cfg).train().to(dev)
+        # the trainer's step: fused AdamW, gradient norm, non-finite guard, logit-scale clamp
+        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, fused=True)
+        scaler, guard = torch.amp.GradScaler(dev.type, enabled=False), NonFiniteGuard(dev)
         images, ids = _batch(batch, cfg.vision_cfg.image_size, cfg.text_cfg.context_length, cfg.text_cfg.vocab_size)
+        ids = ids[:, : int(ids.argmax(1).max()) + 1]  # the trainer drops all-padding columns (on the host)
+        images, ids = images.to(dev), ids.to(dev)
+        forward = torch.compile(model) if compiled else model
+        params = [p for p in model.parameters() if p.requires_grad]
 
         def step() -> None:
-            trimmed = ids[:, : int(ids.argmax(1).max()) + 1]  # as edgeclip's trainer does
-            img, txt, scale = model(images, trimmed)
+            with autocast:
+                img, txt, scale = forward(images, ids)
             loss = clip_loss(img, txt, scale)
-            opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            guard.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(params, float("inf")))
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     else:
         import open_clip
         from open_clip.loss import ClipLoss
@@ -82,7 +105,7 @@ def worker(side: str, model_name: str, batch: int, threads: int) -> None:
             cfg_dir.mkdir(exist_ok=True)
             (cfg_dir / "edge-vit.json").write_text(json.dumps(EDGE_VIT))
             open_clip.add_model_config(cfg_dir)
-        model = open_clip.create_model(model_name).train()
+        model = open_clip.create_model(model_name).train().to(dev)
         ctx, vocab = model.context_length, model.vocab_size
         size = model.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else size
@@ -90,24 +113,35 @@ def worker(side: str, model_name: str, batch: int, threads: int) -> None:
         rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                                 lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
-        images, ids = _batch(batch, size, ctx, vocab)
+        images, ids = (t.to(dev) for t in _batch(batch, size, ctx, vocab))
         loss_fn = ClipLoss()
+        forward = torch.compile(model) if compiled else model  # open_clip's --torchcompile
 
-        def step() -> None:
-            out = model(images, ids)
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"]) if isinstance(out, dict) \
-                else loss_fn(*out[:3])
+        def step() -> None:  # open_clip's train_one_epoch, without its data loader
+            with autocast:
+                out = forward(images, ids)
+                loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"]) \
+                    if isinstance(out, dict) else loss_fn(*out[:3])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
 
-    step()  # warm-up: allocator, kernels
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3 if compiled else 1):  # warm-up: allocator, kernels, compilation
+        step()
+    sync()
     print("ready", flush=True)
     for line in sys.stdin:
         n = int(line)
         t0 = time.perf_counter()
         for _ in range(n):
             step()
+        sync()
         print(f"{time.perf_counter() - t0:.6f}", flush=True)
 
 
@@ -128,26 +162,42 @@ def main() -> None:
     ap.add_argument("--models", default="edge-vit,ViT-B-32")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, as both trainers do")
+    ap.add_argument("--sides", default="edgeclip,open_clip",
+                    help="comma list of edgeclip, open_clip, edgeclip+compile, open_clip+compile")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps-per-round", type=int, default=2)
     ap.add_argument("--open-clip-venv", default="/tmp/ocenv")
+    ap.add_argument("--open-clip-python", default=None,
+                    help="an interpreter that imports open_clip (e.g. this one on a GPU machine); "
+                         "default: the --open-clip-venv, created if missing")
+    ap.add_argument("--out", default=str(HERE / "results" / "train_throughput.json"))
     ap.add_argument("--worker", default=None)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.model, args.batch, args.threads)
+        worker(args.worker, args.model, args.batch, args.threads, args.device, args.precision)
         return
-    oc_python = ensure_open_clip_env(Path(args.open_clip_venv))
+    sides = args.sides.split(",")
+    oc_python = None
+    if any(s.startswith("open_clip") for s in sides):
+        oc_python = args.open_clip_python or str(ensure_open_clip_env(Path(args.open_clip_venv)))
     results = []
     for model in args.models.split(","):
         procs = {}
-        for side, python in (("edgeclip", sys.executable), ("open_clip", str(oc_python))):
+        for side in sides:
+            python = oc_python if side.startswith("open_clip") else sys.executable
             procs[side] = subprocess.Popen(
-                [python, __file__, "--worker", side, "--model", model, "--batch", str(args.batch),
-                 "--threads", str(args.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                [str(python), __file__, "--worker", side, "--model", model, "--batch", str(args.batch),
+                 "--threads", str(args.threads), "--device", args.device, "--precision", args.precision],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-        for p in procs.values():
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            if args.device == "cuda":  # one process on the GPU at a time while it builds
+                assert procs[side].stdout is not None and procs[side].stdout.readline().strip() == "ready"
+        if args.device != "cuda":
+            for p in procs.values():
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         times: dict[str, list[float]] = {s: [] for s in procs}
         for _ in range(args.rounds):
             for side, p in procs.items():  # alternate: drift hits both sides alike
@@ -159,16 +209,28 @@ def main() -> None:
             p.stdin.close()  # type: ignore[union-attr]
             p.wait()
         sps = {s: args.batch * args.steps_per_round / sorted(t)[len(t) // 2] for s, t in times.items()}
-        results.append({"model": model, "batch": args.batch, "threads": args.threads, "precision": "fp32",
-                        "samples_per_s": {k: round(v, 1) for k, v in sps.items()},
-                        "ratio_edgeclip_over_open_clip": round(sps["edgeclip"] / sps["open_clip"], 3),
-                        "round_seconds": times})
-    report = {"benchmark": "train_throughput", "device": "cpu", "results": results,
-              "note": "median over interleaved rounds; open_clip runs torch 2.14.1, edgeclip torch 2.13.0"}
-    out = HERE / "results" / "train_throughput.json"
-    out.parent.mkdir(exist_ok=True)
+        row = {"model": model, "batch": args.batch, "threads": args.threads, "precision": args.precision,
+               "samples_per_s": {k: round(v, 1) for k, v in sps.items()}, "round_seconds": times}
+        if "open_clip" in sps:
+            row["ratio_over_open_clip_eager"] = {k: round(v / sps["open_clip"], 3) for k, v in sps.items()
+                                                 if k != "open_clip"}
+        results.append(row)
+    report = {"benchmark": "train_throughput", "device": _device_name(args.device), "results": results,
+              "note": "median over interleaved rounds; synthetic batch on the device (no data loading)"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+
+
+def _device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()} CPU (torch {torch.__version__})"
 
 
 if __name__ == "__main__":

@@ -109,3 +109,23 @@ def test_rn50_exports_to_onnx(tmp_path: Path) -> None:
     ckpt = _imported_resnet(tmp_path, get_config("RN50-quickgelu"))
     result = export_bundle(ckpt, tmp_path / "rn50.edgeclip", targets=["onnx"])
     assert all(a.validation["max_abs"] < 1e-4 for a in result.artifacts)
+
+
+@pytest.mark.parametrize("config", ["resnet", "edge-tiny"])
+def test_batchnorm_is_folded_for_export_without_changing_outputs(config: str) -> None:
+    from edgeclip.export.encoders import encoder_module, export_module
+
+    torch.manual_seed(0)
+    m = CLIP(TINY_RN) if config == "resnet" else create_model("edge-tiny")
+    with torch.no_grad():  # non-trivial statistics, so folding has something to fold
+        for name, buf in m.visual.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.5)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, m.cfg.vision_cfg.image_size, m.cfg.vision_cfg.image_size)
+    folded = export_module("image", m)
+    assert not [x for x in folded.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    assert [x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)]  # the model itself is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), encoder_module("image", m)(x), atol=2e-5, rtol=1e-4)

@@ -281,3 +281,17 @@ def test_a_non_finite_step_changes_nothing_and_is_counted(kind: str) -> None:
     step(False)
     assert not torch.equal(before["weight"], model.weight.detach())
     assert guard.check() == (3, 0)  # the streak was reset by the good step
+
+
+def test_channels_last_trains_the_same_model(tmp_path: Path) -> None:
+    runs = {}
+    for channels_last in (False, True):
+        out = tmp_path / f"cl{int(channels_last)}"
+        train(TrainConfig(model="edge-tiny", out=str(out), steps=3, batch_size=8, warmup_steps=1, log_every=1,
+                          progress=False, augment=False, eval_size=8, tokenizer_samples=200, threads=1,
+                          channels_last=channels_last))
+        log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+        runs[channels_last] = ([r["loss"] for r in log if "loss" in r], _weights(out / "checkpoints" / "step_00000003"))
+    (loss_a, w_a), (loss_b, w_b) = runs[False], runs[True]
+    assert len(loss_a) == 3 and loss_a == pytest.approx(loss_b, rel=1e-3)
+    assert w_a.keys() == w_b.keys() and all(torch.allclose(w_a[k], w_b[k], atol=1e-3) for k in w_a)

@@ -45,6 +45,8 @@ from edgeclip.train.config import LOSSES, PRECISIONS, SCHEDULES, TrainConfig
 @click.option("--lock-text", is_flag=True, help="Freeze the text tower.")
 @click.option("--force-activation", is_flag=True, help="Allow --init weights with another activation.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--channels-last", is_flag=True,
+              help="NHWC images and conv weights: faster convolutions (ResNets, conv stems) on CUDA.")
 @click.option("--max-bad-steps", default=10, show_default=True, type=int)
 @click.option("--no-progress", is_flag=True, help="No progress bar (the JSONL log is still written).")
 def train(data: tuple[str, ...], data_weights: str | None, init_from: str | None, no_augment: bool,

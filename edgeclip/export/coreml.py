@@ -28,7 +28,7 @@ import torch
 from edgeclip import _deps
 from edgeclip.bundle import Artifact, TensorSpec
 from edgeclip.errors import ConfigError, ExportError
-from edgeclip.export.encoders import BATCH, EncoderSpec, encoder_module
+from edgeclip.export.encoders import BATCH, EncoderSpec, export_module
 from edgeclip.export.targets import ExportContext, validated_artifact
 
 DEFAULT_TARGET = "iOS16"
@@ -128,11 +128,11 @@ def _exported_program(ctx: ExportContext, spec: EncoderSpec, opts: CoreMLOptions
         s = info.preprocess.image_size
         p = info.preprocess
         norm = (p.mean, p.std) if opts.image_input else (None, None)
-        module = _PixelEncoder(encoder_module("image", ctx.model), *norm).eval()
+        module = _PixelEncoder(export_module("image", ctx.model), *norm).eval()
         example = torch.rand(batch, 3, s, s, generator=g)
     else:
         t = info.tokenizer
-        module = _Int32Ids(encoder_module("text", ctx.model)).eval()
+        module = _Int32Ids(export_module("text", ctx.model)).eval()
         example = torch.randint(1, t.sot_id, (batch, t.context_length), generator=g, dtype=torch.int32)
         example[:, -1] = t.eot_id
     dynamic = ({0: torch.export.Dim(BATCH, min=1, max=opts.max_batch)},) if opts.max_batch else None

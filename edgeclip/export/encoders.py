@@ -3,6 +3,8 @@ convention: `pixel_values` -> `image_embeds`, `input_ids` -> `text_embeds`)."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +51,37 @@ def encoder_spec(encoder: str, info: CheckpointInfo) -> EncoderSpec:
 
 def encoder_module(encoder: str, model: CLIP) -> torch.nn.Module:
     return (ImageEncoder(model) if encoder == "image" else TextEncoder(model)).eval()
+
+
+def export_module(encoder: str, model: CLIP) -> torch.nn.Module:
+    """The module that gets exported: `encoder_module` with every BatchNorm folded into the conv
+    before it (on a copy). Runtimes fold Conv+BN in float graphs themselves, but not once the conv
+    is quantized: the int8 edge stem ran BatchNorm as separate Mul/Add ops around QLinearConv, and
+    the GELU between them stayed unfused."""
+    module = encoder_module(encoder, model)
+    if encoder == "image" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.visual.modules()):
+        assert isinstance(module, ImageEncoder)
+        module.visual = fold_batchnorm(copy.deepcopy(model.visual).eval())  # type: ignore[assignment]
+    return module
+
+
+def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold each eval-mode BatchNorm2d into the Conv2d that feeds it, in place: consecutive
+    (Conv2d, BatchNorm2d) in a Sequential, and ModifiedResNet's convN -> bnN attributes."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for m in list(module.modules()):
+        pairs: list[tuple[str, str]] = []
+        if isinstance(m, torch.nn.Sequential):
+            names = list(m._modules)
+            pairs += list(itertools.pairwise(names))
+        pairs += [(f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+        for conv_name, bn_name in pairs:
+            conv, bn = m._modules.get(conv_name), m._modules.get(bn_name)
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                m._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                m._modules[bn_name] = torch.nn.Identity()
+    return module
 
 
 def example_input(encoder: str, info: CheckpointInfo, batch: int = 2) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import ExportError
-from edgeclip.export.encoders import BATCH, EncoderSpec, encoder_module, example_input
+from edgeclip.export.encoders import BATCH, EncoderSpec, example_input, export_module
 from edgeclip.export.targets import ExportContext, validated_artifact
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -61,7 +61,7 @@ def reference_onnx(ctx: ExportContext, spec: EncoderSpec) -> Path:
     key = f"onnx-fp32/{spec.name}"
     if key not in ctx.cache:
         out = ctx.workdir / f"{spec.name}-fp32.onnx"
-        export_onnx(encoder_module(spec.name, ctx.model), example_input(spec.name, ctx.info), spec, out)
+        export_onnx(export_module(spec.name, ctx.model), example_input(spec.name, ctx.info), spec, out)
         ctx.cache[key] = out
     path: Path = ctx.cache[key]
     return path

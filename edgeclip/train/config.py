@@ -44,6 +44,7 @@ class TrainConfig:
     lock_text: bool = False
     force_activation: bool = False
     compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # NHWC images and conv weights (conv stems, ResNets on CUDA)
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
     tokenizer_samples: int = 4000  # captions used to learn the BPE merges
     progress: bool = True

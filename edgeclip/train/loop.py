@@ -181,6 +181,8 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
         with torch.no_grad():
             model.logit_scale.fill_(SIGLIP_LOGIT_SCALE_INIT)
     model.to(dev)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the 4-D conv weights
     if siglip is not None:
         siglip.to(dev)
     groups = param_groups(model, cfg.weight_decay)
@@ -272,6 +274,8 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, cfg)
                 pixels = normalize_batch(batch["images"], pre).to(dev, non_blocking=True)
+                if cfg.channels_last:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
                 ids_np = tokenize(batch["captions"])
                 ids = torch.from_numpy(ids_np[:, : int(ids_np.argmax(1).max()) + 1]).to(dev)  # drop padding columns
                 if cfg.lock_image:
