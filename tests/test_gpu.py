@@ -1,0 +1,48 @@
+"""The trainer on CUDA: autocast precisions, fused AdamW skipping non-finite steps on the device,
+channels-last and torch.compile. Skipped (with the reason) where no NVIDIA GPU is present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeclip.model.checkpoint import load_checkpoint
+from edgeclip.train.config import TrainConfig
+from edgeclip.train.loop import train
+from edgeclip.train.nonfinite import NonFiniteGuard
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA"),
+]
+
+
+@pytest.mark.parametrize("options", [{"precision": "bf16"}, {"precision": "fp16"},
+                                     {"precision": "bf16", "channels_last": True, "model": "edge-tiny"},
+                                     {"precision": "bf16", "compile": True}])
+def test_cuda_training_learns_and_checkpoints(tmp_path: Path, options: dict[str, object]) -> None:
+    out = tmp_path / "run"
+    cfg = {"model": "test-tiny", **options}
+    result = train(TrainConfig(out=str(out), steps=30, batch_size=32, lr=2e-3, warmup_steps=5, device="cuda",
+                               log_every=5, eval_size=48, tokenizer_samples=400, progress=False, **cfg))  # type: ignore[arg-type]
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r.get("loss") is not None]
+    assert result.skipped_steps == 0 and losses[-1] < losses[0]
+    model, _ = load_checkpoint(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fused_adamw_skips_a_non_finite_step_on_the_device() -> None:
+    dev = torch.device("cuda")
+    model = torch.nn.Linear(8, 4).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    scaler, guard = torch.amp.GradScaler("cuda", enabled=False), NonFiniteGuard(dev)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = model(torch.randn(16, 8, device=dev)).sum() * float("nan")
+    loss.backward()
+    guard.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert guard.check() == (1, 1)
