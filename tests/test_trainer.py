@@ -295,3 +295,33 @@ def test_channels_last_trains_the_same_model(tmp_path: Path) -> None:
     (loss_a, w_a), (loss_b, w_b) = runs[False], runs[True]
     assert len(loss_a) == 3 and loss_a == pytest.approx(loss_b, rel=1e-3)
     assert w_a.keys() == w_b.keys() and all(torch.allclose(w_a[k], w_b[k], atol=1e-3) for k in w_a)
+
+
+def test_resuming_a_finished_run_rewrites_nothing_and_republishes(tmp_path: Path) -> None:
+    # a kill between the last checkpoint and the publish of OUT's weights, then --resume latest
+    out = tmp_path / "run"
+    cfg = {"model": "test-tiny", "out": str(out), "steps": 4, "batch_size": 8, "warmup_steps": 1, "save_every": 2,
+           "progress": False, "augment": False, "eval_size": 8, "tokenizer_samples": 200}
+    train(TrainConfig(**cfg))  # type: ignore[arg-type]
+    last = out / "checkpoints" / "step_00000004"
+    stamp = (last / "model.safetensors").stat().st_mtime_ns
+    (out / "model.safetensors").unlink()
+    result = train(TrainConfig(**{**cfg, "resume": "latest"}))  # type: ignore[arg-type]
+    assert result.steps == 4 and (last / "model.safetensors").stat().st_mtime_ns == stamp
+    a, b = _weights(out), _weights(last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_step_written_again_is_swapped_in_whole(tmp_path: Path) -> None:
+    from edgeclip.train import state
+
+    def weights(text: str):  # type: ignore[no-untyped-def]
+        def write(d: Path) -> None:
+            source = state.step_dir(tmp_path, 2) / "note.txt"  # reads the old step while writing the new
+            (d / "note.txt").write_text(text + (source.read_text() if source.exists() else ""))
+        return write
+
+    state.save_step(tmp_path, 2, weights("first"), {"step": 2}, keep=3)
+    state.save_step(tmp_path, 2, weights("second+"), {"step": 2}, keep=3)
+    assert (state.step_dir(tmp_path, 2) / "note.txt").read_text() == "second+first"
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]

@@ -219,9 +219,14 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                      "rng": ckpt.rng_state(), **counters}
             if siglip is not None:
                 state["siglip"] = siglip.state_dict()
-            path = ckpt.save_step(out, step, lambda d: save_checkpoint(d, model, s.tokenizer_file, pre, s.tokenizer,
-                                                                          meta), state, cfg.keep_checkpoints)
-            ckpt.publish(path, out)
+            resumed_here = dict(ckpt.list_checkpoints(out)).get(step) if step == s.start_step else None
+            if resumed_here is not None:  # a finished run resumed: its last step is on disk already
+                path = resumed_here
+            else:
+                path = ckpt.save_step(out, step, lambda d: save_checkpoint(d, model, s.tokenizer_file, pre,
+                                                                              s.tokenizer, meta),
+                                      state, cfg.keep_checkpoints)
+            ckpt.publish(path, out)  # again if it was: a crash may have come between save and publish
         barrier(world)
         return path
 

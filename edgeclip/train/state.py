@@ -57,10 +57,22 @@ def save_step(out: Path, step: int, write_weights: Any, state: dict[str, Any], k
     """Write a complete step directory atomically, then prune to the newest `keep`."""
     dst = step_dir(out, step)
     if dst.exists():
-        shutil.rmtree(dst)
-    with atomic_dir(dst) as tmp:
-        write_weights(tmp)
-        torch.save(state, tmp / STATE)
+        # the step is written again: build the new one beside it, then swap, so a crash at any
+        # point leaves a complete step directory (and whatever `write_weights` reads from the old
+        # one, such as a resumed run's tokenizer, is still there while it writes)
+        new, aside = dst.with_name(f".{dst.name}.new"), dst.with_name(f".{dst.name}.old")
+        for leftover in (new, aside):  # from a crash during an earlier swap
+            shutil.rmtree(leftover, ignore_errors=True)
+        with atomic_dir(new) as tmp:
+            write_weights(tmp)
+            torch.save(state, tmp / STATE)
+        os.rename(dst, aside)
+        os.rename(new, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        with atomic_dir(dst) as tmp:
+            write_weights(tmp)
+            torch.save(state, tmp / STATE)
     for _, old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return dst
