@@ -250,11 +250,13 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     with ExitStack() as stack:
         log = stack.enter_context(open(out / "train_log.jsonl", "a", encoding="utf-8")) if world.is_main else None
         tb = _tensorboard(stack, out) if world.is_main else None
+        pin = dev.type == "cuda"  # page-locked batches: the copy to the GPU overlaps compute
         loader: Any = (
-        make_loader(data, s.start_step, cfg.steps, cfg.batch_size, world.rank, world.size, cfg.workers)
-        if isinstance(data, PositionDataset)
-        else make_stream_loader(data, s.start_step, cfg.steps, cfg.batch_size, cfg.workers)
-    )
+            make_loader(data, s.start_step, cfg.steps, cfg.batch_size, world.rank, world.size, cfg.workers,
+                        pin_memory=pin)
+            if isinstance(data, PositionDataset)
+            else make_stream_loader(data, s.start_step, cfg.steps, cfg.batch_size, cfg.workers, pin_memory=pin)
+        )
         autocast = _autocast(cfg, dev)
         t0, loss_value, step = time.perf_counter(), float("nan"), s.start_step
         done_here = 0
@@ -278,7 +280,7 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                     continue  # every image of this batch failed to decode (counted above)
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, cfg)
-                pixels = normalize_batch(batch["images"], pre).to(dev, non_blocking=True)
+                pixels = normalize_batch(batch["images"].to(dev, non_blocking=True), pre)  # uint8 over the bus
                 if cfg.channels_last:
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
                 ids_np = tokenize(batch["captions"])
