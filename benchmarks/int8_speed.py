@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from edgeclip.bundle import Bundle, PreprocessConfig
-from edgeclip.export.api import export_bundle
 from edgeclip.runtime.backends import backend_class
 from edgeclip.runtime.backends.base import BackendOptions
 
@@ -62,6 +61,8 @@ def vit_b32_checkpoint(out: Path) -> Path:
 
 
 def export(ckpt: Path, out: Path, labels: dict[str, Any] | None, calib_size: int) -> tuple[Bundle, float]:
+    from edgeclip.export.api import export_bundle  # here: the timing subprocesses never import torch
+
     t = time.perf_counter()
     export_bundle(ckpt, out, targets=["onnx", "openvino"], precision=["fp32", "int8"], encoders=["image"],
                   labels=labels, options={"calib": "builtin:shapes", "calib_size": calib_size})
@@ -146,6 +147,7 @@ def main() -> None:
                                                                   else max(5, args.reps // 2))
                        for b in BACKENDS for batch in (1, 8)}
             report["models"][name] = {
+                "machine": report["machine"],
                 "export_seconds": round(seconds, 1),
                 "latency": latency,
                 "accuracy": accuracy(bundle),

@@ -30,7 +30,8 @@ def test_cuda_training_learns_and_checkpoints(tmp_path: Path, options: dict[str,
                                log_every=5, eval_size=48, tokenizer_samples=400, progress=False, **cfg))  # type: ignore[arg-type]
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if r.get("loss") is not None]
-    assert result.skipped_steps == 0 and losses[-1] < losses[0]
+    # fp16: GradScaler may skip the first steps while it lowers its scale; they are counted
+    assert losses[-1] < losses[0] and result.skipped_steps <= (10 if options["precision"] == "fp16" else 0)
     model, _ = load_checkpoint(out)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

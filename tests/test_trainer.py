@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from edgeclip.train.distributed import World
 from edgeclip.train.gradcache import grad_cache_step
 from edgeclip.train.loop import TrainingError, train
 from edgeclip.train.loss import clip_loss
+from edgeclip.train.state import list_checkpoints
 from tests.conftest import REPO
 
 TINY = ["--model", "test-tiny", "--batch-size", "8", "--warmup-steps", "2", "--no-progress", "--threads", "1",
@@ -251,13 +253,13 @@ def test_digits_learn_far_above_chance(tmp_path: Path) -> None:
     assert r.zero_shot["digits"] >= 0.7  # chance is 0.1
 
 
-@pytest.mark.parametrize("kind", ["fused", "foreach", "grad-scaler"])
+@pytest.mark.parametrize("kind", ["fused", "unfused", "grad-scaler"])
 def test_a_non_finite_step_changes_nothing_and_is_counted(kind: str) -> None:
     from edgeclip.train.nonfinite import NonFiniteGuard
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1, fused=kind != "foreach")
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1, fused=kind != "unfused")
     scaler = torch.amp.GradScaler("cpu", enabled=kind == "grad-scaler")
     guard = NonFiniteGuard(torch.device("cpu"))
     x = torch.randn(8, 4)
@@ -325,3 +327,55 @@ def test_a_step_written_again_is_swapped_in_whole(tmp_path: Path) -> None:
     state.save_step(tmp_path, 2, weights("second+"), {"step": 2}, keep=3)
     assert (state.step_dir(tmp_path, 2) / "note.txt").read_text() == "second+first"
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+def _tiny_cfg(out: Path, **kw: object) -> TrainConfig:
+    base: dict[str, object] = {"model": "test-tiny", "out": str(out), "steps": 4, "batch_size": 8, "warmup_steps": 1,
+                               "save_every": 2, "progress": False, "augment": False, "eval_size": 8,
+                               "tokenizer_samples": 200, "threads": 1}
+    return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_resume_from_an_unfused_optimizer_state_and_after_pruning(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(_tiny_cfg(out, keep_checkpoints=2))
+    step4 = out / "checkpoints" / "step_00000004" / "train_state.pt"
+    st = torch.load(step4, weights_only=True)
+    for group in st["optimizer"]["param_groups"]:  # as an older, unfused run saved it
+        group["fused"], group["foreach"] = None, None
+    torch.save(st, step4)
+    # resumes from step 4; keep_checkpoints=2 prunes step 4's directory (where the tokenizer came from)
+    result = train(_tiny_cfg(out, steps=10, keep_checkpoints=2, resume="latest"))
+    assert result.steps == 10 and result.skipped_steps == 0
+    assert [s for s, _ in list_checkpoints(out)] == [8, 10]
+
+
+def test_toggling_channels_last_across_a_resume_keeps_the_update(tmp_path: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(_tiny_cfg(straight, model="edge-tiny"))
+    train(_tiny_cfg(split, model="edge-tiny", steps=2))
+    train(_tiny_cfg(split, model="edge-tiny", resume="latest", channels_last=True))
+    a, b = _weights(straight), _weights(split)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), [k for k in a if not torch.allclose(a[k], b[k],
+                                                                                                       atol=1e-4)]
+
+
+def test_a_crash_inside_a_step_swap_is_completed_on_the_next_listing(tmp_path: Path) -> None:
+    from edgeclip.train import state
+
+    def write(text: str):  # type: ignore[no-untyped-def]
+        return lambda d: (d / "note.txt").write_text(text)
+
+    state.save_step(tmp_path, 2, write("old"), {"step": 2}, keep=3)
+    root = tmp_path / "checkpoints"
+    os.rename(root / "step_00000002", root / ".step_00000002.old")  # killed between the two renames
+    state.save_step(tmp_path, 3, write("other"), {"step": 3}, keep=3)  # lists (and repairs) first
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+    assert (root / "step_00000002" / "note.txt").read_text() == "old"
+    state.save_step(tmp_path, 2, write("new"), {"step": 2}, keep=3)
+    os.rename(root / "step_00000002", root / ".step_00000002.old")
+    shutil.copytree(root / ".step_00000002.old", root / ".step_00000002.new")
+    (root / ".step_00000002.new" / "note.txt").write_text("newer")
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+    assert (root / "step_00000002" / "note.txt").read_text() == "newer"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000003"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -93,6 +94,15 @@ class Setup:
     tokenizer: TokenizerConfig
     start_step: int
     state: dict[str, Any] | None
+    resumed_from: Path | None = None
+
+
+def _scratch_copy(tokenizer_file: Path, scratch: Path) -> Path:
+    """The run's own copy of a loaded tokenizer: the step directory it came from may be pruned
+    (keep_checkpoints) before the run saves again."""
+    dst = scratch / "tokenizer.json"
+    shutil.copyfile(tokenizer_file, dst)
+    return dst
 
 
 def _setup_model(cfg: TrainConfig, scratch: Path) -> Setup:
@@ -104,7 +114,8 @@ def _setup_model(cfg: TrainConfig, scratch: Path) -> Setup:
             raise CheckpointError(f"{path} is a checkpoint of '{info.model.name}', not '{cfg.model}'",
                                   fix="resume with the same --model (or omit it)")
         st = ckpt.load_state(path)
-        return Setup(model.train(), info.preprocess, info.tokenizer_path, info.tokenizer, int(st["step"]), st)
+        return Setup(model.train(), info.preprocess, _scratch_copy(info.tokenizer_path, scratch), info.tokenizer,
+                     int(st["step"]), st, resumed_from=path)
     if cfg.init:
         model, info = load_checkpoint(cfg.init)
         if cfg.model:
@@ -115,7 +126,8 @@ def _setup_model(cfg: TrainConfig, scratch: Path) -> Setup:
                     f"uses {'QuickGELU' if wanted.quick_gelu else 'GELU'}: the model would run but lose accuracy",
                     fix="use the checkpoint's config (omit --model) or pass --force-activation",
                 )
-        return Setup(model.train(), info.preprocess, info.tokenizer_path, info.tokenizer, 0, None)
+        return Setup(model.train(), info.preprocess, _scratch_copy(info.tokenizer_path, scratch), info.tokenizer, 0,
+                     None)
     model_cfg = get_config(cfg.model or "edge-tiny")
     pre = PreprocessConfig(image_size=model_cfg.vision_cfg.image_size)
     captions: Iterator[str]
@@ -192,7 +204,7 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
     counters = {"samples": 0, "skipped_steps": 0, "skipped_samples": 0}
     if s.state is not None:
-        opt.load_state_dict(s.state["optimizer"])
+        _load_optimizer_state(opt, s.state["optimizer"])
         scaler.load_state_dict(s.state["scaler"])
         ckpt.set_rng_state(s.state["rng"])
         counters.update({k: int(s.state[k]) for k in counters})
@@ -219,9 +231,9 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                      "rng": ckpt.rng_state(), **counters}
             if siglip is not None:
                 state["siglip"] = siglip.state_dict()
-            resumed_here = dict(ckpt.list_checkpoints(out)).get(step) if step == s.start_step else None
-            if resumed_here is not None:  # a finished run resumed: its last step is on disk already
-                path = resumed_here
+            here = ckpt.step_dir(out, step)
+            if s.resumed_from is not None and step == s.start_step and s.resumed_from.resolve() == here.resolve():
+                path = here  # a finished run resumed: its last step is on disk already
             else:
                 path = ckpt.save_step(out, step, lambda d: save_checkpoint(d, model, s.tokenizer_file, pre,
                                                                               s.tokenizer, meta),
@@ -348,6 +360,21 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
         if log:
             log.write(json.dumps({"final": asdict(result)}) + "\n")
         return result
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """load_state_dict, keeping this run's implementation and memory layout: the saved groups'
+    `fused`/`foreach` flags (a checkpoint from an unfused run) would otherwise override them, and
+    moments saved in another layout (--channels-last toggled) would be paired element by element
+    with the wrong weights by the fused kernel."""
+    flags = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, kept in zip(opt.param_groups, flags, strict=True):
+        group.update(kept)
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    opt.state[p][key] = torch.empty_like(p).copy_(value)
+
 
 def _finite(x: float, digits: int) -> float | None:
     """A logged number; None (JSON null) for the loss or norm of a skipped non-finite step."""

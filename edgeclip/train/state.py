@@ -34,8 +34,25 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
     root = out / "checkpoints"
     if not root.is_dir():
         return []
+    _finish_swaps(root)
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE).is_file()]
     return sorted(found)
+
+
+def _finish_swaps(root: Path) -> None:
+    """Complete a step-directory swap (see save_step) that a crash interrupted between its two
+    renames: the new directory (complete: it is renamed into `.new` only when written) wins,
+    else the old one goes back."""
+    for staged in root.glob(".step_*.new"):
+        dst = root / staged.name[1 : -len(".new")]
+        if not dst.exists() and (staged / STATE).is_file():
+            os.rename(staged, dst)
+    for aside in root.glob(".step_*.old"):
+        dst = root / aside.name[1 : -len(".old")]
+        if not dst.exists():
+            os.rename(aside, dst)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def resolve_resume(resume: str, out: Path) -> Path:
