@@ -5,6 +5,8 @@ and precision, and in a plain hand-written onnxruntime session: image tower, bat
 
 The weights come from a random-init transformers `CLIPModel` of ViT-B/32 size (no pretrained
 weights can be downloaded here), imported with `edgeclip import` and exported with guarded INT8.
+Two plain onnxruntime sessions stand for the hand-written route: one on edgeclip's fp32 graph (the
+runtime's own overhead) and one on a plain torch.onnx.export of transformers' image features.
 Writes benchmarks/results/peers.json (medians in ms and ratios against transformers eager).
 """
 
@@ -51,6 +53,26 @@ def build(work: Path) -> tuple[Path, Path]:
     return hf, bundle
 
 
+def hand_export(hf: Path, out: Path) -> Path:
+    """What a hand-written export script does: torch.onnx.export of transformers' image features
+    (the dynamo exporter, opset 18, dynamic batch), no graph work after it."""
+    if out.exists():
+        return out
+    import torch
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(hf).eval()
+
+    class ImageFeatures(torch.nn.Module):
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return model.get_image_features(pixel_values=pixel_values)
+
+    torch.onnx.export(ImageFeatures(), (torch.randn(2, 3, 224, 224),), str(out), input_names=["pixel_values"],
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},), opset_version=18, dynamo=True,
+                      external_data=False)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work"))
@@ -92,6 +114,9 @@ def main() -> None:
     plain = ort.InferenceSession(str(bundle.artifact_path(bundle.manifest.find("image", "onnx", "fp32")[0])), so,
                                  providers=["CPUExecutionProvider"])
     calls["plain-onnxruntime-fp32"] = lambda: plain.run(None, {"pixel_values": x})
+    hand = ort.InferenceSession(str(hand_export(hf, work / "hf-vit-b-32-hand-export.onnx")), so,
+                                providers=["CPUExecutionProvider"])
+    calls["hand-export-onnxruntime-fp32"] = lambda: hand.run(None, {"pixel_values": x})
     timings = interleave(calls, warmup=3, runs=args.runs, min_time_s=None)
     medians = {k: t.summary(1)["median_ms"] for k, t in timings.items()}
     base = medians["transformers-eager-fp32"]
