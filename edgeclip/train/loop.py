@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -296,7 +297,9 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                 if cfg.channels_last:
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
                 ids_np = tokenize(batch["captions"])
-                ids = torch.from_numpy(ids_np[:, : int(ids_np.argmax(1).max()) + 1]).to(dev)  # drop padding columns
+                ids = torch.from_numpy(np.ascontiguousarray(ids_np[:, : int(ids_np.argmax(1).max()) + 1]))  # no padding
+                # from pageable memory a copy to the GPU waits for the queued work: pin it first
+                ids = (ids.pin_memory() if pin else ids).to(dev, non_blocking=True)
                 if cfg.lock_image:
                     model.visual.eval()
                 if cfg.accum_steps == 1:

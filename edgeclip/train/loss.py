@@ -53,7 +53,8 @@ class SigLipLoss(nn.Module):
         logits = logit_scale.float() * img @ all_txt.t() + self.logit_bias.float()
         n = img.shape[0]
         signs = -torch.ones_like(logits)
-        signs[torch.arange(n), torch.arange(n) + world.rank * n] = 1.0
+        rows = torch.arange(n, device=logits.device)
+        signs[rows, rows + world.rank * n] = 1.0  # device indices: CPU ones would be copied over each step
         # each rank owns its rows; the mean over the global batch comes from DDP's averaging
         return -F.logsigmoid(signs * logits).sum() / n
 
