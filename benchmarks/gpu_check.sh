@@ -4,7 +4,7 @@
 # repo's CPU venv, and needs edgeclip's pure-Python dependencies importable there
 # (tokenizers, safetensors, click, rich, pillow, numpy); open_clip rows need open_clip_torch.
 #   1. the CUDA trainer tests (tests/test_gpu.py: bf16/fp16 autocast, channels-last, compile,
-#      a non-finite step skipped inside fused AdamW);
+#      a non-finite step skipped inside fused AdamW, the step run under CUDA's sync debug mode "error");
 #   2. #3's throughput goal: ViT-B-32, bf16, batch 256, edgeclip's training step against
 #      open_clip's (eager and torch.compile), interleaved.
 set -u
