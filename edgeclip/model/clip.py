@@ -56,7 +56,7 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).reshape(-1, n, 3, h, hd)
         if torch.compiler.is_exporting():
             # SDPA written out: torch's ONNX decomposition of SDPA transposes K through a
-            # dynamic-shape Reshape chain and scales Q and K separately (26 extra ops per block)
+            # dynamic-shape Reshape chain and scales Q and K separately (8 extra ops per block)
             q = qkv[:, :, 0].transpose(1, 2) * hd**-0.5
             k = qkv[:, :, 1].permute(0, 2, 3, 1)
             v = qkv[:, :, 2].transpose(1, 2)
