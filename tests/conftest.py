@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,3 +46,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -
         [sys.executable, "-m", "edgeclip", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})},
     )
+
+
+def ort_optimized_graph(path: Path, work: Path) -> Any:
+    """The graph onnxruntime actually runs (after its CPU graph optimisations), as an onnx GraphProto."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(work / f"{path.parent.name}-{path.stem}-ort-optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(so.optimized_model_filepath).graph

@@ -19,6 +19,7 @@ from edgeclip.model.clip import ImageEncoder, TextEncoder
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgeclip.runtime.tokenizer import TextTokenizer
+from tests.conftest import ort_optimized_graph
 from tests.export_template import TargetTemplate
 
 
@@ -70,17 +71,12 @@ def test_graphs_are_split_opset_and_symbolic_batch(tiny_bundle: Path) -> None:
 def test_graphs_have_constant_shapes_and_fusable_gelu(tiny_bundle: Path, tmp_path: Path) -> None:
     """Attention reshapes to constant shapes (no Shape -> Gather -> Concat chain per block) and
     GELU is exported in the order onnxruntime fuses into one kernel: both cost int8 its speed-up."""
-    import onnxruntime as ort
-
     b = Bundle.open(tiny_bundle)
     for encoder in ("image", "text"):
         path = b.artifact_path(b.manifest.find(encoder, "onnx", "fp32")[0])
         ops = [n.op_type for n in onnx.load(str(path)).graph.node]
         assert ops.count("Shape") <= 1 and "Slice" not in ops, encoder
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(tmp_path / f"{encoder}-optimized.onnx")
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        fused = {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+        fused = {n.op_type for n in ort_optimized_graph(path, tmp_path).node}
         assert "Erf" not in fused and fused & {"Gelu", "BiasGelu"}, encoder
 
 

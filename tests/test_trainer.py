@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -379,3 +380,16 @@ def test_a_crash_inside_a_step_swap_is_completed_on_the_next_listing(tmp_path: P
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
     assert (root / "step_00000002" / "note.txt").read_text() == "newer"
     assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000003"]
+
+
+def test_retrieval_pairs_come_from_the_split_training_left_out() -> None:
+    from edgeclip.train.data import retrieval_pairs
+    from edgeclip.train.digits import DigitsDataset, digits_split
+
+    seed = 3
+    pairs = retrieval_pairs("builtin:digits", image_size=32, size=10_000, seed=seed)
+    held = DigitsDataset("heldout", 32, seed)  # the digits a run with this seed never trains on
+    assert pairs is not None and len(pairs[0]) == len(held)
+    assert all(np.array_equal(np.asarray(im), np.asarray(held[i][0])) for i, im in enumerate(pairs[0]))
+    train_ids, held_ids = digits_split(seed)
+    assert not set(train_ids.tolist()) & set(held_ids.tolist())

@@ -14,13 +14,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeclip._io import atomic_path
 from edgeclip.bundle import PreprocessConfig
 from edgeclip.calibration.sources import CalibrationItem, SourceListing, builtin_key, list_source
 from edgeclip.errors import ConfigError, DataError, ImageError
@@ -133,10 +133,9 @@ def _build(listing: SourceListing, cfg: PreprocessConfig) -> dict[str, np.ndarra
     if not pixels or not held_pixels:
         raise DataError(f"calibration source {listing.spec} has no readable images ({skipped} skipped)")
     labels = [it.label or "" for it in held_items]
-    size = cfg.image_size
     return {
         "images": np.stack(pixels),
-        "heldout": np.stack(held_pixels) if held_pixels else np.zeros((0, size, size, 3), np.uint8),
+        "heldout": np.stack(held_pixels),
         "heldout_labels": np.array(labels if all(labels) else [], dtype=str),
         "captions": np.array([it.caption for it in kept + held_items if it.caption], dtype=str),
         "skipped": np.array(skipped, dtype=np.int64),
@@ -157,10 +156,8 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calib-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
     except OSError as e:  # a read-only cache is slower, not fatal
         log.warning("could not write the calibration cache %s: %s", path, e)
 

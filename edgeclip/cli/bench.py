@@ -7,7 +7,8 @@ import click
 from edgeclip.errors import ConfigError
 
 
-def _csv(value: str | None) -> list[str] | None:
+def csv_list(value: str | None) -> list[str] | None:
+    """'a, b,,c' -> ['a', 'b', 'c']; None for an empty option."""
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
@@ -55,7 +56,8 @@ def bench(
         click.echo("note: no --checkpoint, so no torch baseline (use --baseline none to silence)", err=True)
         baseline = "none"
     cfg = BenchConfig(
-        bundle=Path(bundle), backends=_csv(backends), precisions=_csv(precisions), encoders=_csv(encoders) or [],
+        bundle=Path(bundle), backends=csv_list(backends), precisions=csv_list(precisions),
+        encoders=csv_list(encoders) or [],
         batch_sizes=_ints(batch_sizes), threads=threads, runs=runs, min_time_s=min_time, warmup=warmup,
         baseline=baseline, checkpoint=Path(checkpoint) if checkpoint else None, eval_data=eval_data,
         end_to_end=not no_end_to_end,

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
+from edgeclip.cli.bench import csv_list
+from edgeclip.cli.runtime import read_lines
 from edgeclip.errors import ConfigError
 from edgeclip.export.capabilities import CAPABILITIES
-
-
-def _read_lines(path: str | None, what: str) -> list[str] | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} file not found: {p}")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def _calibration_line(c: dict[str, object]) -> str:
@@ -67,18 +57,17 @@ def export(
     """Export the split image/text encoders of CHECKPOINT into a bundle, validated against torch."""
     from edgeclip.export.api import export_bundle
 
-    classes = _read_lines(labels_file, "labels")
+    classes = read_lines(labels_file, "labels") if labels_file else None
     if classes is not None and not classes:
         raise ConfigError(f"labels file {labels_file} has no class names", fix="one class name per line")
-    templates = _read_lines(templates_file, "templates")
+    templates = read_lines(templates_file, "templates") if templates_file else None
     if templates is not None and classes is None:
         raise ConfigError("--templates needs --labels")
-    target_list = [t.strip() for t in targets.split(",") if t.strip()]
     result = export_bundle(
         checkpoint, out,
-        targets=target_list,
-        precision=[p.strip() for p in precision.split(",") if p.strip()] if precision else None,
-        encoders=[e.strip() for e in encoders.split(",") if e.strip()],
+        targets=csv_list(targets) or [],
+        precision=csv_list(precision),
+        encoders=csv_list(encoders) or [],
         labels={label_name: (classes, templates)} if classes is not None else None,
         options={k: v for k, v in options.items() if v is not None},
     )

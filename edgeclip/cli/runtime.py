@@ -11,7 +11,8 @@ import click
 from edgeclip.errors import ConfigError
 
 
-def _lines(path: str, what: str) -> list[str]:
+def read_lines(path: str, what: str) -> list[str]:
+    """The non-empty, non-comment lines of a text file (class names, templates)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} file not found: {p}")
@@ -129,8 +130,8 @@ def labels(bundle: str, classes_file: str, templates_file: str | None, name: str
     """Compute a label set on this device with the bundle's text encoder and save it in the bundle."""
     from edgeclip.runtime import ZeroShotClassifier
 
-    classes = _lines(classes_file, "classes")
-    templates = _lines(templates_file, "templates") if templates_file else None
+    classes = read_lines(classes_file, "classes")
+    templates = read_lines(templates_file, "templates") if templates_file else None
     clf = ZeroShotClassifier.load(bundle, backend=backend, labels=None)
     clf.set_labels(classes, templates, name=name)
     clf.save_labels(name)

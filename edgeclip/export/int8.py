@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeclip.calibration.cache import DEFAULT_SIZE, CalibrationSet, load_calibration_set
+from edgeclip.calibration.cache import DEFAULT_SIZE, FEW_IMAGES, HELDOUT_FRACTION, CalibrationSet, load_calibration_set
+from edgeclip.calibration.sources import SELECTION_SEED
 from edgeclip.errors import ConfigError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.guard import Budget, GuardResult, HeldOut
@@ -22,7 +23,6 @@ from edgeclip.export.targets import ExportContext
 INT8_PRECISIONS = ("int8", "int8-dynamic")
 DYNAMIC_HELDOUT_SOURCE = "builtin:shapes"  # what the guard measures int8-dynamic on without --calib
 CALIB_BATCH = 8
-TEXT_HELDOUT_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -137,16 +137,17 @@ def _text_data(ctx: ExportContext, spec: EncoderSpec, calib: CalibrationSet) -> 
             fix="pass --labels (their prompts calibrate the text tower), use a csv with a caption column, "
                 "or export --encoders image",
         )
-    order = np.random.default_rng(0).permutation(len(texts))
-    n_held = max(1, round(len(texts) * TEXT_HELDOUT_FRACTION))
+    order = np.random.default_rng(SELECTION_SEED).permutation(len(texts))
+    n_held = max(1, round(len(texts) * HELDOUT_FRACTION))
     ids = TextTokenizer(ctx.info.tokenizer_path, ctx.info.tokenizer)([texts[i] for i in order])
     calib_ids, held_ids = ids[:-n_held], ids[-n_held:]
     held = HeldOut(held_ids, _fp32(ctx, spec, held_ids))
     source = {**calib.summary(), "inputs": "texts", "size": len(calib_ids), "heldout_size": len(held_ids),
               "label_prompts": len(ctx.label_prompts), "captions": len(calib.captions)}
     warnings = [w for w in calib.warnings if "unreadable" in w]
-    if len(calib_ids) < 100:
-        warnings.append(f"only {len(calib_ids)} calibration texts (fewer than 100): activation ranges may be noisy")
+    if len(calib_ids) < FEW_IMAGES:
+        warnings.append(f"only {len(calib_ids)} calibration texts (fewer than {FEW_IMAGES}): activation ranges "
+                        "may be noisy")
     return EncoderData(_batches(calib_ids), held, source, warnings)
 
 

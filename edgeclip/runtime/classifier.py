@@ -189,7 +189,7 @@ class ZeroShotClassifier:
             "classes": current.classes,
             "templates": current.templates,
             "computed_on_device_with": text.artifact.key if text else None,
-            "text_artifact_sha256": next(iter(text.artifact.files.values())) if text else None,
+            "text_artifact_sha256": text.artifact.files[text.artifact.main_file] if text else None,
         }
         with self._lock:
             self.bundle.write_label_set(name, current.embeddings, meta)

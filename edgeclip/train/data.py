@@ -78,9 +78,10 @@ def _shapes_tasks(image_size: int, size: int, seed: int) -> list[ZeroShotTask]:
 
 
 def retrieval_pairs(spec: str, *, image_size: int, size: int, seed: int) -> tuple[list[Any], list[str]] | None:
-    """Held-out (image, caption) pairs for image<->text retrieval, where the source has a split."""
+    """Held-out (image, caption) pairs for image<->text retrieval, where the source has a split.
+    Opened with the training seed: a seeded split (digits, folders) is then the one training left out."""
     try:
-        src = open_map_source(spec, image_size=image_size, seed=seed + 1, split="heldout")
+        src = open_map_source(spec, image_size=image_size, seed=seed, split="heldout")
     except DataError:
         return None
     n = min(size, len(src))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import os
 import platform
 from typing import Any
 
 from edgeclip.errors import UnknownNameError
+from edgeclip.runtime.backends.base import has_nvidia_gpu
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "edgeclip.runtime.backends.onnxruntime:OnnxRuntimeBackend",
@@ -33,10 +33,6 @@ def list_backends() -> dict[str, bool]:
     return {name: bool(backend_class(name).available()) for name in BACKENDS}
 
 
-def _has_nvidia_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvhost-ctrl")  # desktop GPU or Jetson
-
-
 def auto_order() -> tuple[list[str], str]:
     """Backends in the order `backend="auto"` tries them on this machine, and why.
 
@@ -45,7 +41,7 @@ def auto_order() -> tuple[list[str], str]:
     """
     order: list[str] = []
     why: list[str] = []
-    if _has_nvidia_gpu():
+    if has_nvidia_gpu():
         order.append("tensorrt")
         why.append("NVIDIA GPU present")
     if platform.system() == "Darwin":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -53,3 +54,11 @@ class BackendFactory(Protocol):
     def available(cls) -> bool: ...
 
     def __call__(self, path: Path, artifact: Artifact, options: BackendOptions) -> Backend: ...
+
+
+def has_nvidia_gpu() -> bool:
+    """An NVIDIA GPU device node (desktop/server: /dev/nvidiaN; Jetson: nvhost), without touching CUDA."""
+    dev = Path("/dev")
+    if dev.is_dir():
+        return any(dev.glob("nvidia[0-9]*")) or (dev / "nvhost-ctrl-gpu").exists()
+    return shutil.which("nvidia-smi") is not None  # no /dev (Windows): the driver's tool is the best hint

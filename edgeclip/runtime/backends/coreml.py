@@ -16,9 +16,9 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import ConfigError
-from edgeclip.runtime.backends.base import BackendOptions
+from edgeclip.runtime.backends.base import NP_DTYPES, BackendOptions
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int32}
+_NP_DTYPES = {**NP_DTYPES, "int64": np.int32}  # Core ML programs take int32 token ids
 # BackendOptions.device -> coremltools ComputeUnit name. "CPU" (the default) gives fp32-like
 # numerics; "ALL"/"ANE" lets Core ML place work on the GPU and Neural Engine (fp16).
 _COMPUTE_UNITS = {"CPU": "CPU_ONLY", "GPU": "CPU_AND_GPU", "ALL": "ALL", "ANE": "ALL", "AUTO": "ALL",

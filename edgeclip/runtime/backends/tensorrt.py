@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,15 +20,7 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import BundleError, EdgeclipError, MissingDependencyError
-from edgeclip.runtime.backends.base import BackendOptions
-
-
-def _has_nvidia_gpu() -> bool:
-    """An NVIDIA GPU device node (desktop/server: /dev/nvidiaN; Jetson: nvhost), without touching CUDA."""
-    dev = Path("/dev")
-    if dev.is_dir():
-        return any(dev.glob("nvidia[0-9]*")) or (dev / "nvhost-ctrl-gpu").exists()
-    return shutil.which("nvidia-smi") is not None  # no /dev (Windows): the driver's tool is the best hint
+from edgeclip.runtime.backends.base import BackendOptions, has_nvidia_gpu
 
 
 def _cudart() -> Any:
@@ -61,7 +52,7 @@ class TensorRTBackend:
 
     @classmethod
     def available(cls) -> bool:
-        return _deps.has("tensorrt") and _deps.has("cuda") and _has_nvidia_gpu()
+        return _deps.has("tensorrt") and _deps.has("cuda") and has_nvidia_gpu()
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         trt: Any = _deps.require("tensorrt", extra=self.extra, purpose="the tensorrt backend")
