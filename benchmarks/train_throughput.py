@@ -70,7 +70,7 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
         sys.path.insert(0, str(HERE.parent))
         from edgeclip.model.clip import CLIP
         from edgeclip.model.config import ModelConfig, get_config
-        from edgeclip.train.loop import MAX_LOGIT_SCALE, param_groups
+        from edgeclip.train.loop import apply_gradients, param_groups
         from edgeclip.train.loss import clip_loss
         from edgeclip.train.nonfinite import NonFiniteGuard
 
@@ -78,7 +78,7 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
             {**EDGE_VIT, "vision_cfg": {**{k: v for k, v in EDGE_VIT["vision_cfg"].items() if k != "head_width"},
                                         "heads": 4}}, name="edge-vit")
         model = CLIP(cfg).train().to(dev)
-        # the trainer's step: fused AdamW, gradient norm, non-finite guard, logit-scale clamp
+        # the trainer's step: fused AdamW, then apply_gradients (norm, non-finite guard, clamp)
         opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, fused=True)
         scaler, guard = torch.amp.GradScaler(dev.type, enabled=False), NonFiniteGuard(dev)
         images, ids = _batch(batch, cfg.vision_cfg.image_size, cfg.text_cfg.context_length, cfg.text_cfg.vocab_size)
@@ -92,10 +92,7 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
                 img, txt, scale = forward(images, ids)
             loss = clip_loss(img, txt, scale)
             loss.backward()
-            guard.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(params, float("inf")))
-            opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            apply_gradients(model, opt, scaler, guard, loss, params, None)
     else:
         import open_clip
         from open_clip.loss import ClipLoss

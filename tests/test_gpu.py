@@ -50,10 +50,10 @@ def test_fused_adamw_skips_a_non_finite_step_on_the_device() -> None:
 
 
 def test_the_training_step_never_waits_for_the_gpu() -> None:
-    """Forward, loss, backward, grad norm, guarded fused AdamW step and clamp under CUDA's sync
-    debug mode "error": any host synchronisation inside the step raises."""
+    """Batch normalisation, forward, loss, backward and the trainer's apply_gradients under CUDA's
+    sync debug mode "error": any host synchronisation inside the step raises."""
     from edgeclip.model.clip import create_model
-    from edgeclip.train.loop import MAX_LOGIT_SCALE, param_groups
+    from edgeclip.train.loop import apply_gradients, param_groups
     from edgeclip.train.loss import clip_loss
 
     dev = torch.device("cuda")
@@ -61,20 +61,21 @@ def test_the_training_step_never_waits_for_the_gpu() -> None:
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, fused=True)
     scaler, guard = torch.amp.GradScaler("cuda", enabled=False), NonFiniteGuard(dev)
     size, ctx = model.cfg.vision_cfg.image_size, model.cfg.text_cfg.context_length
-    images = torch.randn(8, 3, size, size, device=dev)
+    from edgeclip.bundle import PreprocessConfig
+    from edgeclip.train.loader import normalize_batch
+
+    pixels = torch.randint(0, 256, (8, size, size, 3), dtype=torch.uint8, device=dev)
     ids = torch.randint(1, model.cfg.text_cfg.vocab_size - 1, (8, ctx), device=dev)
     ids[:, -1] = model.cfg.text_cfg.vocab_size - 1
     for sync_mode in ("default", "error"):  # the first step allocates optimiser state
         torch.cuda.set_sync_debug_mode(sync_mode)
         try:
+            images = normalize_batch(pixels, PreprocessConfig(image_size=size))
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 img, txt, scale = model(images, ids)
             loss = clip_loss(img, txt, scale)
             loss.backward()
-            guard.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
-            opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            apply_gradients(model, opt, scaler, guard, loss, list(model.parameters()), None)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert guard.check() == (0, 0)

@@ -39,7 +39,7 @@ from edgeclip.train.sources import is_webdataset
 from edgeclip.train.transforms import eval_transform
 from edgeclip.train.zeroshot import evaluate, retrieval
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "lr_at", "param_groups", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "apply_gradients", "lr_at", "param_groups", "train"]
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP caps the temperature at 100 (Radford et al. 2021)
 
@@ -311,12 +311,7 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                     loss = grad_cache_step(model, loss_fn, pixels, ids, cfg.accum_steps,
                                            lambda: model.logit_scale.exp(), autocast=lambda: _autocast(cfg, dev))
                     _average_grads(trainable, world)
-                scaler.unscale_(opt)
-                norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
-                guard.step(opt, scaler, loss, norm)  # skipped inside the kernel when not finite
-                opt.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                norm = apply_gradients(model, opt, scaler, guard, loss, trainable, cfg.grad_clip)
                 done_here += 1
                 logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
                 eval_step = bool(cfg.eval_every) and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps
@@ -377,6 +372,22 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> 
             for key, value in opt.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
                     opt.state[p][key] = torch.empty_like(p).copy_(value)
+
+
+def apply_gradients(
+    model: CLIP, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, guard: NonFiniteGuard,
+    loss: torch.Tensor, params: list[torch.Tensor], grad_clip: float | None,
+) -> torch.Tensor:
+    """The second half of a training step, after backward: unscale, clip, step unless the loss or
+    gradient norm is not finite (decided on the device), clear the gradients, clamp the logit
+    scale. Returns the gradient norm. No host synchronisation."""
+    scaler.unscale_(opt)
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    guard.step(opt, scaler, loss, norm)
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return norm
 
 
 def _finite(x: float, digits: int) -> float | None:
