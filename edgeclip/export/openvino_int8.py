@@ -38,19 +38,19 @@ def ov_layer_names(model: Any, onnx_names: list[str]) -> list[str]:
     return [n for n in ops if any(n == o or n.startswith(o + "/") for o in onnx_names)]
 
 
-def _nncf_quantize(ov: Any, onnx_path: Path, batches: list[np.ndarray], method: str, excluded: list[str]) -> Any:
+def _nncf_quantize(fp32: Any, samples: list[np.ndarray], method: str, excluded: list[str]) -> Any:
+    """NNCF PTQ of a copy of the converted fp32 model (the guard quantizes it several times)."""
     nncf: Any = _deps.require("nncf", extra="export", purpose="OpenVINO INT8 (NNCF)")
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     nncf.set_log_level(logging.ERROR)
-    samples = [b[i : i + 1] for b in batches for i in range(len(b))]  # NNCF collects statistics per sample
     estimator = getattr(RangeEstimatorParametersSet, RANGE_ESTIMATORS[method])
     # NNCF draws rich progress bars on stdout with no switch to turn them off
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         return nncf.quantize(
-            ov.convert_model(str(onnx_path)), nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+            fp32.clone(), nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(samples), ignored_scope=nncf.IgnoredScope(names=excluded, validate=False),
             advanced_parameters=AdvancedQuantizationParameters(activations_range_estimator_params=estimator),
         )
@@ -68,8 +68,10 @@ def quantize_openvino(
     defaults = ov_layer_names(fp32, clip_float_defaults(onnx_path))
     probe = Artifact.probe(spec.name, "openvino", "int8", list(spec.inputs), list(spec.outputs))
 
+    samples = [b[i : i + 1] for b in data.calibration for i in range(len(b))]  # NNCF collects per sample
+
     def quantize(excluded: list[str]) -> Run:
-        model = _nncf_quantize(ov, onnx_path, data.calibration, opts.method, excluded)
+        model = _nncf_quantize(fp32, samples, opts.method, excluded)
         ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
         backend = OpenVinoBackend(folder / "model.xml", probe, BackendOptions(precision_hint=hint))
         return lambda x: backend.infer({spec.input_name: x})[spec.output_name]
