@@ -45,7 +45,6 @@ class SourceListing:
     spec: str
     items: list[CalibrationItem]
     heldout: list[CalibrationItem] = field(default_factory=list)  # empty: split `items` instead
-    content_key: str | None = None  # hash of a procedural source's definition (files hash their bytes)
 
 
 def list_source(spec: str, size: int, image_size: int) -> SourceListing:
@@ -156,8 +155,7 @@ def _builtin(spec: str, size: int, image_size: int) -> SourceListing:
             out.append(CalibrationItem(f"{split}/{i}", _constant(s.image), s.caption, s.shape))
         return out
 
-    return SourceListing(spec, items("train", size), items("heldout", BUILTIN_HELDOUT),
-                         content_key=builtin_key(spec, image_size))
+    return SourceListing(spec, items("train", size), items("heldout", BUILTIN_HELDOUT))
 
 
 def builtin_key(spec: str, image_size: int) -> str:
