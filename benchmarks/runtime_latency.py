@@ -1,7 +1,9 @@
 """Device-runtime overheads, measured side by side on this CPU (ratios and medians):
 
 - end-to-end `classify` (JPEG decode + preprocess + infer + softmax/top-k) against model-only
-  inference at batch 1 on a 224-px JPEG, interleaved, for each bundle's best backend (auto);
+  inference at batch 1, interleaved, for each bundle's best backend (auto), int8 and fp32, on three
+  JPEGs: 224x224 (the model's own size), a 1280x720 camera frame and a 4032x3024 phone photo
+  (photo-like synthetic content: smooth regions, edges and sensor noise, quality 90);
 - `import edgeclip.runtime` in a fresh interpreter;
 - bundle load + first prediction in a fresh interpreter (int8 ViT-B-32), with its peak RSS.
 
@@ -28,20 +30,30 @@ ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
 
 
-def jpeg(size: int = 224) -> bytes:
+INPUTS = {"224x224": (224, 224), "camera-1280x720": (1280, 720), "phone-4032x3024": (4032, 3024)}
+
+
+def jpeg(width: int = 224, height: int = 224) -> bytes:
+    """A photo-like JPEG: smooth colour regions (a bicubic upscale of a coarse grid), a few hard
+    edges, and mild per-pixel noise, so the file size and decode cost resemble a real photo's
+    (pure noise would be several times larger; a flat image several times smaller)."""
     rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (14, 14, 3), dtype=np.uint8)).resize((size, size))
+    base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    arr = np.asarray(base).astype(np.int16)
+    for _ in range(6):  # rectangles: hard edges for the DCT to work on
+        x0, y0 = int(rng.integers(0, width - 1)), int(rng.integers(0, height - 1))
+        arr[y0 : y0 + height // 5, x0 : x0 + width // 5] = rng.integers(0, 256, 3)
+    arr += rng.normal(0, 4, arr.shape).astype(np.int16)
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
-def e2e_vs_model(bundle: Path, precision: str | None, reps: int) -> dict[str, object]:
+def e2e_vs_model(bundle: Path, precision: str, data: bytes, reps: int) -> dict[str, object]:
     from edgeclip.runtime import ZeroShotClassifier
     from edgeclip.runtime.preprocess import preprocess
 
     clf = ZeroShotClassifier.load(bundle, precision=precision, threads=THREADS)
-    data = jpeg()
     pixels = preprocess(data, clf.preprocess_cfg)[None]
     e2e, model = [], []
     for _ in range(5):
@@ -56,7 +68,7 @@ def e2e_vs_model(bundle: Path, precision: str | None, reps: int) -> dict[str, ob
     m_e2e, m_model = statistics.median(e2e) * 1000, statistics.median(model) * 1000
     return {"bundle": bundle.name, "artifact": clf.image.artifact.key, "backend": clf.backend_name,
             "end_to_end_ms": round(m_e2e, 3), "model_only_ms": round(m_model, 3),
-            "ratio": round(m_e2e / m_model, 3), "reps": reps}
+            "ratio": round(m_e2e / m_model, 3), "reps": reps, "jpeg_bytes": len(data)}
 
 
 def fresh(code: str, runs: int) -> list[dict[str, float]]:
@@ -99,12 +111,20 @@ def main() -> None:
         sys.exit(f"missing bundles {missing}: run benchmarks/bench_docs.py first")
     img = work / "probe.jpg"
     img.write_bytes(jpeg())
-    report: dict[str, object] = {"threads": THREADS, "end_to_end": [], "notes": "medians; fresh interpreters"}
+    report: dict[str, object] = {
+        "threads": THREADS, "end_to_end": [],
+        "conditions": "bundles from benchmarks/bench_docs.py: edge-tiny trained by the quickstart on builtin:shapes, "
+                      "ViT-B-32 random-init (seed 0); batch 1; OpenVINO rows at the CPU plugin's default hint "
+                      "(bf16 on CPUs with AVX-512 BF16/AMX); synthetic photo-like JPEGs (quality 90)",
+        "notes": "medians of interleaved end-to-end / model-only calls; load figures from fresh interpreters"}
+    images = {name: jpeg(*size) for name, size in INPUTS.items()}
     for name, bundle in bundles.items():
-        for precision in ("int8", None):
-            row = e2e_vs_model(bundle, precision, args.reps)
-            row["model"] = name
-            report["end_to_end"].append(row)  # type: ignore[attr-defined]
+        for precision in ("int8", "fp32"):
+            for input_name, data in images.items():
+                row = e2e_vs_model(bundle, precision, data, args.reps)
+                row.update(model=name, input=input_name)
+                report["end_to_end"].append(row)  # type: ignore[attr-defined]
+                print(json.dumps(row), flush=True)
     imports = fresh(IMPORT_CODE, 7)
     report["import_edgeclip_runtime_s"] = round(statistics.median(r["seconds"] for r in imports), 4)
     loads = fresh(LOAD_CODE.format(bundle=str(bundles["ViT-B-32"]), precision="int8", img=str(img)), 5)

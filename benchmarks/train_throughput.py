@@ -13,8 +13,13 @@ drift cancels in the ratio) and prints samples/s and the ratio as JSON
 (also written to benchmarks/results/train_throughput.json).
 
 "Same model": ViT-B-32 as both define it; "edge-vit" is edge-tiny's size with a patch-16 stem
-(open_clip has no conv stem). Captions are 8-20 tokens padded to the context length: edgeclip's
-trainer drops all-padding columns, open_clip's does not; both use fp32 AdamW and the same loss.
+(open_clip has no conv stem); it is a benchmark-only config, not a `--model` name. Both use fp32
+AdamW and the same loss. Two caption rows per model (`--captions`):
+- `generated`: 8-20 tokens padded to the context length. edgeclip's trainer drops the all-padding
+  columns before the text tower (a real speed-up, and the reason for part of the ratio); open_clip
+  runs the full context length.
+- `full`: every caption fills the whole context length, so trimming gives edgeclip nothing.
+Each row names the torch version each side ran (open_clip lives in another venv).
 """
 
 from __future__ import annotations
@@ -36,13 +41,16 @@ EDGE_VIT = {  # edge-tiny's dimensions with a patch stem, as an open_clip config
 }
 
 
-def _batch(batch: int, image_size: int, ctx: int, vocab: int):  # type: ignore[no-untyped-def]
+def _batch(batch: int, image_size: int, ctx: int, vocab: int, captions: str):  # type: ignore[no-untyped-def]
     import torch
 
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, image_size, image_size, generator=g)
     ids = torch.zeros(batch, ctx, dtype=torch.long)
-    lengths = torch.randint(8, min(20, ctx - 1), (batch,), generator=g)
+    if captions == "full":  # no padding at all: trimming has nothing to drop
+        lengths = torch.full((batch,), ctx)
+    else:
+        lengths = torch.randint(8, min(20, ctx - 1), (batch,), generator=g)
     for i, n in enumerate(lengths.tolist()):
         ids[i, 0] = vocab - 2
         ids[i, 1 : n - 1] = torch.randint(1, vocab - 2, (n - 2,), generator=g)
@@ -50,7 +58,8 @@ def _batch(batch: int, image_size: int, ctx: int, vocab: int):  # type: ignore[n
     return images, ids
 
 
-def worker(side: str, model_name: str, batch: int, threads: int, device: str, precision: str) -> None:
+def worker(side: str, model_name: str, batch: int, threads: int, device: str, precision: str,
+           captions: str) -> None:
     """Build the model, then answer lines 'N' with the seconds N training steps took.
     `side` is edgeclip or open_clip, with "+compile" for torch.compile."""
     import contextlib
@@ -81,7 +90,8 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
         # the trainer's step: fused AdamW, then apply_gradients (norm, non-finite guard, clamp)
         opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, fused=True)
         scaler, guard = torch.amp.GradScaler(dev.type, enabled=False), NonFiniteGuard(dev)
-        images, ids = _batch(batch, cfg.vision_cfg.image_size, cfg.text_cfg.context_length, cfg.text_cfg.vocab_size)
+        images, ids = _batch(batch, cfg.vision_cfg.image_size, cfg.text_cfg.context_length, cfg.text_cfg.vocab_size,
+                              captions)
         ids = ids[:, : int(ids.argmax(1).max()) + 1]  # the trainer drops all-padding columns (on the host)
         images, ids = images.to(dev), ids.to(dev)
         forward = torch.compile(model) if compiled else model
@@ -110,7 +120,7 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
         rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                                 lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
-        images, ids = (t.to(dev) for t in _batch(batch, size, ctx, vocab))
+        images, ids = (t.to(dev) for t in _batch(batch, size, ctx, vocab, captions))
         loss_fn = ClipLoss()
         forward = torch.compile(model) if compiled else model  # open_clip's --torchcompile
 
@@ -132,7 +142,7 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
     for _ in range(3 if compiled else 1):  # warm-up: allocator, kernels, compilation
         step()
     sync()
-    print("ready", flush=True)
+    print(f"ready torch {torch.__version__}", flush=True)
     for line in sys.stdin:
         n = int(line)
         t0 = time.perf_counter()
@@ -163,6 +173,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, as both trainers do")
     ap.add_argument("--sides", default="edgeclip,open_clip",
                     help="comma list of edgeclip, open_clip, edgeclip+compile, open_clip+compile")
+    ap.add_argument("--captions", default="generated,full",
+                    help="comma list: generated (8-20 tokens, padded) and/or full (the whole context length)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps-per-round", type=int, default=2)
     ap.add_argument("--open-clip-venv", default="/tmp/ocenv")
@@ -174,7 +186,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.model, args.batch, args.threads, args.device, args.precision)
+        worker(args.worker, args.model, args.batch, args.threads, args.device, args.precision, args.captions)
         return
     sides = args.sides.split(",")
     oc_python = None
@@ -182,42 +194,61 @@ def main() -> None:
         oc_python = args.open_clip_python or str(ensure_open_clip_env(Path(args.open_clip_venv)))
     results = []
     for model in args.models.split(","):
-        procs = {}
-        for side in sides:
-            python = oc_python if side.startswith("open_clip") else sys.executable
-            procs[side] = subprocess.Popen(
-                [str(python), __file__, "--worker", side, "--model", model, "--batch", str(args.batch),
-                 "--threads", str(args.threads), "--device", args.device, "--precision", args.precision],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-            if args.device == "cuda":  # one process on the GPU at a time while it builds
-                assert procs[side].stdout is not None and procs[side].stdout.readline().strip() == "ready"
-        if args.device != "cuda":
-            for p in procs.values():
-                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        times: dict[str, list[float]] = {s: [] for s in procs}
-        for _ in range(args.rounds):
-            for side, p in procs.items():  # alternate: drift hits both sides alike
-                assert p.stdin is not None and p.stdout is not None
-                p.stdin.write(f"{args.steps_per_round}\n")
-                p.stdin.flush()
-                times[side].append(float(p.stdout.readline()))
-        for p in procs.values():
-            p.stdin.close()  # type: ignore[union-attr]
-            p.wait()
-        sps = {s: args.batch * args.steps_per_round / sorted(t)[len(t) // 2] for s, t in times.items()}
-        row = {"model": model, "batch": args.batch, "threads": args.threads, "precision": args.precision,
-               "samples_per_s": {k: round(v, 1) for k, v in sps.items()}, "round_seconds": times}
-        if "open_clip" in sps:
-            row["ratio_over_open_clip_eager"] = {k: round(v / sps["open_clip"], 3) for k, v in sps.items()
-                                                 if k != "open_clip"}
-        results.append(row)
+        for captions in args.captions.split(","):
+            results.append(_measure(args, model, captions, sides, oc_python))
     report = {"benchmark": "train_throughput", "device": _device_name(args.device), "results": results,
-              "note": "median over interleaved rounds; synthetic batch on the device (no data loading)"}
+              "note": "median over interleaved rounds; synthetic random-init model and batch on the device "
+                      "(no data loading); torch versions per side in each row"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+
+
+def _ready(p: subprocess.Popen) -> str:  # type: ignore[type-arg]
+    """Wait for a worker's 'ready torch X' line; returns its torch version."""
+    assert p.stdout is not None
+    line = p.stdout.readline().strip()
+    assert line.startswith("ready"), line
+    return line.split("torch ", 1)[1]
+
+
+def _measure(args: argparse.Namespace, model: str, captions: str, sides: list[str],
+             oc_python: str | None) -> dict[str, object]:
+    """One interleaved row: every side runs `rounds` x `steps_per_round` steps, alternating."""
+    procs, torch_versions = {}, {}
+    for side in sides:
+        python = oc_python if side.startswith("open_clip") else sys.executable
+        procs[side] = subprocess.Popen(
+            [str(python), __file__, "--worker", side, "--model", model, "--batch", str(args.batch),
+             "--threads", str(args.threads), "--device", args.device, "--precision", args.precision,
+             "--captions", captions],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        if args.device == "cuda":  # one process on the GPU at a time while it builds
+            torch_versions[side] = _ready(procs[side])
+    for side, p in procs.items():
+        if side not in torch_versions:
+            torch_versions[side] = _ready(p)
+    times: dict[str, list[float]] = {s: [] for s in procs}
+    for _ in range(args.rounds):
+        for side, p in procs.items():  # alternate: drift hits both sides alike
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write(f"{args.steps_per_round}\n")
+            p.stdin.flush()
+            times[side].append(float(p.stdout.readline()))
+    for p in procs.values():
+        p.stdin.close()  # type: ignore[union-attr]
+        p.wait()
+    sps = {s: args.batch * args.steps_per_round / sorted(t)[len(t) // 2] for s, t in times.items()}
+    row: dict[str, object] = {
+        "model": model, "captions": captions, "batch": args.batch, "threads": args.threads,
+        "precision": args.precision, "torch": torch_versions,
+        "samples_per_s": {k: round(v, 1) for k, v in sps.items()}, "round_seconds": times}
+    if "open_clip" in sps:
+        row["ratio_over_open_clip_eager"] = {k: round(v / sps["open_clip"], 3) for k, v in sps.items()
+                                             if k != "open_clip"}
+    return row
 
 
 def _device_name(device: str) -> str:
