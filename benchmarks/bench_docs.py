@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_docs.py [--work benchmarks/work] [--threads 2]
 
 Builds what is missing under --work (kept between runs, git-ignored):
-- quickstart/: `edgeclip quickstart` (trained edge-tiny + bundle), plus guarded INT8 ONNX Runtime
-  and OpenVINO artifacts calibrated on builtin:shapes;
+- quickstart/: `edgeclip quickstart` (trained edge-tiny + bundle; its summary is copied to
+  benchmarks/results/quickstart.json), plus guarded INT8 ONNX Runtime and OpenVINO artifacts
+  calibrated on builtin:shapes;
 - vit-b-32/: a random-init ViT-B-32 checkpoint (OpenAI tokenizer; no pretrained weights can be
   downloaded here) exported to ONNX and OpenVINO, fp32 and guarded INT8.
 Then runs `edgeclip bench` with the torch eager fp32 baseline interleaved, writing the tables and plots.
@@ -13,6 +14,7 @@ Then runs `edgeclip bench` with the torch eager fp32 baseline interleaved, writi
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +42,8 @@ def quickstart_bundle(work: Path) -> tuple[Path, Path]:
     ckpt, bundle = qs / "checkpoint", qs / "shapes.edgeclip"
     if not (bundle / "manifest.json").exists():
         run(*EDGECLIP, "quickstart", "--out", str(qs), "--no-progress")
+        # the README's quickstart figures come from this file (wall time, accuracy, conditions)
+        shutil.copyfile(qs / "quickstart.json", ROOT / "benchmarks" / "results" / "quickstart.json")
     classes, templates = shapes_labels(work)
     from edgeclip.bundle import Bundle
 

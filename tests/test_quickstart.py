@@ -19,6 +19,9 @@ def _check_layout(out: Path) -> dict:  # type: ignore[type-arg]
         assert {f"{enc}/onnx-fp32", f"{enc}/openvino-fp32", f"{enc}/tensorrt-fp32", f"{enc}/coreml-fp16"} <= keys
     assert all("predictions" in ex for ex in summary["examples"])
     assert any(b["key"] == "image/torch-fp32/b1/model" for b in summary["bench"])
+    # the README's figures cite this file: the wall time and the conditions must be in it
+    assert summary["total_seconds"] >= summary["train"]["seconds"] > 0
+    assert summary["conditions"]["torch"] and summary["conditions"]["torch_threads"] >= 1
     return summary
 
 

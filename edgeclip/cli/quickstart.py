@@ -49,6 +49,7 @@ def run_quickstart(root: Path, steps: int, seed: int = 0, progress: bool = True)
     from edgeclip.train.loop import TrainConfig, train
     from edgeclip.train.shapes import COLOURS, SHAPES, ZERO_SHOT_TEMPLATES
 
+    started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     ckpt, bundle = root / "checkpoint", root / "shapes.edgeclip"
     for stale in (ckpt, bundle):  # a rerun starts clean
@@ -111,6 +112,8 @@ def run_quickstart(root: Path, steps: int, seed: int = 0, progress: bool = True)
 
     summary = {
         "model": QUICKSTART_MODEL,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "conditions": _conditions(),
         "train": {k: v for k, v in asdict(result).items() if k != "zero_shot"},
         "zero_shot_heldout": {
             attr: {
@@ -137,11 +140,26 @@ def run_quickstart(root: Path, steps: int, seed: int = 0, progress: bool = True)
     return summary
 
 
+def _conditions() -> dict[str, Any]:
+    """What the figures depend on: the machine, threads, torch; weights are trained here from
+    random init on the generated builtin:shapes data."""
+    import platform
+
+    import torch
+
+    from edgeclip.bench.machine import machine_info
+
+    m = machine_info(threads=torch.get_num_threads())
+    return {"cpu": m.get("cpu"), "cores": m.get("cores"), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "weights": "random init, trained by this run", "data": "builtin:shapes (generated)"}
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     t = s["train"]
     click.echo("")
     click.echo(f"trained {s['model']}: {t['steps']} steps, {t['samples']} samples in {t['seconds']:.0f} s "
-               f"({t['samples_per_s']:.0f} samples/s)")
+               f"({t['samples_per_s']:.0f} samples/s); quickstart total {s['total_seconds']:.0f} s")
     for attr, z in s["zero_shot_heldout"].items():
         click.echo(f"zero-shot {attr:<6} top-1 {z['top1_runtime']:.1%} (torch {z['top1_torch']:.1%}, "
                    f"chance {z['chance']:.1%}) on {z['images']} held-out images")
