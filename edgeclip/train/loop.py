@@ -307,6 +307,8 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                         img_f, txt_f, scale = forward(pixels, ids)
                     loss = loss_fn(img_f, txt_f, scale)
                     scaler.scale(loss).backward()
+                    if ddp is not None and siglip is not None:  # DDP averages only the model's gradients
+                        _average_grads([siglip.logit_bias], world)
                 else:
                     loss = grad_cache_step(model, loss_fn, pixels, ids, cfg.accum_steps,
                                            lambda: model.logit_scale.exp(), autocast=lambda: _autocast(cfg, dev))
