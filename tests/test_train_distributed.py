@@ -1,0 +1,111 @@
+"""The trainer's own distributed path: `torchrun -m edgeclip train` on 2 gloo ranks against one
+process on the same global batch (issue 13, item 2).
+
+`--batch-size` is per process and rank r of W reads global positions
+[step*B*W + r*B, step*B*W + (r+1)*B) (train/loader.py), so 2 ranks x 8 see, in rank order, the
+16 samples one process with --batch-size 16 sees. Random init comes from --seed on every rank,
+--no-augment removes the crop randomness and the towers have no dropout: the two runs differ only
+in how the arithmetic is split, so they must agree to fp32 round-off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgeclip.model.clip import CLIP
+from edgeclip.model.config import get_config
+from tests.conftest import REPO
+
+STEPS = 4
+GLOBAL_BATCH = 16
+# --grad-clip below some steps' gradient norm: a gradient of the wrong scale (a missing division
+# by the world size) then changes which steps are clipped, which shows in the weights too.
+COMMON = ["--model", "test-tiny", "--steps", str(STEPS), "--warmup-steps", "2", "--grad-clip", "20",
+          "--no-augment", "--no-progress", "--threads", "1", "--log-every", "1", "--seed", "3"]
+# Measured on this setup: fp32 round-off between the two splits leaves Adam's moments ~5e-6 of a
+# tensor's largest value apart and the weights ~1e-4 of the training update; a rank that trains
+# on its own gradient (no DDP, no averaging) is ~1e-1 and ~0.7 off, an un-averaged SigLIP bias
+# gradient ~4e-3 off in its moments.
+REL_TOL = 1e-4
+WEIGHTS_REL_TOL = 1e-3
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _one_process(out: Path, *flags: str) -> Path:
+    _run([sys.executable, "-m", "edgeclip", "train", *COMMON, *flags, "--batch-size", str(GLOBAL_BATCH),
+          "--out", str(out)])
+    return out
+
+
+def _two_ranks(out: Path, *flags: str) -> Path:
+    # --standalone: torchrun picks a free port, so parallel test runs cannot collide
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+          "-m", "edgeclip", "train", *COMMON, *flags, "--batch-size", str(GLOBAL_BATCH // 2), "--out", str(out)])
+    return out
+
+
+def _state(run: Path) -> dict[str, Any]:
+    path = run / "checkpoints" / f"step_{STEPS:08d}" / "train_state.pt"
+    state: dict[str, Any] = torch.load(path, weights_only=True)
+    return state
+
+
+def _grad_norms(run: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    return [r["grad_norm"] for r in rows if "grad_norm" in r]
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    scale = want.abs().max().clamp_min(1e-12)
+    err = float((got - want).abs().max() / scale)
+    assert err <= REL_TOL, f"{what}: off by {err:.2e} of its largest value"
+
+
+def _assert_same_training(got: Path, want: Path) -> None:
+    # The weights as a whole, relative to how far training moved them. Not element by element:
+    # Adam divides each gradient by its own running RMS, which turns round-off in a gradient that
+    # is ~0 by construction (the key bias of attention) into a full-size step of either sign.
+    torch.manual_seed(3)
+    init = CLIP(get_config("test-tiny")).state_dict()
+    a, b = load_file(str(got / "model.safetensors")), load_file(str(want / "model.safetensors"))
+    assert a.keys() == b.keys() == init.keys()
+    moved = torch.cat([(b[k] - init[k]).flatten() for k in b]).norm()
+    apart = torch.cat([(a[k] - b[k]).flatten() for k in b]).norm()
+    assert moved > 0, "training did not move the weights: the comparison would prove nothing"
+    assert apart / moved <= WEIGHTS_REL_TOL, f"weights differ by {float(apart / moved):.2e} of the training update"
+    # Adam's moments are running sums of the raw gradients (the update itself is scale-free)
+    sa, sb = _state(got), _state(want)
+    moments_a, moments_b = sa["optimizer"]["state"], sb["optimizer"]["state"]
+    assert moments_a.keys() == moments_b.keys()
+    for i in moments_b:
+        for key in ("exp_avg", "exp_avg_sq"):
+            _close(moments_a[i][key], moments_b[i][key], f"optimizer state {i}.{key}")
+    if "siglip" in sb:
+        _close(sa["siglip"]["logit_bias"], sb["siglip"]["logit_bias"], "siglip logit_bias")
+    norms_a, norms_b = _grad_norms(got), _grad_norms(want)
+    assert len(norms_b) == STEPS
+    assert norms_a == pytest.approx(norms_b, rel=1e-3)  # the log rounds to 4 digits
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_torchrun_two_ranks_train_like_one_process_on_the_global_batch(tmp_path: Path, loss: str) -> None:
+    """--accum-steps 1 (DDP) and --accum-steps 2 (GradCache + hand-averaged gradients)."""
+    flags = ("--loss", loss)
+    reference = _one_process(tmp_path / "one", *flags)
+    for accum in ("1", "2"):
+        run = _two_ranks(tmp_path / f"two-accum{accum}", *flags, "--accum-steps", accum)
+        _assert_same_training(run, reference)
