@@ -5,6 +5,7 @@ resumed run ends bitwise equal to an uninterrupted one."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import signal
@@ -53,9 +54,20 @@ def _integrity(out: Path) -> tuple[int, list[str]]:
     return len(found), problems
 
 
-def _kill_once(out: Path, steps: int, save_every: int, how: str, delay: float) -> tuple[bool, bool]:
-    """Start (or resume) a run and SIGKILL it; -> (killed, killed inside a checkpoint write)."""
-    resume = bool(list_checkpoints(out))
+def _appended_steps(log: Path, offset: int) -> list[int]:
+    """Steps logged after `offset` (one process's lines); a line cut by SIGKILL is left out."""
+    text = log.read_text()[offset:] if log.exists() else ""
+    lines = text.split("\n")[:-1]  # the last piece is either empty or cut mid-write
+    return [r["step"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def _kill_once(out: Path, steps: int, save_every: int, how: str, delay: float) -> tuple[bool, bool, list[int]]:
+    """Start (or resume) a run and SIGKILL it; -> (killed, killed inside a checkpoint write,
+    steps this process logged that did not start right after the checkpoint it resumed from)."""
+    found = list_checkpoints(out)
+    resume, saved = bool(found), (found[-1][0] if found else 0)
+    log = out / "train_log.jsonl"
+    offset = len(log.read_text()) if log.exists() else 0
     proc = subprocess.Popen(_cmd(out, steps, save_every, resume), cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts, in_write = out / "checkpoints", False
@@ -69,11 +81,13 @@ def _kill_once(out: Path, steps: int, save_every: int, how: str, delay: float) -
                 pass
             if in_write:
                 break
-        elif (out / "train_log.jsonl").exists() and time.monotonic() - start > delay:
+        elif log.exists() and time.monotonic() - start > delay:
             break
     proc.send_signal(signal.SIGKILL)  # no chance to clean up, as in a real crash
     proc.wait()
-    return proc.returncode == -signal.SIGKILL, in_write
+    logged = _appended_steps(log, offset)
+    restarted = [] if logged == list(range(saved + 1, saved + 1 + len(logged))) else logged
+    return proc.returncode == -signal.SIGKILL, in_write, restarted
 
 
 @pytest.fixture(scope="module")
@@ -96,29 +110,36 @@ def _kill_matrix(kills: int, steps: int, save_every: int, seed: int, tmp: Path, 
     out = tmp / "killed"
     landed = in_write = lost = 0
     problems: list[str] = []
+    restarted: list[list[int]] = []
     for i in range(kills):
         how = "write" if i % 2 == 0 else "time"  # alternate: inside a checkpoint write / anywhere
         before = list_checkpoints(out)
-        killed, wrote = _kill_once(out, steps, save_every, how, delay=rng.uniform(0.0, 4.0))
+        killed, wrote, wrong = _kill_once(out, steps, save_every, how, delay=rng.uniform(0.0, 4.0))
         landed += killed
+        restarted += [wrong] if wrong else []
         in_write += wrote
         _, bad = _integrity(out)
         problems += bad
         after = list_checkpoints(out)
         if before and (not after or after[-1][0] < before[-1][0]):
             lost += 1
-    subprocess.run(_cmd(out, steps, save_every, bool(list_checkpoints(out))), check=True, capture_output=True,
-                   cwd=REPO, env=ENV)
+    saved = list_checkpoints(out)[-1][0] if list_checkpoints(out) else 0
+    offset = len((out / "train_log.jsonl").read_text()) if (out / "train_log.jsonl").exists() else 0
+    subprocess.run(_cmd(out, steps, save_every, bool(saved)), check=True, capture_output=True, cwd=REPO, env=ENV)
+    if _appended_steps(out / "train_log.jsonl", offset) != list(range(saved + 1, steps + 1)):
+        restarted.append(_appended_steps(out / "train_log.jsonl", offset))
     _, bad = _integrity(out)
     problems += bad
     a, b = _straight(cache, tmp, steps, save_every), load_file(str(out / "model.safetensors"))
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     for key, value in {"kills": landed, "kills_in_checkpoint_write": in_write, "corrupt_files": len(problems),
-                       "lost_checkpoints": lost, "weights_differ": len(differ)}.items():
+                       "lost_checkpoints": lost, "weights_differ": len(differ),
+                       "resumes_not_continuing": len(restarted)}.items():
         record_property(key, value)
     assert landed >= 1, "every run finished before it could be killed"
     assert not problems, problems
     assert lost == 0
+    assert not restarted, f"a resumed process did not start right after its checkpoint: {restarted}"
     assert a.keys() == b.keys() and not differ, differ[:3]
 
 

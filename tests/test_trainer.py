@@ -38,8 +38,18 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def test_resume_after_sigkill_is_bitwise_equal(tmp_path: Path) -> None:
-    n = 8
+def _records(text: str) -> list[dict[str, object]]:
+    return [json.loads(x) for x in text.splitlines()]
+
+
+def _step_records(records: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [r for r in records if "loss" in r]
+
+
+def test_resume_after_sigkill_continues_and_is_bitwise_equal(tmp_path: Path) -> None:
+    """Training is deterministic, so equal weights alone would also pass if --resume were ignored
+    and the run started again from step 0: the resumed process must also run only the steps left."""
+    n, batch = 8, 8
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     common = [*TINY, "--steps", str(4 * n), "--save-every", str(n)]
     subprocess.run(_cli(*common, "--out", str(straight)), check=True, capture_output=True, cwd=REPO)
@@ -53,17 +63,32 @@ def test_resume_after_sigkill_is_bitwise_equal(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)  # no chance to clean up, as in a real crash
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    steps_done = sorted(p.name for p in (killed / "checkpoints").iterdir() if not p.name.startswith("."))
-    assert f"step_{4 * n:08d}" not in steps_done
+    saved = list_checkpoints(killed)[-1][0]  # what --resume latest must continue from
+    assert n <= saved < 4 * n
 
-    subprocess.run(_cli(*common, "--out", str(killed), "--resume", "latest"), check=True, capture_output=True,
-                   cwd=REPO)
+    log_file = killed / "train_log.jsonl"
+    killed_log = log_file.read_text()
+    done = subprocess.run(_cli(*common, "--out", str(killed), "--resume", "latest"), check=True,
+                          capture_output=True, text=True, cwd=REPO)
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    log = [json.loads(x) for x in (killed / "train_log.jsonl").read_text().splitlines()]
-    assert log[-1]["final"]["steps"] == 4 * n
+
+    # the resumed process's own log lines: it ran steps saved+1 .. 4n once each, none of 1..saved
+    appended = _records(log_file.read_text()[len(killed_log):])
+    assert appended[0]["resume"]["from_step"] == saved
+    resumed = _step_records(appended)
+    assert [r["step"] for r in resumed] == list(range(saved + 1, 4 * n + 1))
+    # step counter, sample count, schedule position and data position continue from the checkpoint:
+    # every step matches the uninterrupted run's step of the same number (loss = same batch, same weights)
+    reference = {r["step"]: r for r in _step_records(_records((straight / "train_log.jsonl").read_text()))}
+    assert resumed[0]["samples"] == (saved + 1) * batch
+    for r in resumed:
+        ref = reference[r["step"]]
+        assert (r["lr"], r["samples"], r["loss"]) == (ref["lr"], ref["samples"], ref["loss"]), r["step"]
+    result = json.loads(done.stdout)
+    assert result["steps"] == 4 * n and result["samples"] == 4 * n * batch
 
 
 def test_grad_cache_equals_full_batch_gradient() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -261,7 +262,9 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     # --- the step loop
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        log = stack.enter_context(open(out / "train_log.jsonl", "a", encoding="utf-8")) if world.is_main else None
+        log = stack.enter_context(_open_log(out)) if world.is_main else None
+        if log and s.resumed_from is not None:  # marks where this process's lines begin
+            log.write(json.dumps({"resume": {"from_step": s.start_step, "checkpoint": str(s.resumed_from)}}) + "\n")
         tb = _tensorboard(stack, out) if world.is_main else None
         pin = dev.type == "cuda"  # page-locked batches: the copy to the GPU overlaps compute
         loader: Any = (
@@ -390,6 +393,21 @@ def apply_gradients(
     with torch.no_grad():
         model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     return norm
+
+
+def _open_log(out: Path) -> TextIO:
+    """The JSONL log, opened to append. A line that a killed run left unfinished is ended first,
+    so the next record starts a line of its own."""
+    path = out / "train_log.jsonl"
+    unfinished = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            unfinished = f.read(1) != b"\n"
+    log = open(path, "a", encoding="utf-8")
+    if unfinished:
+        log.write("\n")
+    return log
 
 
 def _finite(x: float, digits: int) -> float | None:
