@@ -176,7 +176,7 @@ def test_non_finite_steps_stop_the_run_and_keep_the_last_checkpoint(tmp_path: Pa
     before = _weights(out / "checkpoints" / "step_00000004")
     with pytest.raises(TrainingError, match="non-finite steps in a row") as e:
         train(TrainConfig(model="test-tiny", out=str(out), steps=12, batch_size=8, warmup_steps=1, lr=float("inf"),
-                          progress=False, augment=False, max_bad_steps=3, init=str(out)))
+                          progress=False, augment=False, max_bad_steps=3, resume="latest"))
     assert "last good checkpoint" in str(e.value)
     after = _weights(out / "checkpoints" / "step_00000004")
     assert all(torch.equal(before[k], after[k]) for k in before)

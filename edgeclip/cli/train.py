@@ -40,6 +40,8 @@ from edgeclip.train.config import LOSSES, PRECISIONS, SCHEDULES, TrainConfig
 @click.option("--keep-checkpoints", default=3, show_default=True, type=int)
 @click.option("--eval-every", default=0, show_default=True, type=int, help="Zero-shot eval every N steps (0: end).")
 @click.option("--resume", default=None, help="'latest' or OUT/checkpoints/step_NNNNNNNN.")
+@click.option("--overwrite", is_flag=True, help="Delete a run already in --out and start again (without it, "
+              "a run there is refused: continue it with --resume latest).")
 @click.option("--init", "init_from", default=None, type=click.Path(), help="Start from these weights (fine-tune).")
 @click.option("--lock-image", is_flag=True, help="Freeze the image tower (LiT).")
 @click.option("--lock-text", is_flag=True, help="Freeze the text tower.")

@@ -39,6 +39,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     eval_size: int = 480  # held-out images for zero-shot evaluation
     resume: str | None = None  # "latest" or a step directory
+    overwrite: bool = False  # replace a run already in `out` (else a run there is refused)
     init: str | None = None  # start from these weights (fine-tuning)
     lock_image: bool = False  # LiT: freeze the image tower
     lock_text: bool = False
@@ -66,6 +67,8 @@ class TrainConfig:
             raise ConfigError("--data-weights needs one weight per --data source")
         if self.lock_image and self.lock_text:
             raise ConfigError("--lock-image and --lock-text together leave nothing to train")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --out; --overwrite deletes it: pick one")
         if self.resume and self.init:
             raise ConfigError("--resume continues a run; --init starts a new one from weights: pick one")
         if min(self.warmup_steps, self.save_every, self.eval_every, self.cooldown_steps) < 0:

@@ -163,9 +163,43 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> AbstractContextManager[
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
 
 
+def _check_out(cfg: TrainConfig) -> None:
+    """Refuse, before any work, a run that would mix with (or silently delete) one already in
+    --out: its step directories would stay beside the new ones and `--resume latest` could pick
+    one of them. Every rank checks, before the process group forms (no rank has written yet)."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file", fix="choose a directory for --out")
+    if not ckpt.holds_run(out):
+        return
+    if cfg.resume:
+        src = ckpt.resolve_resume(cfg.resume, out)
+        if src.resolve().parent.parent != out.resolve():
+            raise ConfigError(f"--resume {cfg.resume} is another run's checkpoint, and {out} holds a run already",
+                              fix="resume into an empty --out, or pass --resume latest to continue the run in it")
+        return
+    if not cfg.overwrite:
+        raise ConfigError(f"{out} already holds a training run (checkpoints, weights or log)",
+                          fix="continue it with --resume latest, replace it with --overwrite, or choose another --out")
+    doomed = out.resolve()
+    foreign = ckpt.foreign_entries(out)
+    if foreign:
+        raise ConfigError(f"--overwrite: {out} also holds files no run writes ({', '.join(foreign[:5])})",
+                          fix="move them elsewhere, or choose another --out")
+    if doomed in (Path.cwd(), *Path.cwd().parents):
+        raise ConfigError(f"--overwrite would delete {out}, the current directory", fix="choose another --out")
+    if cfg.init and doomed in (Path(cfg.init).resolve(), *Path(cfg.init).resolve().parents):
+        raise ConfigError(f"--overwrite would delete {cfg.init}, the weights --init starts from",
+                          fix="copy them out of --out first, or choose another --out")
+
+
 def train(cfg: TrainConfig) -> TrainResult:
+    _check_out(cfg)
     world = init_world(cfg.device)
     try:
+        if cfg.overwrite and world.is_main and ckpt.holds_run(Path(cfg.out)):
+            ckpt.remove_run(Path(cfg.out))
+        barrier(world)
         with tempfile.TemporaryDirectory() as scratch:
             return _train(cfg, world, Path(scratch))
     finally:

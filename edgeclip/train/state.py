@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from edgeclip._io import atomic_dir, atomic_path
 from edgeclip.errors import CheckpointError
 
 STATE = "train_state.pt"
+_RUN_MARKS = ("checkpoints", "config.json", "model.safetensors", "train_log.jsonl")
+_RUN_ENTRIES = (*_RUN_MARKS, "tokenizer.json", "tensorboard")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -93,6 +96,25 @@ def save_step(out: Path, step: int, write_weights: Any, state: dict[str, Any], k
     for _, old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return dst
+
+
+def holds_run(out: Path) -> bool:
+    """True when OUT already has a run's checkpoints, published weights or log."""
+    return any((out / name).exists() for name in _RUN_MARKS)
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """Names in OUT that no run writes (and no atomic write left behind): --overwrite keeps off them."""
+    return sorted(p.name for p in out.iterdir()
+                  if p.name not in _RUN_ENTRIES and not any(p.name.startswith(f".{e}.") for e in _RUN_ENTRIES))
+
+
+def remove_run(out: Path) -> None:
+    """Delete the run in OUT for --overwrite. One rename takes it out of OUT first, so a crash
+    leaves either the whole old run or none of it, never a mix with the new one."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".overwritten", dir=out.parent))
+    os.rename(out, aside / out.name)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def publish(src: Path, out: Path) -> None:
