@@ -69,11 +69,16 @@ def retrieval(
     img = encode_images(model, transform, images)
     txt = np.concatenate([encode_texts(model, tokenize, captions[i : i + 256]) for i in range(0, len(captions), 256)])
     model.train(was_training)
-    sim = img @ txt.T
+    return recall_at_k(img @ txt.T)
+
+
+def recall_at_k(sim: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """sim[i, j]: score of image i against caption j, pair i the positive. Recall@k in each
+    direction: the fraction of queries whose positive is among the k best-scored candidates
+    (rank 0 is the best; a tie with the positive does not push it down)."""
     out = {}
     for name, s in (("image_to_text", sim), ("text_to_image", sim.T)):
-        # rank of the true pair among all candidates for each query
-        rank = (s > np.diag(s)[:, None]).sum(axis=1)
-        for k in (1, 5, 10):
+        rank = (s > np.diag(s)[:, None]).sum(axis=1)  # candidates scored above the positive
+        for k in ks:
             out[f"{name}_r{k}"] = float((rank < k).mean())
     return out
