@@ -66,4 +66,4 @@ def train(data: tuple[str, ...], data_weights: str | None, init_from: str | None
     if cfg.warmup_steps > cfg.steps:
         cfg.warmup_steps = cfg.steps
     result = run_training(cfg)
-    click.echo(json.dumps(asdict(result), indent=2))
+    click.echo(json.dumps(asdict(result), indent=2, allow_nan=False))  # NaN is not JSON: unknowns are null

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -56,7 +56,7 @@ class TrainResult:
     samples: int
     seconds: float
     samples_per_s: float
-    final_loss: float
+    final_loss: float | None  # None (JSON null) when not known: the last step was skipped, or none ran here
     skipped_steps: int = 0
     skipped_samples: int = 0
     zero_shot: dict[str, float] = field(default_factory=dict)
@@ -97,6 +97,7 @@ class Setup:
     start_step: int
     state: dict[str, Any] | None
     resumed_from: Path | None = None
+    saved_result: dict[str, Any] | None = None  # the result a finished run saved with its last step
 
 
 def _scratch_copy(tokenizer_file: Path, scratch: Path) -> Path:
@@ -117,7 +118,7 @@ def _setup_model(cfg: TrainConfig, scratch: Path) -> Setup:
                                   fix="resume with the same --model (or omit it)")
         st = ckpt.load_state(path)
         return Setup(model.train(), info.preprocess, _scratch_copy(info.tokenizer_path, scratch), info.tokenizer,
-                     int(st["step"]), st, resumed_from=path)
+                     int(st["step"]), st, resumed_from=path, saved_result=info.meta.get("result"))
     if cfg.init:
         model, info = load_checkpoint(cfg.init)
         if cfg.model:
@@ -212,6 +213,12 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     out, dev = Path(cfg.out), world.device
     s = _setup_model(cfg, scratch)
+    if s.start_step > cfg.steps:
+        raise ConfigError(f"{s.resumed_from} is at step {s.start_step}, past --steps {cfg.steps}",
+                          fix=f"pass --steps {s.start_step} or more to continue the run")
+    if s.saved_result is not None and s.start_step == cfg.steps and s.resumed_from is not None \
+            and s.resumed_from.resolve() == ckpt.step_dir(out, cfg.steps).resolve():
+        return _finished_run(s.resumed_from, s.saved_result, out, world)
     model, pre = s.model, s.preprocess
     tokenize = TextTokenizer(s.tokenizer_file, s.tokenizer)
     data = _open_data(cfg, pre, world)
@@ -390,13 +397,28 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
         result = TrainResult(
             checkpoint=str(out), steps=cfg.steps, samples=counters["samples"], seconds=round(seconds, 2),
             samples_per_s=round(done_here * cfg.batch_size * world.size / max(seconds, 1e-9), 1),
-            final_loss=round(loss_value, 5), skipped_steps=counters["skipped_steps"],
+            final_loss=_finite(loss_value, 5), skipped_steps=counters["skipped_steps"],
             skipped_samples=counters["skipped_samples"], zero_shot={k: round(v, 4) for k, v in zs.items()},
         )
         save(cfg.steps, {"result": asdict(result)})
         if log:
             log.write(json.dumps({"final": asdict(result)}) + "\n")
         return result
+
+
+def _finished_run(last: Path, saved: dict[str, Any], out: Path, world: World) -> TrainResult:
+    """--resume of a run that already reached --steps: nothing is trained, evaluated or logged
+    again, and the result is the one the run saved. OUT's weights are published again: a crash
+    may have come between the last checkpoint and their publication."""
+    if world.is_main:
+        ckpt.publish(last, out)
+    barrier(world)
+    known = {f.name for f in fields(TrainResult)}
+    result = TrainResult(**{k: v for k, v in saved.items() if k in known})
+    # a run saved before final_loss could be null stored NaN
+    result.final_loss = None if result.final_loss is None else _finite(float(result.final_loss), 5)
+    return result
+
 
 def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """load_state_dict, keeping this run's implementation and memory layout: the saved groups'
