@@ -29,20 +29,22 @@ RESULT = ROOT / "benchmarks" / "results" / "open_clip_parity.json"
 OCENV_PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "open_clip_torch", "safetensors"]
 TEXTS = ["a photo of a dog.", "A Diagram; of 3 “quoted” things!", "ﬁne café — naïve 😀", "word " * 100]
 
-# name: (open_clip model name or custom config, file layout, edgeclip --model)
+# name: (open_clip model name or custom config, file layout, edgeclip --model or --activation: open_clip's
+# state dicts do not record the activation)
 CASES: dict[str, dict[str, Any]] = {
-    "ViT-B-32-quickgelu (full size), OpenAI .pt": dict(model="ViT-B-32-quickgelu", layout="openai_pt"),
+    "ViT-B-32-quickgelu (full size), OpenAI .pt": dict(
+        model="ViT-B-32-quickgelu", layout="openai_pt", edgeclip_model="ViT-B-32-quickgelu"),
     "RN50-quickgelu (full size), open_clip .safetensors + --model": dict(
         model="RN50-quickgelu", layout="open_clip_safetensors", edgeclip_model="RN50-quickgelu"),
     "small ViT GELU p16 96px, open_clip training checkpoint (module. prefix)": dict(
         custom=dict(embed_dim=64, quick_gelu=False,
                     vision_cfg=dict(image_size=96, patch_size=16, width=128, layers=3, head_width=64),
                     text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2)),
-        layout="open_clip_checkpoint"),
+        layout="open_clip_checkpoint", activation="gelu"),
     "small ModifiedResNet [1,2,2,1] w16 QuickGELU, OpenAI .pt": dict(
         custom=dict(embed_dim=48, quick_gelu=True, vision_cfg=dict(image_size=96, layers=[1, 2, 2, 1], width=16),
                     text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)),
-        layout="openai_pt"),
+        layout="openai_pt", activation="quick_gelu"),
 }
 
 
@@ -115,7 +117,8 @@ def compare(work: Path) -> dict[str, Any]:
         src = work / f"case{i}" / "open_clip_model.safetensors" if case["layout"] == "open_clip_safetensors" \
             else work / f"case{i}.pt"
         t0 = time.perf_counter()
-        result = import_weights(src, work / f"ckpt{i}", model=case.get("edgeclip_model"))
+        result = import_weights(src, work / f"ckpt{i}", model=case.get("edgeclip_model"),
+                                activation=case.get("activation"))
         seconds = time.perf_counter() - t0
         model, info = load_checkpoint(result.path)
         ids = TextTokenizer(info.tokenizer_path, info.tokenizer)(TEXTS)

@@ -49,20 +49,93 @@ def assert_cli_error(r: object, code: int, *needles: str) -> None:
         assert n in err, err
 
 
-def test_plain_state_dict_in_safetensors_imports(tmp_path: Path) -> None:
-    save_file(openai_state(), str(tmp_path / "w.safetensors"))
-    result = import_weights(tmp_path / "w.safetensors", tmp_path / "ckpt")
-    assert result.source_kind == "openai" and result.activation == "quick_gelu"
-    assert (tmp_path / "ckpt" / "tokenizer.json").is_file()
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
 
 
-def test_open_clip_checkpoint_with_prefixes(tmp_path: Path) -> None:
+def test_identical_bytes_import_identically_whatever_the_name(tmp_path: Path) -> None:
+    """The file name never decides the activation: the same bytes under a LAION-like name, an
+    open_clip-like name and a '-quickgelu' name are all refused (the file says nothing), and all
+    import as QuickGELU once the file carries OpenAI's own keys."""
+    save_file(openai_state(), str(tmp_path / "plain.safetensors"))
+    names = ["laion_vitb32.safetensors", "open_clip_checkpoint.safetensors", "ViT-B-32-quickgelu.safetensors"]
+    for name in names:
+        (tmp_path / name).write_bytes((tmp_path / "plain.safetensors").read_bytes())
+        with pytest.raises(ConfigError, match="does not say which activation") as e:
+            import_weights(tmp_path / name, tmp_path / f"ck-{name}")
+        assert "--model" in str(e.value.fix) and "--activation" in str(e.value.fix)
+        assert not (tmp_path / f"ck-{name}").exists()
+    r = run_cli("import", str(tmp_path / names[0]), "--out", str(tmp_path / "cli"))
+    assert_cli_error(r, 2, "does not say which activation", "--model")
+
+    marked = {**openai_state(), "input_resolution": torch.tensor(32)}  # as OpenAI's own state dicts carry
+    save_file(marked, str(tmp_path / "marked.safetensors"))
+    results = []
+    for name in names:
+        (tmp_path / "m").mkdir(exist_ok=True)
+        (tmp_path / "m" / name).write_bytes((tmp_path / "marked.safetensors").read_bytes())
+        results.append(import_weights(tmp_path / "m" / name, tmp_path / f"ok-{name}"))
+    assert {(r.source_kind, r.activation) for r in results} == {("openai", "quick_gelu")}
+    assert all("input_resolution" in r.activation_origin for r in results)
+    first = _weights(results[0].path)
+    assert all(torch.equal(first[k], _weights(r.path)[k]) for r in results[1:] for k in first)
+
+
+def test_safetensors_metadata_decides_the_activation(tmp_path: Path) -> None:
+    """The file's own metadata decides, even against its name (and OpenAI's keys in it)."""
+    state = openai_state()
+    save_file(state, str(tmp_path / "ViT-quickgelu.safetensors"), metadata={"activation": "gelu"})
+    r = run_cli("import", str(tmp_path / "ViT-quickgelu.safetensors"), "--out", str(tmp_path / "ck"))
+    assert r.returncode == 0, r.stderr
+    assert "activation gelu: safetensors metadata activation=gelu" in r.stdout
+    save_file(state, str(tmp_path / "w.safetensors"), metadata={"hidden_act": "quick_gelu"})
+    result = import_weights(tmp_path / "w.safetensors", tmp_path / "ck2")
+    assert result.activation == "quick_gelu" and result.config.quick_gelu
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={"activation": "relu"})
+    with pytest.raises(ConfigError, match="unsupported activation in its metadata"):
+        import_weights(tmp_path / "bad.safetensors", tmp_path / "ck3")
+
+
+def test_activation_and_model_options_decide_when_the_file_does_not(tmp_path: Path) -> None:
     state = {f"module._orig_mod.{k}": v for k, v in openai_state().items()}
     torch.save({"epoch": 3, "name": "run", "state_dict": state}, tmp_path / "epoch_3.pt")
-    result = import_weights(tmp_path / "epoch_3.pt", tmp_path / "ckpt")
-    assert result.source_kind == "open_clip" and result.activation == "gelu"  # not recorded: open_clip default
-    result = import_weights(tmp_path / "epoch_3.pt", tmp_path / "ckpt2", force_activation=False)
-    assert result.config.quick_gelu is False
+    with pytest.raises(ConfigError, match="open_clip training checkpoints do not record the activation"):
+        import_weights(tmp_path / "epoch_3.pt", tmp_path / "ckpt")
+    r = run_cli("import", str(tmp_path / "epoch_3.pt"), "--out", str(tmp_path / "ck"), "--activation", "gelu")
+    assert r.returncode == 0, r.stderr
+    assert "imported open_clip weights" in r.stdout and "activation gelu: from --activation" in r.stdout
+    result = import_weights(tmp_path / "epoch_3.pt", tmp_path / "ck2", activation="quick_gelu")
+    assert result.config.quick_gelu is True and result.activation_origin == "from --activation"
+
+
+def test_model_decides_when_the_file_does_not(tmp_path: Path) -> None:
+    """Registered configs: --model X is GELU, --model X-quickgelu QuickGELU; the refusal names both."""
+    from edgeclip.model.config import get_config
+    from edgeclip.model.importer import infer_config, resolve_config
+    from edgeclip.model.sources import read_source
+
+    torch.manual_seed(0)
+    torch.save(dict(CLIP(get_config("test-tiny")).state_dict()), tmp_path / "w.pt")
+    source = read_source(tmp_path / "w.pt")
+    assert source.kind == "state_dict" and source.quick_gelu is None
+    inferred = infer_config(source.state, source)
+    for name, quick in (("test-tiny", False), ("test-tiny-quickgelu", True)):
+        cfg, origin, _ = resolve_config(inferred, get_config(name), source, force_activation=False)
+        assert cfg.quick_gelu is quick and origin == f"from --model {name}"
+    with pytest.raises(ConfigError, match="contradicts --model test-tiny"):
+        resolve_config(inferred, get_config("test-tiny"), source, force_activation=False, activation=True)
+    r = run_cli("import", str(tmp_path / "w.pt"), "--out", str(tmp_path / "ck"))
+    assert_cli_error(r, 2, "--model test-tiny (GELU) or --model test-tiny-quickgelu (QuickGELU)")
+
+
+def test_broken_file_is_reported_before_the_activation_is_asked(tmp_path: Path) -> None:
+    state = openai_state()
+    del state["visual.ln_post.bias"]
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError, match="1 missing: visual.ln_post.bias"):
+        import_weights(tmp_path / "w.safetensors", tmp_path / "ckpt")
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:

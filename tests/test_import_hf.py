@@ -8,6 +8,8 @@ ids below hold EOT (49407, the highest id) exactly once, so both rules pick the 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +132,28 @@ def test_gelu_instead_of_quickgelu_is_refused_and_would_break_parity(tmp_path: P
     gelu = dataclasses.replace(inferred, name="gelu-variant", quick_gelu=False)
     with pytest.raises(ConfigError, match="(?s)activation mismatch.*QuickGELU.*--force-activation"):
         resolve_config(inferred, gelu, src, force_activation=False)
-    forced, notes = resolve_config(inferred, gelu, src, force_activation=True)
+    forced, origin, notes = resolve_config(inferred, gelu, src, force_activation=True)
     assert not forced.quick_gelu and any("--force-activation" in n for n in notes)
+    assert origin.startswith("--model gelu-variant with --force-activation")
     model = CLIP(forced)
     load_strict(model, dict(src.state), "forced")
     pixels, ids = probe_inputs(32)
     diffs = max_diffs(edgeclip_outputs(model.eval(), pixels, ids), hf_outputs(hf, pixels, ids))
     assert max(diffs[:2]) > 1e-4, diffs  # the check above is what stands between users and this
+
+
+def test_hf_config_decides_the_activation(tmp_path: Path) -> None:
+    """The same model.safetensors bytes: config.json's hidden_act, not the directory name, decides."""
+    src = save_hf(make_hf_clip(**CONFIGS["quickgelu-p8"]), tmp_path / "gelu-model")
+    other = Path(shutil.copytree(src, tmp_path / "quickgelu-model"))
+    cfg = json.loads((src / "config.json").read_text())
+    for tower in ("text_config", "vision_config"):
+        cfg[tower]["hidden_act"] = "gelu"
+    (other / "config.json").write_text(json.dumps(cfg))
+    results = {p.name: import_weights(p, tmp_path / f"ck-{p.name}") for p in (src, other)}
+    assert results["gelu-model"].activation == "quick_gelu" and results["quickgelu-model"].activation == "gelu"
+    assert results["quickgelu-model"].activation_origin == "config.json hidden_act=gelu"
+    assert results["gelu-model"].activation_origin == "config.json hidden_act=quick_gelu"
 
 
 def test_model_that_does_not_fit_is_refused(tmp_path: Path) -> None:

@@ -86,7 +86,8 @@ def _imported_resnet(tmp_path: Path, cfg: ModelConfig) -> Path:
             if name.endswith("bn3.weight"):
                 p.normal_(0, 0.2)
     torch.save(model.state_dict(), tmp_path / "rn.pt")
-    result = import_weights(tmp_path / "rn.pt", tmp_path / "ckpt")
+    act = "quick_gelu" if cfg.quick_gelu else "gelu"  # a bare state dict does not record it
+    result = import_weights(tmp_path / "rn.pt", tmp_path / "ckpt", activation=act)
     assert result.config.vision_cfg.layers == cfg.vision_cfg.layers
     assert result.config.vision_cfg.heads == cfg.vision_cfg.width * 32 // 64
     return result.path

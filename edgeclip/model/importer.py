@@ -1,11 +1,12 @@
 """`import_weights`: OpenAI / open_clip / Hugging Face CLIP weights -> an edgeclip checkpoint.
 
 The architecture is read from tensor shapes (widths, depths, patch size, grid, embed dim); heads
-from the source's config (HF) or OpenAI's rule width // 64; the activation from the source
-(HF `hidden_act`, OpenAI = QuickGELU, open_clip: `-quickgelu` in the file or `--model` name).
-`--model NAME` pins a registered config: every shape must agree, a different image size
-interpolates the positional embeddings (bicubic), and a different activation is an error
-unless forced.
+from the source's config (HF) or OpenAI's rule width // 64. The activation comes from what the
+file says (see `edgeclip.model.sources`) or from the user (`--model NAME`, `--activation`), never
+from the file name; when neither says, the import is refused: the wrong activation still loads
+and runs, but every embedding is wrong. `--model NAME` pins a registered config: every shape must
+agree, a different image size interpolates the positional embeddings (bicubic), and an activation
+other than the file's is an error unless forced.
 
 Text pooling: edgeclip pools at argmax(input_ids) as OpenAI does. transformers pools there
 only for legacy configs (`eos_token_id == 2`) and otherwise at the first `eos_token_id`; with
@@ -42,6 +43,7 @@ class ImportResult:
     config: ModelConfig
     source_kind: str
     activation: str
+    activation_origin: str  # where the activation came from: the file, --model or --activation
     notes: list[str] = field(default_factory=list)
 
 
@@ -51,8 +53,13 @@ def import_weights(
     model: str | None = None,
     force_activation: bool = False,
     vocab: str | os.PathLike[str] | None = None,
+    activation: str | None = None,
 ) -> ImportResult:
-    """Import CLIP weights at `src` into a new checkpoint directory `out`."""
+    """Import CLIP weights at `src` into a new checkpoint directory `out`.
+
+    activation: "gelu" or "quick_gelu" for weights whose file does not say and whose architecture
+    has no registered config to pass as `model`.
+    """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output {out} already exists", fix="choose a new --out directory")
@@ -61,7 +68,9 @@ def import_weights(
     source = read_source(src)
     state = {k: v.float() if v.is_floating_point() else v for k, v in source.state.items()}
     inferred = infer_config(state, source)
-    cfg, notes = resolve_config(inferred, named, source, force_activation)
+    with torch.device("meta"):  # shapes only, no memory: a broken file is reported before anything is asked
+        check_tensors(CLIP(inferred).state_dict(), state, str(src))
+    cfg, origin, notes = resolve_config(inferred, named, source, force_activation, _activation(activation))
     if cfg.vision_cfg.image_size != inferred.vision_cfg.image_size:
         resize_positions(state, cfg.vision_cfg)
         notes.append(f"positional embeddings interpolated (bicubic) from {inferred.vision_cfg.image_size} px "
@@ -72,16 +81,26 @@ def import_weights(
     clip = CLIP(cfg)
     load_strict(clip, state, str(src))
     notes += [f"dropped stale tensor '{k}'" for k in source.dropped]
-    activation = "quick_gelu" if cfg.quick_gelu else "gelu"
+    act = "quick_gelu" if cfg.quick_gelu else "gelu"
     with tempfile.TemporaryDirectory() as tmp:
         tok_file = Path(tmp) / "tokenizer.json"
         tokenizer.save(str(tok_file))
-        meta: dict[str, Any] = {"imported_from": str(src), "source_format": source.kind, "activation": activation,
-                                "activation_origin": source.activation_origin, "notes": notes}
+        meta: dict[str, Any] = {"imported_from": str(src), "source_format": source.kind, "activation": act,
+                                "activation_origin": origin, "notes": notes}
         preprocess = PreprocessConfig(image_size=cfg.vision_cfg.image_size)  # OpenAI mean/std, bicubic
         save_checkpoint(out, clip.eval(), tok_file, preprocess, dataclasses.replace(
             tok_cfg, context_length=cfg.text_cfg.context_length), meta)
-    return ImportResult(out, cfg, source.kind, activation, notes)
+    return ImportResult(out, cfg, source.kind, act, origin, notes)
+
+
+def _activation(name: str | None) -> bool | None:
+    """--activation -> quick_gelu flag (None: not given)."""
+    if name is None:
+        return None
+    key = name.strip().lower().replace("-", "_")
+    if key not in ("gelu", "quick_gelu", "quickgelu"):
+        raise ConfigError(f"unknown activation '{name}'", fix="use --activation gelu or --activation quick_gelu")
+    return key != "gelu"
 
 
 def _depth(state: dict[str, torch.Tensor], prefix: str) -> int:
@@ -144,31 +163,66 @@ def _registered_name(cfg: ModelConfig) -> str | None:
     return None
 
 
+def _act_name(quick_gelu: bool) -> str:
+    return "QuickGELU" if quick_gelu else "GELU"
+
+
 def resolve_config(
-    inferred: ModelConfig, named: ModelConfig | None, source: Source, force_activation: bool
-) -> tuple[ModelConfig, list[str]]:
-    """The config to build: the inferred one, or `named` after checking it fits the weights."""
-    notes = [f"activation {'QuickGELU' if inferred.quick_gelu else 'GELU'}: {source.activation_origin}"]
-    if named is None:
-        if source.quick_gelu is None:
-            notes[0] = "activation GELU (open_clip's default; the checkpoint does not record it: pass --model)"
-        return inferred, notes
-    diffs = _shape_differences(inferred, named)
-    if diffs:
-        raise ConfigError(f"the weights do not fit --model {named.name}: {'; '.join(diffs)}",
-                          fix=f"omit --model to use the inferred architecture ({inferred.name})")
-    if source.quick_gelu is not None and source.quick_gelu != named.quick_gelu:
-        want, have = ("QuickGELU", "GELU") if source.quick_gelu else ("GELU", "QuickGELU")
-        if not force_activation:
-            raise ConfigError(
-                f"activation mismatch: the weights use {want} ({source.activation_origin}) but --model "
-                f"{named.name} uses {have}",
-                fix="choose the matching config (e.g. a '-quickgelu' one) or pass --force-activation",
-            )
-        notes.append(f"--force-activation: {have} from --model {named.name} overrides the source's {want}")
-    elif source.quick_gelu is None:
-        notes[0] = f"activation {'QuickGELU' if named.quick_gelu else 'GELU'} from --model {named.name}"
-    return named, notes
+    inferred: ModelConfig, named: ModelConfig | None, source: Source, force_activation: bool,
+    activation: bool | None = None,
+) -> tuple[ModelConfig, str, list[str]]:
+    """(config to build, where its activation came from, notes). The config is the inferred one,
+    or `named` after checking it fits the weights; `activation` is --activation's quick_gelu flag."""
+    if named is not None:
+        diffs = _shape_differences(inferred, named)
+        if diffs:
+            raise ConfigError(f"the weights do not fit --model {named.name}: {'; '.join(diffs)}",
+                              fix=f"omit --model to use the inferred architecture ({inferred.name})")
+        if activation is not None and activation != named.quick_gelu:
+            raise ConfigError(f"--activation {_act_name(activation)} contradicts --model {named.name} "
+                              f"({_act_name(named.quick_gelu)})",
+                              fix="pass the --model whose name says the activation (e.g. '-quickgelu'), "
+                                  "without --activation")
+    wanted, by = (named.quick_gelu, f"--model {named.name}") if named else (activation, "--activation")
+    if source.quick_gelu is None and wanted is None:
+        raise _unknown_activation(inferred, source)
+    if source.quick_gelu is None or wanted is None or wanted == source.quick_gelu:
+        quick = source.quick_gelu if source.quick_gelu is not None else wanted
+        origin = source.activation_origin if source.quick_gelu is not None else f"from {by}"
+        notes: list[str] = []
+    elif not force_activation:
+        raise ConfigError(
+            f"activation mismatch: the weights use {_act_name(source.quick_gelu)} ({source.activation_origin}) "
+            f"but {by} uses {_act_name(wanted)}",
+            fix="choose the matching config (e.g. a '-quickgelu' one) or pass --force-activation",
+        )
+    else:
+        quick, origin = wanted, f"{by} with --force-activation, over the file's {_act_name(source.quick_gelu)}"
+        notes = [f"--force-activation: {_act_name(wanted)} from {by} overrides the source's "
+                 f"{_act_name(source.quick_gelu)}"]
+    if named is not None:
+        return named, origin, notes
+    cfg = dataclasses.replace(inferred, quick_gelu=bool(quick), name="imported")
+    return dataclasses.replace(cfg, name=_registered_name(cfg) or "imported"), origin, notes
+
+
+def _unknown_activation(inferred: ModelConfig, source: Source) -> ConfigError:
+    """Refuse to guess: name the registered configs that fit the shapes, one per activation."""
+    fits = {}
+    for name in list_models():
+        named = get_config(name)
+        if not _shape_differences(inferred, named) and named.vision_cfg.image_size == inferred.vision_cfg.image_size:
+            fits.setdefault(named.quick_gelu, name)
+    if len(fits) == 2:
+        how = f"--model {fits[False]} (GELU) or --model {fits[True]} (QuickGELU)"
+    else:
+        how = "--model X (GELU) or --model X-quickgelu (QuickGELU) with the registered config X that fits"
+    return ConfigError(
+        f"the file does not say which activation the model uses ({source.activation_origin}); "
+        "a wrong one loads but gives wrong embeddings",
+        fix=f"pass {how}, or --activation gelu / --activation quick_gelu "
+            "(OpenAI's weights and most of their fine-tunes are QuickGELU; open_clip's own trainings are GELU)",
+    )
 
 
 def _shape_differences(inferred: ModelConfig, named: ModelConfig) -> list[str]:
@@ -200,7 +254,13 @@ def load_strict(model: CLIP, state: dict[str, torch.Tensor], source: str) -> Non
     for key, ref in expected.items():
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(ref)  # a BN step counter: unused in eval
-    missing = [k for k in expected if k not in state]
+    check_tensors(expected, state, source)
+    model.load_state_dict(state, strict=True)
+
+
+def check_tensors(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Fail listing all missing, extra and misshapen tensors (BN step counters may be absent)."""
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     extra = [k for k in state if k not in expected]
     shapes = [f"{k} {list(state[k].shape)} (needs {list(t.shape)})" for k, t in expected.items()
               if k in state and state[k].shape != t.shape]
@@ -209,4 +269,3 @@ def load_strict(model: CLIP, state: dict[str, torch.Tensor], source: str) -> Non
     if problems:
         raise CheckpointError(f"{source}: tensors do not fit the architecture: {'; '.join(problems)}",
                               fix="the file is not a complete CLIP state dict of one of the supported layouts")
-    model.load_state_dict(state, strict=True)

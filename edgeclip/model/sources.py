@@ -4,6 +4,11 @@
 - an open_clip training checkpoint: a dict with a `state_dict` entry, keys maybe prefixed by
   `module.` (DDP) or `_orig_mod.` (torch.compile);
 - a Hugging Face `CLIPModel` directory: `config.json` + `model.safetensors`.
+
+The activation (GELU or QuickGELU) comes only from what the file says, never from its name: HF
+`config.json` `hidden_act`; safetensors metadata (`activation`, `hidden_act` or `quick_gelu`);
+OpenAI's own state dicts, recognised by the non-weight keys they carry (`input_resolution`,
+`context_length`, `vocab_size`), are QuickGELU. Anything else does not say (`quick_gelu` None).
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from edgeclip.errors import CheckpointError
+from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.hf_keys import hf_architecture, hf_to_openai, is_hf_state_dict
 
 # keys that OpenAI / open_clip / HF state dicts carry but that are not weights
@@ -34,7 +39,7 @@ class Source:
     """Weights in OpenAI names plus what the source itself says about the architecture."""
 
     state: dict[str, torch.Tensor]
-    kind: str  # "openai" | "open_clip" | "hugging_face"
+    kind: str  # "openai" | "open_clip" | "state_dict" (OpenAI names, origin unknown) | "hugging_face"
     quick_gelu: bool | None  # None: the source does not say
     activation_origin: str
     vision_heads: int | None = None
@@ -50,25 +55,43 @@ def read_source(src: str | os.PathLike[str]) -> Source:
         raise CheckpointError(f"weights not found: {path}",
                               fix="pass a .pt/.pth/.safetensors state dict or a Hugging Face CLIPModel directory")
     raw = _load_file(path)
-    kind = "openai"
+    kind = "state_dict"
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw, kind = raw["state_dict"], "open_clip"
     state = _tensor_dict(raw, path)
     if is_hf_state_dict(state):
         raise CheckpointError(f"{path} holds Hugging Face tensor names",
                               fix="pass the whole CLIPModel directory (config.json + model.safetensors)")
-    if kind == "openai" and "open_clip" in path.name:
-        kind = "open_clip"  # open_clip's hub files are bare state dicts: open_clip_model.safetensors
+    markers = [k for k in STALE_KEYS[:3] if k in state]  # only OpenAI's own files carry these
     dropped = [k for k in state if k in STALE_KEYS]
-    openai_markers = any(k in state for k in STALE_KEYS[:3])
     for k in dropped:
         del state[k]
-    if kind == "openai":
-        origin = "OpenAI weights are QuickGELU" + (" (input_resolution key present)" if openai_markers else "")
-        return Source(state, kind, True, origin, dropped=dropped)
-    if "quickgelu" in path.name.lower():
-        return Source(state, kind, True, f"'quickgelu' in the file name {path.name}", dropped=dropped)
-    return Source(state, kind, None, "open_clip checkpoints do not record it", dropped=dropped)
+    declared = _metadata_activation(path)
+    if declared is not None:
+        return Source(state, kind, declared[0], declared[1], dropped=dropped)
+    if markers and kind == "state_dict":
+        return Source(state, "openai", True, f"OpenAI weights use QuickGELU ({', '.join(markers)} keys present)",
+                      dropped=dropped)
+    what = "open_clip training checkpoints do not" if kind == "open_clip" else "a bare state dict does not"
+    return Source(state, kind, None, f"{what} record the activation", dropped=dropped)
+
+
+def _metadata_activation(path: Path) -> tuple[bool, str] | None:
+    """(quick_gelu, origin) from a safetensors file's metadata, or None when it says nothing."""
+    if path.suffix != ".safetensors":
+        return None
+    with safe_open(str(path), "pt") as f:  # the header only; already read once by _load_file
+        meta = f.metadata() or {}
+    for key in ("activation", "hidden_act", "quick_gelu"):
+        if key not in meta:
+            continue
+        value = meta[key].strip().lower()
+        quick = {"quick_gelu": True, "quickgelu": True, "gelu": False, "true": True, "false": False}.get(value)
+        if quick is None or (key == "quick_gelu") != (value in ("true", "false")):
+            raise ConfigError(f"{path}: unsupported activation in its metadata: {key}={meta[key]!r}",
+                              fix="edgeclip supports gelu and quick_gelu (quick_gelu=true/false)")
+        return quick, f"safetensors metadata {key}={meta[key]}"
+    return None
 
 
 def _load_file(path: Path) -> Any:
