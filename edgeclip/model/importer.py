@@ -208,7 +208,7 @@ def resolve_config(
 
 def _unknown_activation(inferred: ModelConfig, source: Source) -> ConfigError:
     """Refuse to guess: name the registered configs that fit the shapes, one per activation."""
-    fits = {}
+    fits: dict[bool, str] = {}
     for name in list_models():
         named = get_config(name)
         if not _shape_differences(inferred, named) and named.vision_cfg.image_size == inferred.vision_cfg.image_size:
