@@ -157,11 +157,14 @@ def test_two_process_gloo_loss_and_gradients_equal_single_process(tmp_path: Path
 
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "edgeclip", "train", *TINY, "--steps", "4", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # one result on stdout, from rank 0: a second rank's would make it two JSON documents
+    assert proc.stdout.count('"final_loss"') == 1, proc.stdout
+    assert json.loads(proc.stdout)["steps"] == 4
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "step" in r and "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]  # one writer: no duplicated lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 
 import click
@@ -66,4 +67,6 @@ def train(data: tuple[str, ...], data_weights: str | None, init_from: str | None
     if cfg.warmup_steps > cfg.steps:
         cfg.warmup_steps = cfg.steps
     result = run_training(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun (or SLURM, mapped on start): every rank returns it
+        return
     click.echo(json.dumps(asdict(result), indent=2, allow_nan=False))  # NaN is not JSON: unknowns are null
