@@ -24,6 +24,7 @@ def test_shapes_is_deterministic_and_holds_out_combinations() -> None:
         assert a[i].caption == b[i].caption
         assert np.array_equal(np.asarray(a[i].image), np.asarray(b[i].image))
     train_combos = {(a[i].colour, a[i].shape) for i in range(len(a))}
+    assert HELDOUT_COMBOS and len(HELDOUT_COMBOS) < len(COLOURS) * len(SHAPES)  # some, not all, held out
     assert not train_combos & HELDOUT_COMBOS
     assert {c for c, _ in train_combos} == set(COLOURS) and {s for _, s in train_combos} == set(SHAPES)
     held = ShapesDataset("heldout", 50, 64)
