@@ -221,6 +221,25 @@ def test_config_refusals() -> None:
         TrainConfig(precision="int8")
 
 
+def test_a_warmup_longer_than_the_run_is_refused_and_the_default_fits(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    args = ["--model", "test-tiny", "--batch-size", "8", "--no-progress", "--threads", "1", "--log-every", "1",
+            "--no-augment", "--eval-every", "0", "--lr", "1e-3"]
+    proc = run_cli("train", *args, "--steps", "4", "--warmup-steps", "10", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and proc.stderr.startswith("Error:") and "Traceback" not in proc.stderr, proc.stderr
+    assert "--warmup-steps" in proc.stderr and "fix:" in proc.stderr
+    assert not (tmp_path / "x").exists()  # refused before any work
+    # without --warmup-steps a short run still reaches the peak learning rate and decays from it
+    out = tmp_path / "short"
+    proc = run_cli("train", *args, "--steps", "6", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lrs = [r["lr"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(lrs) == 6 and max(lrs) == pytest.approx(1e-3) and lrs[-1] < max(lrs)
+    # the documented default, 100 steps, on a run long enough for it
+    assert TrainConfig(steps=5000).warmup_steps == 100 and TrainConfig(steps=100, warmup_steps=100).warmup_steps == 100
+
+
 def _shard(path: Path, n: int, corrupt: int) -> None:
     import io
     import tarfile

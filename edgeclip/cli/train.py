@@ -22,7 +22,8 @@ from edgeclip.train.config import LOSSES, PRECISIONS, SCHEDULES, TrainConfig
 @click.option("--steps", default=1000, show_default=True, type=int)
 @click.option("--batch-size", default=128, show_default=True, type=int, help="Per process.")
 @click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--warmup-steps", default=100, show_default=True, type=int)
+@click.option("--warmup-steps", default=None, type=int,
+              help="Linear warmup (default: 100, at most a tenth of --steps); longer than --steps is refused.")
 @click.option("--schedule", default="cosine", show_default=True, type=click.Choice(SCHEDULES))
 @click.option("--cooldown-steps", default=0, show_default=True, type=int)
 @click.option("--weight-decay", default=0.1, show_default=True, type=float)
@@ -64,8 +65,6 @@ def train(data: tuple[str, ...], data_weights: str | None, init_from: str | None
         raise ConfigError(f"--data-weights must be comma-separated numbers, got {data_weights!r}") from e
     cfg = TrainConfig(data=list(data), data_weights=weights, init=init_from, augment=not no_augment,
                       compile=compile_, progress=not no_progress, **kw)  # type: ignore[arg-type]
-    if cfg.warmup_steps > cfg.steps:
-        cfg.warmup_steps = cfg.steps
     result = run_training(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun (or SLURM, mapped on start): every rank returns it
         return

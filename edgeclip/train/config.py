@@ -9,6 +9,7 @@ from edgeclip.errors import ConfigError
 SCHEDULES = ("cosine", "constant", "constant-cooldown")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSSES = ("clip", "siglip")
+DEFAULT_WARMUP = 100
 
 
 @dataclass
@@ -21,7 +22,7 @@ class TrainConfig:
     batch_size: int = 128  # per process
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: DEFAULT_WARMUP, at most a tenth of the run
     schedule: str = "cosine"
     cooldown_steps: int = 0  # for constant-cooldown: linear decay to 0 over the last N steps
     grad_clip: float | None = None
@@ -71,5 +72,14 @@ class TrainConfig:
             raise ConfigError("--resume continues the run in --out; --overwrite deletes it: pick one")
         if self.resume and self.init:
             raise ConfigError("--resume continues a run; --init starts a new one from weights: pick one")
+        if self.warmup_steps is None:  # the default fits the run: never most of a short one
+            self.warmup_steps = min(DEFAULT_WARMUP, self.steps // 10)
+        elif self.warmup_steps > self.steps:
+            raise ConfigError(
+                f"--warmup-steps {self.warmup_steps} is longer than --steps {self.steps}: the learning rate "
+                "would still be rising when the run ends",
+                fix=f"lower --warmup-steps to at most {self.steps} (a tenth of the run, {self.steps // 10}, is usual) "
+                    "or raise --steps",
+            )
         if min(self.warmup_steps, self.save_every, self.eval_every, self.cooldown_steps) < 0:
             raise ConfigError("step counts must not be negative")

@@ -64,14 +64,15 @@ class TrainResult:
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine to zero, constant, or constant with a linear cooldown."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    warmup = cfg.warmup_steps or 0  # set by TrainConfig
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "constant-cooldown":
         left = cfg.steps - step
         return cfg.lr if left > cfg.cooldown_steps else cfg.lr * left / max(1, cfg.cooldown_steps)
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
