@@ -21,7 +21,7 @@ from edgeclip.model.clip import create_model
 from edgeclip.train.config import TrainConfig
 from edgeclip.train.distributed import World
 from edgeclip.train.gradcache import grad_cache_step
-from edgeclip.train.loop import TrainingError, train
+from edgeclip.train.loop import TrainingError, TrainResult, train
 from edgeclip.train.loss import clip_loss
 from edgeclip.train.state import list_checkpoints
 from tests.conftest import REPO
@@ -263,8 +263,9 @@ def test_webdataset_and_csv_sources_train(tmp_path: Path) -> None:
         _shard(tmp_path / f"shard-{k:03d}.tar", 12, corrupt=2)
     spec = str(tmp_path / "shard-{000..001}.tar")
     r = train(TrainConfig(model="test-tiny", data=[spec], out=str(tmp_path / "wds"), steps=3, batch_size=8,
-                          warmup_steps=1, progress=False, tokenizer_samples=10))
+                          warmup_steps=1, eval_every=2, progress=False, tokenizer_samples=10))
     assert r.steps == 3 and r.samples == 24
+    _assert_eval_skipped(r, tmp_path / "wds", [2, 3])
     # corrupt images are dropped by the shard reader and counted there, never a crash
     from edgeclip.train.sources import WebDatasetSource
 
@@ -283,6 +284,16 @@ def test_webdataset_and_csv_sources_train(tmp_path: Path) -> None:
     r = train(TrainConfig(model="test-tiny", data=[str(tmp_path / "data.csv")], out=str(tmp_path / "csv"), steps=4,
                           batch_size=4, warmup_steps=1, progress=False, tokenizer_samples=7))
     assert r.steps == 4 and r.skipped_samples >= 1
+    _assert_eval_skipped(r, tmp_path / "csv", [4])
+
+
+def _assert_eval_skipped(r: TrainResult, out: Path, at: list[int]) -> None:
+    """A source without held-out class names says, in the result and the log, that nothing was evaluated."""
+    assert r.zero_shot == {} and r.eval_skipped is not None
+    assert all(s in r.eval_skipped for s in ("builtin:shapes", "train/", "val/")), r.eval_skipped
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    skipped = [x for x in log if "eval_skipped" in x]
+    assert [x["step"] for x in skipped] == at and all(x["eval"] is None for x in skipped)
 
 
 def test_retrieval_metrics_are_logged(tmp_path: Path) -> None:
@@ -291,6 +302,7 @@ def test_retrieval_metrics_are_logged(tmp_path: Path) -> None:
     for key in ("image_to_text_r1", "image_to_text_r5", "image_to_text_r10", "text_to_image_r1"):
         assert 0.0 <= r.zero_shot[key] <= 1.0
     assert r.zero_shot["image_to_text_r10"] >= r.zero_shot["image_to_text_r1"]
+    assert r.eval_skipped is None
 
 
 @pytest.mark.slow

@@ -60,6 +60,7 @@ class TrainResult:
     skipped_steps: int = 0
     skipped_samples: int = 0
     zero_shot: dict[str, float] = field(default_factory=dict)
+    eval_skipped: str | None = None  # why there is no zero-shot accuracy, when there is none
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -290,6 +291,7 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     tasks = zero_shot_tasks(cfg.data[0], image_size=pre.image_size, size=cfg.eval_size, seed=cfg.seed)
     pairs = None if is_webdataset(cfg.data[0]) else retrieval_pairs(
         cfg.data[0], image_size=pre.image_size, size=cfg.eval_size, seed=cfg.seed)
+    no_zero_shot = None if tasks else _no_zero_shot_reason(cfg.data[0], bool(pairs))
 
     def run_eval() -> dict[str, float]:
         barrier(world)
@@ -384,8 +386,8 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                     bar.update(step + 1, rec)
                 if eval_step:
                     ev = run_eval()
-                    if log and ev:
-                        log.write(json.dumps({"step": step + 1, "eval": ev}) + "\n")
+                    if log and (ev or no_zero_shot):
+                        log.write(json.dumps(_eval_record(step + 1, ev, no_zero_shot)) + "\n")
                     if tb is not None:
                         for key, value in ev.items():
                             tb.add_scalar(f"eval/{key}", value, step + 1)
@@ -395,16 +397,32 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
         seconds = time.perf_counter() - t0
 
         zs = run_eval()
+        if log and not zs and no_zero_shot:
+            log.write(json.dumps(_eval_record(cfg.steps, zs, no_zero_shot)) + "\n")
         result = TrainResult(
             checkpoint=str(out), steps=cfg.steps, samples=counters["samples"], seconds=round(seconds, 2),
             samples_per_s=round(done_here * cfg.batch_size * world.size / max(seconds, 1e-9), 1),
             final_loss=_finite(loss_value, 5), skipped_steps=counters["skipped_steps"],
             skipped_samples=counters["skipped_samples"], zero_shot={k: round(v, 4) for k, v in zs.items()},
+            eval_skipped=no_zero_shot,
         )
         save(cfg.steps, {"result": asdict(result)})
         if log:
             log.write(json.dumps({"final": asdict(result)}) + "\n")
         return result
+
+
+def _no_zero_shot_reason(spec: str, retrieval: bool) -> str:
+    kind = ("is WebDataset shards, streamed without a held-out split" if is_webdataset(spec)
+            else "has no held-out images with class names")
+    also = "; image-text retrieval is reported" if retrieval else ""
+    return (f"no zero-shot evaluation: the first --data source '{spec}' {kind}. Sources that evaluate: "
+            f"builtin:shapes, builtin:digits, or a class folder with train/ and val/ sub-folders{also}")
+
+
+def _eval_record(step: int, ev: dict[str, float], skipped: str | None) -> dict[str, Any]:
+    """A log line for an evaluation point; `eval: null` with the reason when nothing was evaluated."""
+    return {"step": step, "eval": ev} if ev else {"step": step, "eval": None, "eval_skipped": skipped}
 
 
 def _finished_run(last: Path, saved: dict[str, Any], out: Path, world: World) -> TrainResult:
