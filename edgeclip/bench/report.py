@@ -13,11 +13,15 @@ from edgeclip.bench.run import SCHEMA, SCHEMA_VERSION
 from edgeclip.errors import ConfigError
 
 COLUMNS = [
-    ("key", "row"), ("median_ms", "median ms"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("std_ms", "std"),
+    ("key", "row"), ("inference_precision", "ran in"), ("median_ms", "median ms"), ("p90_ms", "p90"),
+    ("p99_ms", "p99"), ("std_ms", "std"),
     ("throughput_per_s", "items/s"), ("cold_start_ms", "cold ms"), ("size_mb", "MB"), ("cosine_min", "cos min"),
     ("top1", "top-1 %"), ("top1_delta", "Δ top-1"), ("speedup_vs_baseline", "x torch"),
     ("speedup_vs_onnxruntime_fp32", "x ort fp32"), ("end_to_end_over_model", "e2e/model"),
 ]
+
+# beside row, batch, mode and median: shown when some row has them
+COMPACT_EXTRA = [("speedup_vs_baseline", "x torch"), ("top1", "top-1 %")]
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -64,23 +68,38 @@ def to_csv(report: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def print_table(report: dict[str, Any]) -> None:
+def print_table(report: dict[str, Any], console: Any = None) -> None:
+    """A compact table for an 80-column terminal (row, batch, mode, median, x torch, top-1); every
+    column is in --markdown, --csv and --json. Text from the machine or the report is escaped:
+    rich would take `[avx2 avx512f]` in the CPU line for markup and drop it."""
+    from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    console = console or Console()
     for h in header_lines(report):
-        console.print(h, style="dim", highlight=False)
-    table = Table(show_lines=False)
-    for _, title in COLUMNS:
-        table.add_column(title, justify="left" if title == "row" else "right")
-    for r in report["rows"]:
-        table.add_row(*[_cell(r, k) for k, _ in COLUMNS])
+        console.print(escape(h), style="dim", highlight=False)
+    rows = report["rows"]
+    columns = [("row", "left"), ("b", "right"), ("mode", "left"), ("median ms", "right")]
+    columns += [(title, "right") for key, title in COMPACT_EXTRA if any(r.get(key) is not None for r in rows)]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for title, justify in columns:
+        # fold, never "…": a cut label could hide the precision hint that tells two rows apart
+        table.add_column(title, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        extra = [_cell(r, key) for key, title in COMPACT_EXTRA if (title, "right") in columns]
+        label = r.get("label") or r["key"].split("/")[1]
+        mode = "e2e" if r["mode"] == "end_to_end" else r["mode"]
+        table.add_row(escape(f"{r['encoder']}/{label}"), str(r["batch_size"]), mode, f"{r['median_ms']:.3f}",
+                      *extra)
     console.print(table)
     for s in report["skipped"]:
-        console.print(f"skipped {s['row']}: {s['reason']}", style="yellow", highlight=False)
+        console.print(escape(f"skipped {s['row']}: {s['reason']}"), style="yellow", highlight=False)
     for w in report["warnings"]:
-        console.print(f"warning: {w}", style="yellow", highlight=False)
+        console.print(escape(f"warning: {w}"), style="yellow", highlight=False)
+    console.print("every column (p90, p99, cold start, size, cosine, ratios): --markdown, --csv or --json",
+                  style="dim", highlight=False)
 
 
 def write_plot(report: dict[str, Any], path: str | Path) -> None:
@@ -136,18 +155,30 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 
 def compare(new: dict[str, Any], old: dict[str, Any], max_regression: float) -> tuple[list[dict[str, Any]], bool]:
-    """Per-row median deltas (new/old - 1); True when any row regressed beyond the threshold."""
+    """Per-row change against an earlier report; True when any row regressed beyond `max_regression`.
+
+    A row is judged on its speed-up over the torch baseline timed in the same run
+    (speedup_vs_baseline): change = old ratio / new ratio - 1, so a machine that is uniformly slower
+    or faster today (drift hits the interleaved baseline alike) changes nothing. Only when a report
+    has no baseline ratio for the row is it judged on raw medians (new / old - 1), marked so in
+    `basis`.
+    """
     old_rows = {r["key"]: r for r in old["rows"]}
     deltas, failed = [], False
     for r in new["rows"]:
         o = old_rows.get(r["key"])
         if o is None or not o.get("median_ms"):
             continue
-        change = r["median_ms"] / o["median_ms"] - 1
+        if r.get("speedup_vs_baseline") and o.get("speedup_vs_baseline"):
+            basis, before, after = "speedup_vs_baseline", o["speedup_vs_baseline"], r["speedup_vs_baseline"]
+            change = before / after - 1
+        else:
+            basis, before, after = "median_ms", o["median_ms"], r["median_ms"]
+            change = after / before - 1
         regressed = change > max_regression
         failed |= regressed
-        deltas.append({"key": r["key"], "old_ms": o["median_ms"], "new_ms": r["median_ms"],
-                       "change": round(change, 4), "regressed": regressed})
+        deltas.append({"key": r["key"], "basis": basis, "old": before, "new": after, "old_ms": o["median_ms"],
+                       "new_ms": r["median_ms"], "change": round(change, 4), "regressed": regressed})
     return deltas, failed
 
 

@@ -7,22 +7,23 @@ import datetime as dt
 import io
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeclip.bench.evalset import EvalSet, bundle_label_rows, load_eval_set
 from edgeclip.bench.machine import machine_info, peak_rss_mb, rss_mb
 from edgeclip.bench.stats import interleave
 from edgeclip.bundle import Artifact, Bundle
-from edgeclip.errors import ConfigError, ImageError
+from edgeclip.errors import ConfigError
 from edgeclip.export.capabilities import CAPABILITIES
 from edgeclip.runtime.backends import backend_class
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.classifier import Encoder
-from edgeclip.runtime.labels import DEFAULT_TEMPLATES, label_embeddings
+from edgeclip.runtime.labels import label_embeddings
 from edgeclip.runtime.preprocess import preprocess
 from edgeclip.runtime.tokenizer import TextTokenizer
 
@@ -62,15 +63,31 @@ class BenchConfig:
                 raise ConfigError(f"unknown encoder '{e}'", fix="use image, text or image,text")
 
 
+# artifact precision -> the inference precision that runs it as named, with no hint needed
+NATIVE_PRECISION = {"fp32": "f32", "fp16": "f16"}
+
+
 @dataclass
 class Candidate:
     encoder: str
     backend: str
-    precision: str
+    precision: str  # the artifact's precision, as in the manifest
     run: Callable[[np.ndarray], np.ndarray]
     size_mb: float
     cold_start_ms: float
     rss_delta_mb: float
+    # the precision float layers actually ran in: read from the compiled model where the SDK has a
+    # hint (OpenVINO), "f32" for torch eager, None where the artifact's precision is all there is
+    inference_precision: str | None = None
+
+    @property
+    def label(self) -> str:
+        """`backend-precision`, plus `(bf16-hint)` etc. whenever the hint in effect is not the artifact's
+        own precision: an fp32 artifact that ran in bf16 must not read as fp32."""
+        ran = self.inference_precision
+        if ran is None or NATIVE_PRECISION.get(self.precision) == ran:
+            return f"{self.backend}-{self.precision}"
+        return f"{self.backend}-{self.precision}({ran}-hint)"
 
 
 def _image_inputs(bundle: Bundle, n: int) -> tuple[list[bytes], np.ndarray]:
@@ -97,7 +114,20 @@ def _load_candidate(bundle: Bundle, artifact: Artifact, backend: str, options: B
     enc(probe[:1])
     cold = (time.perf_counter() - t0) * 1000
     size = sum(bundle.resolve(f).stat().st_size for f in artifact.files) / 1e6
-    return Candidate(artifact.encoder, backend, artifact.precision, enc, size, cold, rss_mb() - rss0)
+    hint = getattr(enc.backend, "precision_hint", None)  # OpenVINO: the hint the compiled model uses
+    return Candidate(artifact.encoder, backend, artifact.precision, enc, size, cold, rss_mb() - rss0,
+                     str(hint) if hint is not None else None)
+
+
+def _load_candidates(bundle: Bundle, artifact: Artifact, backend: str, options: BackendOptions,
+                     probe: np.ndarray) -> list[Candidate]:
+    """The artifact under the device's default hint and, when that default is not f32 (bf16 on CPUs
+    with AVX-512 BF16 or AMX), once more with the f32 hint, so a true-f32 row always exists."""
+    first = _load_candidate(bundle, artifact, backend, options, probe)
+    if first.inference_precision in (None, "f32"):
+        return [first]
+    forced = _load_candidate(bundle, artifact, backend, replace(options, precision_hint="f32"), probe)
+    return [first] if forced.label == first.label else [first, forced]
 
 
 def _torch_baseline(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, probes: dict[str, np.ndarray]
@@ -125,44 +155,13 @@ def _torch_baseline(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, p
 
         run(probes[e][:1])
         size = sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
-        out[e] = Candidate(e, "torch", "fp32", run, size, (time.perf_counter() - t0) * 1000, rss_mb() - rss0)
+        out[e] = Candidate(e, "torch", "fp32", run, size, (time.perf_counter() - t0) * 1000, rss_mb() - rss0, "f32")
     return out
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     return np.asarray((a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1) + 1e-12))
-
-
-def _eval_set(cfg: BenchConfig, bundle: Bundle) -> tuple[list[str], list[str], np.ndarray, np.ndarray] | None:
-    """(classes, templates, pixels [N,3,S,S], targets [N]) of the zero-shot evaluation."""
-    if cfg.eval_data is None:
-        return None
-    pre = bundle.manifest.preprocess
-    if cfg.eval_data == "builtin:shapes":
-        from edgeclip.train.shapes import ZERO_SHOT_TEMPLATES, ShapesDataset, zero_shot_classes
-
-        ds = ShapesDataset("heldout", cfg.eval_size, image_size=pre.image_size, seed=1)
-        classes = list(zero_shot_classes("shape"))
-        samples = [ds[i] for i in range(len(ds))]
-        pixels = np.stack([preprocess(s.image, pre) for s in samples])
-        return classes, list(ZERO_SHOT_TEMPLATES["shape"]), pixels, np.array([classes.index(s.shape) for s in samples])
-    root = Path(cfg.eval_data)
-    if not root.is_dir():
-        raise ConfigError(f"--eval {cfg.eval_data}: not builtin:shapes or an image folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.is_file()]
-    if not files:
-        raise ConfigError(f"--eval {root}: no images in class sub-folders")
-    arrays: list[np.ndarray] = []
-    labels: list[int] = []
-    for f, i in files[: cfg.eval_size]:
-        try:
-            arrays.append(preprocess(f, pre))
-            labels.append(i)
-        except ImageError:  # unreadable files are skipped; eval_images in the report shows the count
-            continue
-    return classes, list(DEFAULT_TEMPLATES), np.stack(arrays), np.array(labels)
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -187,7 +186,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             skipped.append({"row": f"{a.key} on {backend}", "reason": f"{backend} is not usable on this machine"})
             continue
         log(f"loading {a.key} on {backend}")
-        cands.append(_load_candidate(bundle, a, backend, options, probes[a.encoder]))
+        cands += _load_candidates(bundle, a, backend, options, probes[a.encoder])
     for b in cfg.backends or []:
         for p in cfg.precisions or [None]:  # type: ignore[list-item]
             if not any(c.backend == b and (p is None or c.precision == p) for c in cands):
@@ -205,22 +204,23 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     rows: list[dict[str, Any]] = []
     for bs in cfg.batch_sizes:
         calls: dict[str, Callable[[], object]] = {}
+        of: dict[str, tuple[Candidate, str]] = {}
         for c in all_cands:
-            name = f"{c.encoder}/{c.backend}-{c.precision}/b{bs}"
-            calls[f"{name}/model"] = partial(c.run, probes[c.encoder][:bs])
+            name = f"{c.encoder}/{c.label}/b{bs}"
+            calls[f"{name}/model"], of[f"{name}/model"] = partial(c.run, probes[c.encoder][:bs]), (c, "model")
             if cfg.end_to_end and c.encoder == "image":
                 calls[f"{name}/end_to_end"] = partial(_end_to_end, c, jpegs[:bs], bundle, accuracy.get("labels"))
+                of[f"{name}/end_to_end"] = (c, "end_to_end")
         log(f"timing batch size {bs}: {len(calls)} rows interleaved")
         timings = interleave(calls, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s)
         for key, t in timings.items():
-            enc, rest = key.split("/", 1)
-            impl, _, mode = rest.rsplit("/", 2)
-            c = next(c for c in all_cands if f"{c.backend}-{c.precision}" == impl and c.encoder == enc)
+            c, mode = of[key]
             rows.append({
-                "key": key, "encoder": enc, "backend": c.backend, "precision": c.precision, "batch_size": bs,
+                "key": key, "encoder": c.encoder, "backend": c.backend, "precision": c.precision,
+                "label": c.label, "inference_precision": c.inference_precision, "batch_size": bs,
                 "mode": mode, **t.summary(bs), "cold_start_ms": round(c.cold_start_ms, 2),
                 "size_mb": round(c.size_mb, 3), "rss_delta_mb": round(c.rss_delta_mb, 1),
-                **accuracy["rows"].get(f"{enc}/{impl}", {}),
+                **accuracy["rows"].get(f"{c.encoder}/{c.label}", {}),
             })
     _ratios(rows)
     report = {
@@ -232,6 +232,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "rows": rows, "skipped": skipped, "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+    if accuracy.get("eval"):
+        report["eval"] = accuracy["eval"]
     report["warnings"] = warnings_for(report, cfg.max_accuracy_drop)
     return report
 
@@ -247,22 +249,40 @@ def _end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.nda
     return np.argsort(-p / p.sum(1, keepdims=True), axis=1)[:, :5]
 
 
+def _reference(encoder: str, cands: list[Candidate], baseline: dict[str, Candidate]) -> Candidate | None:
+    """torch eager fp32, else an fp32 artifact that ran in f32."""
+    return baseline.get(encoder) or next((c for c in cands if c.encoder == encoder and c.precision == "fp32"
+                                          and c.inference_precision in (None, "f32")), None)
+
+
+def _labels(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline: dict[str, Candidate],
+            tokenize: TextTokenizer) -> tuple[np.ndarray | None, EvalSet | None, dict[str, Any]]:
+    """(label embeddings in the eval classes' order, eval set, what they came from)."""
+    if cfg.eval_data is None:
+        first = next(iter(bundle.manifest.labels), None)  # only for the end-to-end postprocess
+        return (bundle.label_set(first)[0] if first else None), None, {}
+    evalset = load_eval_set(cfg.eval_data, bundle, cfg.eval_size)
+    info: dict[str, Any] = {"source": cfg.eval_data, "classes": len(evalset.classes),
+                            "images": len(evalset.targets)}
+    text_ref = _reference("text", cands, baseline) if "text" in cfg.encoders else None
+    if text_ref is not None:
+        info["labels"] = f"text encoder {text_ref.label} on the source's class names and templates"
+        labels = label_embeddings(evalset.classes, evalset.templates, lambda t: text_ref.run(tokenize(t)))
+        return labels, evalset, info
+    labels, name = bundle_label_rows(bundle, evalset)
+    info["labels"] = f"the bundle's label set '{name}', matched by class name"
+    return labels, evalset, info
+
+
 def _accuracy(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline: dict[str, Candidate],
               probes: dict[str, np.ndarray], tokenize: TextTokenizer) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": {}}
     refs: dict[str, tuple[np.ndarray, str]] = {}
     for e in cfg.encoders:
-        ref = baseline.get(e) or next((c for c in cands if c.encoder == e and c.precision == "fp32"), None)
+        ref = _reference(e, cands, baseline)
         if ref is not None:
-            refs[e] = (ref.run(probes[e]), f"{ref.backend}-fp32")
-    evalset = _eval_set(cfg, bundle)
-    text_ref = baseline.get("text") or next((c for c in cands if c.encoder == "text" and c.precision == "fp32"), None)
-    labels = None
-    if evalset is not None and text_ref is not None:
-        classes, templates, _, _ = evalset
-        labels = label_embeddings(classes, templates, lambda t: text_ref.run(tokenize(t)))
-    elif bundle.manifest.labels:
-        labels = bundle.label_set(next(iter(bundle.manifest.labels)))[0]
+            refs[e] = (ref.run(probes[e]), ref.label)
+    labels, evalset, out["eval"] = _labels(cfg, bundle, cands, baseline, tokenize)
     out["labels"] = labels
     base_top1: float | None = None
     for c in sorted(cands, key=lambda c: c.backend != "torch"):  # baseline first, for the delta
@@ -272,27 +292,29 @@ def _accuracy(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline
             row.update(cosine_min=round(float(cos.min()), 6), cosine_mean=round(float(cos.mean()), 6),
                        cosine_ref=refs[c.encoder][1])
         if evalset is not None and labels is not None and c.encoder == "image":
-            _, _, pixels, targets = evalset
+            pixels, targets = evalset.pixels, evalset.targets
             emb = np.concatenate([c.run(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
+            # labels[k] is the eval source's class k, so argmax indexes the same list as targets
             top1 = float(((emb @ labels.T).argmax(1) == targets).mean() * 100)
             if base_top1 is None:
                 base_top1 = top1
             row.update(top1=round(top1, 2), top1_delta=round(top1 - base_top1, 2), eval_images=len(targets))
-        out["rows"][f"{c.encoder}/{c.backend}-{c.precision}"] = row
+        out["rows"][f"{c.encoder}/{c.label}"] = row
     return out
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
     """Speed-up against the torch row and the plain onnxruntime fp32 row, and end-to-end over
     model-only; always the same encoder, batch size and mode."""
-    by = {(r["encoder"], r["backend"], r["precision"], r["batch_size"], r["mode"]): r for r in rows}
+    by = {(r["encoder"], r["label"], r["batch_size"], r["mode"]): r for r in rows}
     for r in rows:
-        for name, backend in (("speedup_vs_baseline", "torch"), ("speedup_vs_onnxruntime_fp32", "onnxruntime")):
-            ref = by.get((r["encoder"], backend, "fp32", r["batch_size"], r["mode"]))
+        for name, ref_label in (("speedup_vs_baseline", "torch-fp32"),
+                                ("speedup_vs_onnxruntime_fp32", "onnxruntime-fp32")):
+            ref = by.get((r["encoder"], ref_label, r["batch_size"], r["mode"]))
             if ref:
                 r[name] = round(ref["median_ms"] / r["median_ms"], 3)
         if r["mode"] == "end_to_end":
-            model = by.get((r["encoder"], r["backend"], r["precision"], r["batch_size"], "model"))
+            model = by.get((r["encoder"], r["label"], r["batch_size"], "model"))
             if model:
                 r["end_to_end_over_model"] = round(r["median_ms"] / model["median_ms"], 3)
 
@@ -303,7 +325,7 @@ def warnings_for(report: dict[str, Any], max_drop: float) -> list[str]:
     for r in rows:
         if r["precision"].startswith("int8"):
             for ref in rows:
-                same = all(ref[k] == r[k] for k in ("encoder", "backend", "batch_size"))
+                same = all(ref.get(k) == r.get(k) for k in ("encoder", "backend", "batch_size", "inference_precision"))
                 if same and ref["precision"] in ("fp32", "fp16") and r["median_ms"] >= ref["median_ms"]:
                     out.append(f"{r['key']}: INT8 is not faster than {ref['precision']} "
                                f"({r['median_ms']:.2f} ms vs {ref['median_ms']:.2f} ms)")

@@ -37,15 +37,26 @@ def _ints(value: str) -> list[int]:
 @click.option("--markdown", "md_path", default=None, type=click.Path())
 @click.option("--csv", "csv_path", default=None, type=click.Path())
 @click.option("--plot", "plot_path", default=None, type=click.Path())
-@click.option("--compare", "compare_path", default=None, type=click.Path(), help="An earlier --json report.")
-@click.option("--max-regression", default=0.1, show_default=True, type=float)
+@click.option("--compare", "compare_path", default=None, type=click.Path(),
+              help="An earlier --json report to gate against. Each row is judged on its speed-up over the "
+                   "torch baseline timed in the same run (speedup_vs_baseline), not on raw medians, which "
+                   "drift with the machine: a row regresses when old ratio / new ratio - 1 exceeds "
+                   "--max-regression, and the command exits 1. Rows without a baseline ratio in both "
+                   "reports (--baseline none) fall back to median_ms, marked 'raw ms'.")
+@click.option("--max-regression", default=0.1, show_default=True, type=float,
+              help="Allowed loss of speed-up over the baseline, as a fraction (0.1 = 10 %).")
 def bench(
     bundle: str, backends: str | None, precisions: str | None, encoders: str, batch_sizes: str,
     threads: int | None, runs: int | None, min_time: float, warmup: int, baseline: str, checkpoint: str | None,
     eval_data: str | None, no_end_to_end: bool, json_path: str | None, md_path: str | None,
     csv_path: str | None, plot_path: str | None, compare_path: str | None, max_regression: float,
 ) -> None:
-    """Latency, size and accuracy of every artifact in BUNDLE, against a torch baseline."""
+    """Latency, size and accuracy of every artifact in BUNDLE, against a torch baseline.
+
+    OpenVINO rows are labelled with the precision hint in effect, e.g. openvino-fp32(bf16-hint) on
+    CPUs with AVX-512 BF16 or AMX, where an f32-hint row is added beside it. With --eval, classes are
+    matched to the label set by name; eval classes missing from it are an error.
+    """
     from pathlib import Path
 
     from edgeclip.bench.report import compare, load_report, print_table, write_outputs
@@ -68,7 +79,9 @@ def bench(
     if old is not None:
         deltas, failed = compare(report, old, max_regression)
         for d in deltas:
-            mark = "REGRESSION" if d["regressed"] else ""
-            click.echo(f"{d['key']:<44} {d['old_ms']:9.3f} -> {d['new_ms']:9.3f} ms  {d['change']:+.1%} {mark}")
+            mark = " REGRESSION" if d["regressed"] else ""
+            unit = "x torch" if d["basis"] == "speedup_vs_baseline" else "raw ms"
+            click.echo(f"{d['key']:<36} {unit} {d['old']:8.3f} -> {d['new']:8.3f} {d['change']:+7.1%}{mark}")
         if failed:
-            raise click.ClickException(f"latency regressed by more than {max_regression:.0%} on some rows")
+            raise click.ClickException(
+                f"speed-up over the torch baseline fell by more than {max_regression:.0%} on some rows")
