@@ -23,6 +23,10 @@ from edgeclip.train.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES, ort_optimized_graph, run_cli
 
 CALIB = {"calib": "builtin:shapes", "calib_size": 64}
+# The budget the README promises ("INT8": --min-cosine 0.995, --max-accuracy-drop 1.0 point), written
+# here rather than read from the code under test, so a changed default cannot move its own test
+README_MIN_COSINE = 0.995
+README_MAX_DROP = 1.0
 LABELS = {"default": (TINY_CLASSES, None)}
 
 
@@ -50,18 +54,19 @@ def test_every_int8_artifact_records_calibration_and_meets_the_budget(int8_bundl
         c = a.calibration
         assert c is not None, a.key
         m = c["measured"]
-        assert m["cosine_min"] >= 0.995 and m["cosine_min"] <= m["cosine_p1"] <= m["cosine_mean"] <= 1 + 1e-9
+        assert README_MIN_COSINE <= m["cosine_min"] <= m["cosine_p1"] <= m["cosine_mean"] <= 1 + 1e-9
         assert c["method"] == ("dynamic" if a.precision == "int8-dynamic" else "minmax")
         assert len(c["data_sha256"]) == 64 and c["heldout_size"] == m["heldout_size"] > 0
         # CLIP-aware float defaults: either kept float or measured safe and quantized
-        assert (c["excluded_layers"] or c["float_defaults_measured_safe"]) and c["guard"]["min_cosine"] == 0.995
-        if a.encoder == "image":  # builtin:shapes: true labels, a separate held-out split
-            assert c["size"] == 64 and m["heldout_size"] == 400 and m["top1_drop"] <= 1.0
+        assert c["excluded_layers"] or c["float_defaults_measured_safe"]
+        assert c["guard"]["min_cosine"] == README_MIN_COSINE and c["guard"]["max_accuracy_drop"] == README_MAX_DROP
+        if a.encoder == "image":  # builtin:shapes: true labels, a separate held-out split of 400 (README)
+            assert c["size"] == CALIB["calib_size"] and m["heldout_size"] == 400 and m["top1_drop"] <= README_MAX_DROP
             assert m["top1_drop_measured_as"].startswith("accuracy against true labels")
             assert any("fewer than 100" in w for w in c["warnings"])
         else:
             assert c["inputs"] == "texts" and "top1_drop" not in m
-        assert a.validation["passed"] and a.validation["cosine_min"] >= 0.99
+        assert a.validation["passed"]
     int8_bundle.verify()
 
 
@@ -79,9 +84,9 @@ def test_graphs_are_quantized_as_each_target_needs(int8_bundle: Bundle, tmp_path
         # the CLIP-aware defaults left float run on float weights: no DequantizeLinear feeds them
         dequantized = {o for n in g.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
         by_name = {n.name: n for n in g.graph.node}
-        kept = a.calibration["excluded_by_default"]
+        kept = a.calibration["excluded_layers"]
         assert kept or a.calibration["float_defaults_measured_safe"]
-        assert all(by_name[k].input[1] not in dequantized for k in kept)  # stem and projection stay float
+        assert all(by_name[k].input[1] not in dequantized for k in kept)  # e.g. stem and projection stay float
         # Q/DQ on the inputs of MatMul only: a float output lets onnxruntime run one
         # MatMulIntegerToFloat, and it is where TensorRT's explicit quantization wants Q/DQ
         producer = {o: n.op_type for n in g.graph.node for o in n.output}
@@ -128,8 +133,8 @@ def test_guard_repairs_a_budget_naive_int8_breaks(tiny_checkpoint: Path, tmp_pat
         quantize_static_qdq(src, dst, ranges, "minmax", excluded, op_types=None)
         return run_in_onnxruntime(dst, spec)
 
-    naive = guarded_quantize(quantize, [], [], held, Budget(min_cosine=0.0), "naive")
-    budget = Budget(min_cosine=1 - (1 - naive.metrics["cosine_min"]) / 4)  # a quarter of naive's error
+    naive = guarded_quantize(quantize, [], [], held, Budget(README_MAX_DROP, min_cosine=0.0), "naive")
+    budget = Budget(README_MAX_DROP, min_cosine=1 - (1 - naive.metrics["cosine_min"]) / 4)  # a quarter of naive's error
     assert naive.metrics["cosine_min"] < 0.9999  # every op type quantized really costs accuracy
     result = guarded_quantize(quantize, quantizable_nodes(src, None), [], held, budget, "guarded")
     assert result.excluded_by_guard and result.metrics["cosine_min"] >= budget.min_cosine
