@@ -71,6 +71,25 @@ def test_grad_cache_siglip_loss_and_bias_gradient_equal_the_full_batch() -> None
     _assert_grads_close(_grads(model, siglip), want)
 
 
+def test_grad_cache_gradients_carry_the_loss_scale_of_fp16_training() -> None:
+    # fp16 training scales the loss (GradScaler) and unscales the gradients before the step:
+    # every gradient GradCache leaves must carry the scale, or the unscale shrinks it
+    torch.manual_seed(0)
+    model = create_model("test-tiny").train()
+    pixels, ids = _batch(8)
+    full_loss = clip_loss(*model(pixels, ids))
+    full_loss.backward()
+    want = _grads(model)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    opt = torch.optim.AdamW(model.parameters())
+    loss = grad_cache_step(model, clip_loss, pixels, ids, 2, lambda: model.logit_scale.exp(),
+                           scale_loss=scaler.scale)
+    torch.testing.assert_close(loss, full_loss.detach(), rtol=1e-5, atol=1e-6)  # not the scaled loss
+    scaler.unscale_(opt)
+    _assert_grads_close(_grads(model), want)
+
+
 def _micro_batch_forwards(model: CLIP, pixels: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
     """What GradCache computes with BatchNorm: each micro-batch normalised by its own statistics,
     one loss over all of them."""

@@ -29,6 +29,7 @@ def grad_cache_step(
     micro_batches: int,
     logit_scale: Callable[[], torch.Tensor],
     autocast: Callable[[], AbstractContextManager[object]] = nullcontext,
+    scale_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run forward+backward over the batch in `micro_batches` chunks; returns the loss.
 
@@ -37,6 +38,9 @@ def grad_cache_step(
     Across ranks, the caller averages gradients afterwards (the backward passes here run
     outside any DDP forward, so DDP's hooks cannot be used). When `encode` is a module, its
     BatchNorm running statistics move once per micro-batch, as in a plain forward.
+    `scale_loss` (fp16: GradScaler.scale) scales the loss before its backward; the cached
+    embedding gradients carry that factor into every parameter's gradient, as the caller's
+    unscale step expects. The returned loss is not scaled.
     """
     px_chunks = pixels.chunk(micro_batches)
     id_chunks = input_ids.chunk(micro_batches)
@@ -48,7 +52,7 @@ def grad_cache_step(
     # 2. loss over the full batch; its gradient w.r.t. the embeddings, and the logit scale's
     #    gradient straight onto its parameter
     loss = loss_fn(img, txt, logit_scale())
-    loss.backward()
+    (scale_loss(loss) if scale_loss is not None else loss).backward()
     assert img.grad is not None and txt.grad is not None
     img_grads, txt_grads = img.grad.split([len(p) for p in px_chunks]), txt.grad.split([len(i) for i in id_chunks])
     # 3. re-embed each chunk with a graph and push the cached gradients through it

@@ -358,7 +358,8 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
                         _average_grads([siglip.logit_bias], world)
                 else:
                     loss = grad_cache_step(model, loss_fn, pixels, ids, cfg.accum_steps,
-                                           lambda: model.logit_scale.exp(), autocast=lambda: _autocast(cfg, dev))
+                                           lambda: model.logit_scale.exp(), autocast=lambda: _autocast(cfg, dev),
+                                           scale_loss=scaler.scale)  # fp16: apply_gradients unscales
                     _average_grads(trainable, world)
                 norm = apply_gradients(model, opt, scaler, guard, loss, trainable, cfg.grad_clip)
                 done_here += 1
