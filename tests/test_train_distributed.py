@@ -22,8 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from edgeclip.errors import ConfigError
 from edgeclip.model.clip import CLIP
 from edgeclip.model.config import get_config
+from edgeclip.train.distributed import World, _slurm_to_torchrun_env, init_world
 from tests.conftest import REPO
 
 STEPS = 4
@@ -111,3 +113,39 @@ def test_torchrun_two_ranks_train_like_one_process_on_the_global_batch(tmp_path:
     for accum in ("1", "2"):
         run = _two_ranks(tmp_path / f"two-accum{accum}", *flags, "--accum-steps", accum)
         _assert_same_training(run, reference)
+
+
+_LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_LOCALID")
+
+
+def _clean_launch_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for k in _LAUNCH_VARS:  # every variable touched, so monkeypatch restores what the code sets
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_srun_variables_become_torchruns(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_launch_env(monkeypatch, SLURM_NTASKS="4", SLURM_PROCID="2", SLURM_LOCALID="1", MASTER_ADDR="node7")
+    _slurm_to_torchrun_env()
+    assert {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")} == {
+        "WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "1", "MASTER_PORT": "29500"}
+
+    _clean_launch_env(monkeypatch, SLURM_NTASKS="4", SLURM_PROCID="0")
+    with pytest.raises(ConfigError, match="MASTER_ADDR") as e:
+        _slurm_to_torchrun_env()
+    assert e.value.fix
+
+    _clean_launch_env(monkeypatch, SLURM_NTASKS="1", SLURM_PROCID="0")  # a one-task job is one process
+    assert init_world("cpu") == World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
+    assert "WORLD_SIZE" not in os.environ
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_launch_env(monkeypatch)
+    with pytest.raises(ConfigError, match="no CUDA device") as e:
+        init_world("cuda")
+    assert e.value.fix
