@@ -31,7 +31,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _cmd(out: Path, steps: int, save_every: int, resume: bool) -> list[str]:
-    extra = ["--resume", "latest"] if resume else []
+    # a run killed before its first checkpoint has nothing to resume: it is started again
+    extra = ["--resume", "latest"] if resume else ["--overwrite"] if out.exists() else []
     return [sys.executable, "-m", "edgeclip", "train", *ARGS, "--steps", str(steps), "--save-every",
             str(save_every), "--out", str(out), *extra]
 
@@ -67,7 +68,7 @@ def _kill_once(out: Path, steps: int, save_every: int, how: str, delay: float) -
     found = list_checkpoints(out)
     resume, saved = bool(found), (found[-1][0] if found else 0)
     log = out / "train_log.jsonl"
-    offset = len(log.read_text()) if log.exists() else 0
+    offset = len(log.read_text()) if resume else 0
     proc = subprocess.Popen(_cmd(out, steps, save_every, resume), cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts, in_write = out / "checkpoints", False
@@ -124,7 +125,7 @@ def _kill_matrix(kills: int, steps: int, save_every: int, seed: int, tmp: Path, 
         if before and (not after or after[-1][0] < before[-1][0]):
             lost += 1
     saved = list_checkpoints(out)[-1][0] if list_checkpoints(out) else 0
-    offset = len((out / "train_log.jsonl").read_text()) if (out / "train_log.jsonl").exists() else 0
+    offset = len((out / "train_log.jsonl").read_text()) if saved else 0
     subprocess.run(_cmd(out, steps, save_every, bool(saved)), check=True, capture_output=True, cwd=REPO, env=ENV)
     if _appended_steps(out / "train_log.jsonl", offset) != list(range(saved + 1, steps + 1)):
         restarted.append(_appended_steps(out / "train_log.jsonl", offset))

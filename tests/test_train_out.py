@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeclip.errors import ConfigError
+from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.train.config import TrainConfig
 from edgeclip.train.loop import train
 from edgeclip.train.state import list_checkpoints, resolve_resume, step_dir
@@ -70,12 +70,26 @@ def _fake_run(out: Path) -> None:
 def test_the_refusal_comes_before_any_work(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _fake_run(out)
+    step_dir(out, 2).mkdir(parents=True)
+    (step_dir(out, 2) / "train_state.pt").write_bytes(b"")  # never read: the refusal comes first
     # a data source that does not exist: opening it (work) would raise DataError first
     cfg = TrainConfig(model="test-tiny", out=str(out), data=[str(tmp_path / "missing.csv")], steps=2,
                       warmup_steps=1, progress=False)
     with pytest.raises(ConfigError, match="already holds a training run") as e:
         train(cfg)
     assert e.value.fix is not None and "--resume latest" in e.value.fix and "--overwrite" in e.value.fix
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_started_again_with_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _fake_run(out)  # a log, no checkpoint: nothing to resume, and the two fixes must not send the user in a circle
+    cfg = {"model": "test-tiny", "out": str(out), "steps": 2, "warmup_steps": 1, "progress": False}
+    with pytest.raises(ConfigError, match="already holds a training run") as refused:
+        train(TrainConfig(**cfg))  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match="no checkpoint under") as no_checkpoint:
+        train(TrainConfig(**cfg, resume="latest"))  # type: ignore[arg-type]
+    for e in (refused.value, no_checkpoint.value):
+        assert e.fix is not None and "--overwrite" in e.fix and "--resume" not in e.fix, e.fix
 
 
 def test_overwrite_refuses_to_delete_what_is_not_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

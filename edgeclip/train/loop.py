@@ -182,8 +182,10 @@ def _check_out(cfg: TrainConfig) -> None:
                               fix="resume into an empty --out, or pass --resume latest to continue the run in it")
         return
     if not cfg.overwrite:
-        raise ConfigError(f"{out} already holds a training run (checkpoints, weights or log)",
-                          fix="continue it with --resume latest, replace it with --overwrite, or choose another --out")
+        fix = ("continue it with --resume latest, replace it with --overwrite, or choose another --out"
+               if ckpt.list_checkpoints(out) else
+               "it saved no checkpoint to resume from: replace it with --overwrite, or choose another --out")
+        raise ConfigError(f"{out} already holds a training run (checkpoints, weights or log)", fix=fix)
     doomed = out.resolve()
     foreign = ckpt.foreign_entries(out)
     if foreign:

@@ -63,8 +63,9 @@ def resolve_resume(resume: str, out: Path) -> Path:
     if resume == "latest":
         found = list_checkpoints(out)
         if not found:
-            raise CheckpointError(f"--resume latest: no checkpoint under {out / 'checkpoints'}",
-                                  fix="start without --resume, or pass --out of the run to resume")
+            fix = ("the run there saved none: start it again with --overwrite" if holds_run(out)
+                   else "start without --resume, or pass --out of the run to resume")
+            raise CheckpointError(f"--resume latest: no checkpoint under {out / 'checkpoints'}", fix=fix)
         return found[-1][1]
     path = Path(resume)
     if not (path / STATE).is_file():
