@@ -78,7 +78,12 @@ def test_graphs_are_quantized_as_each_target_needs(int8_bundle: Bundle, tmp_path
         g = onnx.load(str(int8_bundle.artifact_path(a)))
         ops = {n.op_type for n in g.graph.node}
         if a.precision == "int8-dynamic":
-            assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
+            assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops
+            # exactly the layers recorded as float still multiply by a float weight; every other
+            # weight MatMul became a MatMulInteger
+            weights = {i.name for i in g.graph.initializer}
+            float_weight = {n.name for n in g.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights}
+            assert float_weight == set(a.calibration["excluded_layers"])
             continue
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
         # the CLIP-aware defaults left float run on float weights: no DequantizeLinear feeds them
