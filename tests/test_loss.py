@@ -63,52 +63,77 @@ def test_siglip_loss_and_gradients_match_the_papers_formula(bias: float) -> None
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
 
 
-def _siglip_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+def clip_reference(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Radford et al. 2021, fig. 3: the mean of the image->text and text->image cross-entropies
+    over the batch, pair i the positive of row i; float64, one row at a time."""
+    logits = t * x.double() @ y.double().t()
+    i2t = torch.stack([torch.logsumexp(logits[i, :], 0) - logits[i, i] for i in range(len(x))]).mean()
+    t2i = torch.stack([torch.logsumexp(logits[:, i], 0) - logits[i, i] for i in range(len(x))]).mean()
+    return (i2t + t2i) / 2
+
+
+def _loss_worker(rank: int, world_size: int, init_file: str, out_dir: str, sizes: list[int],
+                 rows: int | None) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    img, txt = _features(N * world_size)
-    rows = slice(rank * N, (rank + 1) * N)  # this rank's share of the global batch
-    x, y = img[rows].clone().requires_grad_(True), txt[rows].clone().requires_grad_(True)
-    loss_fn = SigLipLoss()
-    with torch.no_grad():
-        loss_fn.logit_bias.fill_(-2.5)
-    loss = loss_fn(x, y, torch.tensor(10.0), World(rank=rank, size=world_size))
-    loss.backward()
-    torch.save({"loss": loss.detach(), "img": x.grad, "txt": y.grad, "bias": loss_fn.logit_bias.grad},
-               f"{out_dir}/rank{rank}.pt")
+    img, txt = _features(sum(sizes))
+    start = sum(sizes[:rank])
+    share = slice(start, start + sizes[rank])  # this rank's rows of the global batch
+    world = World(rank=rank, size=world_size)
+    out = {}
+    for name in ("clip", "siglip"):
+        x, y = img[share].clone().requires_grad_(True), txt[share].clone().requires_grad_(True)
+        siglip = SigLipLoss()
+        with torch.no_grad():
+            siglip.logit_bias.fill_(-2.5)
+        if name == "clip":
+            loss = clip_loss(x, y, torch.tensor(10.0), world, rows=rows)
+        else:
+            loss = siglip(x, y, torch.tensor(10.0), world, rows=rows)
+        loss.backward()
+        out[name] = {"loss": loss.detach(), "img": x.grad, "txt": y.grad}
+        if name == "siglip":
+            out[name]["bias"] = siglip.logit_bias.grad
+    torch.save(out, f"{out_dir}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_siglip_over_two_gloo_ranks_matches_the_papers_formula_on_the_global_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sizes,rows", [([N, N], None), ([N, N - 2], N)], ids=["equal", "rank1-short"])
+def test_losses_over_two_gloo_ranks_match_the_papers_formulas_on_the_global_batch(
+        tmp_path: Path, sizes: list[int], rows: int | None) -> None:
+    """What the trainer optimises is the mean over ranks of each rank's loss and gradients
+    (DDP's average); it must be the single-process loss of the global batch. A rank may hold
+    fewer rows (its undecodable images dropped): padded to `rows`, the padding is no candidate."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_siglip_worker, args=(WORLD, str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD,
-                       start_method="spawn")
+    mp.start_processes(_loss_worker, args=(WORLD, str(tmp_path / "init"), str(tmp_path), sizes, rows),
+                       nprocs=WORLD, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
-    img, txt = _features(N * WORLD)
-    x, y = img.double().requires_grad_(True), txt.double().requires_grad_(True)
-    b = torch.tensor(-2.5, dtype=torch.float64, requires_grad=True)
-    want = siglip_reference(x, y, torch.tensor(10.0, dtype=torch.float64), b)
-    want.backward()
-    assert x.grad is not None and y.grad is not None and b.grad is not None
-    # what the trainer optimises: the mean over ranks of each rank's loss and gradients (DDP's average)
-    torch.testing.assert_close(torch.stack([r["loss"] for r in ranks]).mean().double(), want.detach(),
-                               rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.cat([r["img"] for r in ranks]).double() / WORLD, x.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(torch.cat([r["txt"] for r in ranks]).double() / WORLD, y.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(torch.stack([r["bias"] for r in ranks]).mean().double(), b.grad, rtol=1e-4, atol=1e-6)
+    img, txt = _features(sum(sizes))
+    for name in ("clip", "siglip"):
+        x, y = img.double().requires_grad_(True), txt.double().requires_grad_(True)
+        t = torch.tensor(10.0, dtype=torch.float64)
+        b = torch.tensor(-2.5, dtype=torch.float64, requires_grad=True)
+        want = clip_reference(x, y, t) if name == "clip" else siglip_reference(x, y, t, b)
+        want.backward()
+        assert x.grad is not None and y.grad is not None
+        got = [r[name] for r in ranks]
+        torch.testing.assert_close(torch.stack([r["loss"] for r in got]).mean().double(), want.detach(),
+                                   rtol=1e-5, atol=1e-6, msg=f"{name} loss")
+        for key, ref in (("img", x.grad), ("txt", y.grad)):
+            torch.testing.assert_close(torch.cat([r[key] for r in got]).double() / WORLD, ref, rtol=1e-4, atol=1e-6,
+                                       msg=f"{name} {key} gradient")
+        if name == "siglip":
+            torch.testing.assert_close(torch.stack([r["bias"] for r in got]).mean().double(), b.grad,
+                                       rtol=1e-4, atol=1e-6, msg="siglip bias gradient")
 
 
 def test_clip_loss_is_symmetric_infonce() -> None:
-    # Radford et al. 2021, fig. 3: mean of the image->text and text->image cross-entropies,
-    # pair i the positive of row i
     img, txt = _features(N)
     scale = torch.tensor(10.0)
-    logits = scale * img.double() @ txt.double().t()
-    i2t = -torch.stack([logits[i, i] - torch.logsumexp(logits[i, :], 0) for i in range(N)]).mean()
-    t2i = -torch.stack([logits[i, i] - torch.logsumexp(logits[:, i], 0) for i in range(N)]).mean()
-    assert clip_loss(img, txt, scale).item() == pytest.approx(((i2t + t2i) / 2).item(), rel=1e-5)
+    want = clip_reference(img, txt, scale.double())
+    assert clip_loss(img, txt, scale).item() == pytest.approx(want.item(), rel=1e-5)
     assert clip_loss(img, img, torch.tensor(100.0)).item() < 1e-3  # perfect alignment

@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from edgeclip.errors import ConfigError
@@ -113,6 +115,30 @@ def test_torchrun_two_ranks_train_like_one_process_on_the_global_batch(tmp_path:
     for accum in ("1", "2"):
         run = _two_ranks(tmp_path / f"two-accum{accum}", *flags, "--accum-steps", accum)
         _assert_same_training(run, reference)
+
+
+def _captions_with_one_undecodable_image(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    lines = ["filepath,caption"]
+    for i in range(32):
+        path = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        lines.append(f"{path.name},a {('red', 'green', 'blue', 'yellow')[i % 4]} thing number {i}")
+    broken = root / "img5.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # truncated: the header survives, the pixels do not
+    (root / "data.csv").write_text("\n".join(lines) + "\n")
+    return root / "data.csv"
+
+
+def test_torchrun_with_an_undecodable_image_on_one_rank_trains_like_one_process(tmp_path: Path) -> None:
+    """The rank that drops the image holds 7 rows, the other 8: the collectives must still
+    match (this crashed gloo before), and the loss is still the mean over the 15 real pairs."""
+    (tmp_path / "data").mkdir()
+    flags = ("--data", str(_captions_with_one_undecodable_image(tmp_path / "data")), "--no-augment")
+    reference = _one_process(tmp_path / "one", *flags)
+    log = [json.loads(x) for x in (reference / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["final"]["skipped_samples"] == 2  # 4 steps of 16 = 2 epochs: the image came up twice
+    _assert_same_training(_two_ranks(tmp_path / "two", *flags), reference)
 
 
 _LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SLURM_PROCID",

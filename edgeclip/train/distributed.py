@@ -90,6 +90,30 @@ def all_gather_with_grad(x: torch.Tensor, world: World) -> torch.Tensor:
     return out
 
 
+def gather_padded(
+    x: torch.Tensor, world: World, rows: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Every rank's rows of x, with gradient: (gathered [W*R, ...], valid [W*R] or None, offset).
+
+    Ranks may hold fewer rows than the batch size (undecodable images are dropped per rank),
+    but a collective needs one shape: with `rows` (the per-rank batch size, the same on every
+    rank) each rank pads to it and `valid` (float 0/1) marks the real rows. Sizes are never read
+    on the host, so a CUDA step does not wait. `offset`: where this rank's rows start.
+    """
+    n = x.shape[0]
+    if not world.distributed:
+        return x, None, 0
+    if rows is None:
+        return all_gather_with_grad(x, world), None, world.rank * n
+    if n > rows:
+        raise ValueError(f"{n} rows on rank {world.rank}, more than the {rows} every rank pads to")
+    padded = torch.cat([x, x.new_zeros((rows - n, *x.shape[1:]))]) if n < rows else x
+    mine = (torch.arange(rows, device=x.device) < n).float()
+    parts = [torch.empty_like(mine) for _ in range(world.size)]
+    dist.all_gather(parts, mine)
+    return all_gather_with_grad(padded, world), torch.cat(parts), world.rank * rows
+
+
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -267,7 +267,10 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     trainable = [p for g in groups for p in g["params"]]
 
     def loss_fn(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return siglip(img, txt, scale, world) if siglip is not None else clip_loss(img, txt, scale, world)
+        # a rank whose batch lost undecodable images holds fewer rows: every rank pads to the batch size
+        if siglip is not None:
+            return siglip(img, txt, scale, world, rows=cfg.batch_size)
+        return clip_loss(img, txt, scale, world, rows=cfg.batch_size)
 
     def save(step: int, meta_extra: dict[str, Any]) -> Path | None:
         barrier(world)
