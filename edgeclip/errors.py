@@ -51,6 +51,10 @@ class MissingDependencyError(EdgeclipError):
     exit_code = 3
 
 
+class PlatformError(ConfigError):
+    """An operation this machine cannot run whatever is installed (e.g. Core ML off Apple devices)."""
+
+
 class CheckpointError(EdgeclipError):
     """A checkpoint that cannot be read, or whose weights do not fit its config."""
 

@@ -142,3 +142,72 @@ def test_embed_and_labels_commands(tiny_bundle: Path, images: list[Path], tmp_pa
     proc = run_cli("classify", str(b), str(images[0]), "--labels", "nope")
     assert proc.returncode != 0 and "unknown label set 'nope'" in proc.stderr
     _no_traceback(proc)
+
+
+def test_embed_takes_several_values_after_one_flag_or_repeated_flags(tiny_bundle: Path, images: list[Path],
+                                                                     tmp_path: Path) -> None:
+    import numpy as np
+
+    from edgeclip.runtime import ZeroShotClassifier
+
+    a, b = map(str, images)
+    clf = ZeroShotClassifier.load(tiny_bundle, labels=None)
+    want = clf.embed_images([b, a])[0]
+    for i, args in enumerate((["--images", b, a], ["--images", b, "--images", a])):
+        out = tmp_path / f"img{i}.npy"
+        proc = run_cli("embed", str(tiny_bundle), *args, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(out, allow_pickle=False), want, atol=1e-6)  # rows in input order
+        assert json.loads((tmp_path / f"img{i}.npy.sources.json").read_text()) == {"rows": [b, a], "failed": []}
+    texts = ["a red circle", "a blue star"]
+    want = clf.embed_texts(texts)
+    for i, args in enumerate((["--text", *texts], ["--text", texts[0], "--text", texts[1]])):
+        out = tmp_path / f"txt{i}.npy"
+        proc = run_cli("embed", str(tiny_bundle), *args, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(out, allow_pickle=False), want, atol=1e-6)
+    proc = run_cli("embed", str(tiny_bundle), "--images", a, "--text", "x", "--out", str(tmp_path / "x.npy"))
+    assert proc.returncode == 2 and "either --images or --text" in proc.stderr
+
+
+def test_embed_and_classify_share_one_rule_for_failed_inputs(tiny_bundle: Path, images: list[Path],
+                                                             tmp_path: Path) -> None:
+    """Good inputs get their result, each failed input is reported on stderr, the exit code is 1;
+    embed writes no row (never a NaN row) for a failed input, and says which row is which."""
+    import numpy as np
+
+    missing = str(tmp_path / "missing.png")
+    a, b = map(str, images)
+    proc = run_cli("classify", str(tiny_bundle), a, missing, b)
+    assert proc.returncode == 1 and f"{missing}: Error: image not found" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 2
+    out = tmp_path / "e.npy"
+    proc = run_cli("embed", str(tiny_bundle), "--images", a, missing, b, "--out", str(out))
+    assert proc.returncode == 1 and f"{missing}: Error: image not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    emb = np.load(out, allow_pickle=False)
+    assert emb.shape == (2, 32) and np.isfinite(emb).all()
+    sources = json.loads((tmp_path / "e.npy.sources.json").read_text())
+    assert sources["rows"] == [a, b] and [f["input"] for f in sources["failed"]] == [missing]
+    alone = tmp_path / "b.npy"
+    assert run_cli("embed", str(tiny_bundle), "--images", b, "--out", str(alone)).returncode == 0
+    np.testing.assert_allclose(emb[1], np.load(alone)[0], atol=1e-6)  # row 1 is b, not the missing image
+    proc = run_cli("embed", str(tiny_bundle), "--images", missing, "--out", str(tmp_path / "none.npy"))
+    assert proc.returncode == 1 and "no input could be embedded" in proc.stderr
+    assert not (tmp_path / "none.npy").exists()
+
+
+def test_labels_does_not_overwrite_a_label_set_without_overwrite(tiny_bundle: Path, images: list[Path],
+                                                                  tmp_path: Path) -> None:
+    b = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    before = (b / "manifest.json").read_bytes()
+    classes = tmp_path / "classes.txt"
+    classes.write_text("red thing\nblue thing\n")
+    proc = run_cli("labels", str(b), "--classes", str(classes), "--name", "default")
+    assert proc.returncode == 2 and "already has a label set 'default' (6 classes)" in proc.stderr
+    assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert (b / "manifest.json").read_bytes() == before
+    proc = run_cli("labels", str(b), "--classes", str(classes), "--name", "default", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("classify", str(b), str(images[0]), "--json")
+    assert {p["label"] for p in json.loads(proc.stdout)["predictions"]} == {"red thing", "blue thing"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from edgeclip.bundle import Bundle
-from edgeclip.errors import BundleError
+from edgeclip.errors import BundleError, ConfigError, PlatformError, UnknownNameError
 from edgeclip.export.api import export_bundle
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.clip import TextEncoder
@@ -19,7 +20,7 @@ from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends import BACKENDS, auto_order, backend_class
 from edgeclip.runtime.tokenizer import TextTokenizer
 from edgeclip.train.shapes import ShapesDataset
-from tests.conftest import TINY_CLASSES
+from tests.conftest import TINY_CLASSES, run_cli
 
 
 @pytest.fixture()
@@ -89,3 +90,61 @@ def test_eight_threads_get_the_sequential_results(tiny_bundle: Path) -> None:
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda i: clf.classify([images[i % 10]], top_k=3)[0].predictions, range(400)))
     assert got == [expected[i % 10] for i in range(400)]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="checks the refusal off Apple devices")
+def test_coreml_only_bundle_off_macos_says_why(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """coremltools is installed here: the reason is the OS, and no pip line can fix it."""
+    pytest.importorskip("coremltools")
+    out = tmp_path / "coreml.edgeclip"
+    export_bundle(tiny_checkpoint, out, targets=["coreml"], precision="fp16", encoders=["image"],
+                  labels={"default": (TINY_CLASSES, None)})
+    with pytest.raises(BundleError, match="Core ML runs only on macOS and iOS") as e:
+        ZeroShotClassifier.load(out)
+    assert "coremltools is installed" in str(e.value) and "pip install" not in str(e.value)
+    assert "--target onnx" in str(e.value.fix)
+    with pytest.raises(PlatformError, match="Core ML runs only on macOS and iOS"):
+        ZeroShotClassifier.load(out, backend="coreml")
+    img = tmp_path / "img.png"
+    ShapesDataset("heldout", 1, 32)[0].image.save(img)
+    proc = run_cli("classify", str(out), str(img))
+    assert proc.returncode == 1 and "Core ML runs only on macOS and iOS" in proc.stderr, proc.stderr
+    assert "pip install" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bundle_without_label_sets_says_how_to_add_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nolabels.edgeclip"
+    export_bundle(tiny_checkpoint, out, targets=["onnx"])
+    with pytest.raises(BundleError, match="has no label sets") as e:
+        ZeroShotClassifier.load(out)
+    assert f"edgeclip labels {out} --classes classes.txt --name default" in str(e.value.fix)
+    img = tmp_path / "img.png"
+    ShapesDataset("heldout", 1, 32)[0].image.save(img)
+    proc = run_cli("classify", str(out), str(img))
+    assert proc.returncode == 1 and "fix: add it on this device: `edgeclip labels" in proc.stderr, proc.stderr
+    (tmp_path / "classes.txt").write_text("\n".join(TINY_CLASSES) + "\n")
+    proc = run_cli("labels", str(out), "--classes", str(tmp_path / "classes.txt"), "--name", "default")
+    assert proc.returncode == 0, proc.stderr  # the fix works as written
+    assert ZeroShotClassifier.load(out).classify([img])[0].ok
+    with pytest.raises(UnknownNameError, match="unknown label set 'pets'") as e:
+        ZeroShotClassifier.load(out, labels="pets")
+    assert "choose one of: default" in str(e.value.fix) and "--name pets" in str(e.value.fix)
+
+    image_only = tmp_path / "image-only.edgeclip"
+    export_bundle(tiny_checkpoint, image_only, targets=["onnx"], encoders=["image"])
+    with pytest.raises(BundleError, match="has no label sets") as e:
+        ZeroShotClassifier.load(image_only)
+    assert "re-export with `--labels classes.txt`" in str(e.value.fix)  # no text encoder to run `labels`
+
+
+def test_save_labels_never_replaces_a_label_set_silently(bundle_copy: Path) -> None:
+    before = Bundle.open(bundle_copy).label_set("default")
+    clf = ZeroShotClassifier.load(bundle_copy, labels=None)
+    clf.set_labels(["red", "blue"], name="default")
+    with pytest.raises(ConfigError, match="already has a label set 'default'") as e:
+        clf.save_labels()
+    assert "--overwrite" in str(e.value.fix)
+    after = Bundle.open(bundle_copy).label_set("default")
+    assert after[1]["classes"] == TINY_CLASSES and np.array_equal(after[0], before[0])
+    clf.save_labels(overwrite=True)
+    assert Bundle.open(bundle_copy).label_set("default")[1]["classes"] == ["red", "blue"]

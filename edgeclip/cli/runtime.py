@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from edgeclip.errors import ConfigError
+from edgeclip.errors import ConfigError, ImageError
 
 
 def read_lines(path: str, what: str) -> list[str]:
@@ -89,35 +90,56 @@ def inspect(bundle: str, verify: bool, as_json: bool) -> None:
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--images", "images", multiple=True, help="Image path (repeatable).")
-@click.option("--text", "texts", multiple=True, help="Text (repeatable).")
+@click.argument("inputs", nargs=-1)
+@click.option("--images", "images", is_flag=True,
+              help="INPUTS are image paths: --images a.jpg b.jpg, or --images a.jpg --images b.jpg.")
+@click.option("--text", "text", is_flag=True,
+              help='INPUTS are texts: --text "a dog" "a cat", or --text "a dog" --text "a cat".')
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--precision", default=None)
-@click.option("--out", required=True, type=click.Path(), help="Output .npy file ([N, D] float32).")
-def embed(bundle: str, images: tuple[str, ...], texts: tuple[str, ...], backend: str, precision: str | None,
+@click.option("--out", required=True, type=click.Path(),
+              help="Output .npy file ([N, D] float32, one row per input that succeeded, in input order).")
+def embed(bundle: str, inputs: tuple[str, ...], images: bool, text: bool, backend: str, precision: str | None,
           out: str) -> None:
-    """Write L2-normalised embeddings of --images or --text to a .npy file."""
-    import numpy as np
+    """Write L2-normalised embeddings of images or texts to a .npy file.
 
-    from edgeclip._io import write_bytes
+    The row order is written beside it, to OUT's name + `.sources.json`. An input that fails is
+    reported on stderr and gets no row; the exit code is then 1, as for `classify`.
+    """
+    if images == text:
+        raise click.UsageError("give either --images or --text")
+    if not inputs:
+        raise click.UsageError(f"no {'images' if images else 'texts'} given after --{'images' if images else 'text'}")
     from edgeclip.runtime import ZeroShotClassifier
 
-    if bool(images) == bool(texts):
-        raise click.UsageError("give either --images or --text")
     clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=None)
     if images:
-        emb, errors = clf.embed_images(list(images))
-        for src, err in zip(images, errors, strict=True):
-            if err:
-                click.echo(f"{src}: Error: {err}", err=True)
-        if all(errors):
-            raise ConfigError("no image could be embedded")
+        emb, errors = clf.embed_images(list(inputs))
     else:
-        emb = clf.embed_texts(list(texts))
+        emb, errors = clf.embed_texts(list(inputs)), [None] * len(inputs)
+    for src, err in zip(inputs, errors, strict=True):
+        if err:
+            click.echo(f"{src}: Error: {err}", err=True)
+    rows = [i for i, err in enumerate(errors) if err is None]
+    if not rows:
+        raise ImageError("no input could be embedded; nothing written", fix="check the errors above")
+    write_embeddings(out, emb[rows], [inputs[i] for i in rows], [(inputs[i], errors[i]) for i in range(len(inputs))
+                                                                 if errors[i] is not None])
+    click.echo(f"{out}: {len(rows)} x {emb.shape[1]} float32 ({len(inputs) - len(rows)} failed)")
+    if len(rows) < len(inputs):
+        raise click.exceptions.Exit(1)
+
+
+def write_embeddings(out: str, emb: Any, sources: list[str], failed: list[tuple[str, str | None]]) -> None:
+    """OUT (.npy, no pickle) and OUT.sources.json (the input of each row, and the failed inputs)."""
+    import numpy as np
+
+    from edgeclip._io import write_bytes, write_json
+
     buf = io.BytesIO()
-    np.save(buf, emb.astype(np.float32), allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(emb, dtype=np.float32), allow_pickle=False)
+    write_json(f"{out}.sources.json", {"rows": sources, "failed": [{"input": s, "error": e} for s, e in failed]})
     write_bytes(out, buf.getvalue())
-    click.echo(f"{out}: {emb.shape[0]} x {emb.shape[1]} float32 (failed rows are NaN)")
 
 
 @click.command()
@@ -126,13 +148,17 @@ def embed(bundle: str, images: tuple[str, ...], texts: tuple[str, ...], backend:
 @click.option("--templates", "templates_file", type=click.Path(), help="Prompt templates with '{}', one per line.")
 @click.option("--name", required=True, help="Name of the label set to write into the bundle.")
 @click.option("--backend", default="auto", show_default=True)
-def labels(bundle: str, classes_file: str, templates_file: str | None, name: str, backend: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a label set of the same name (e.g. the one made at export).")
+def labels(bundle: str, classes_file: str, templates_file: str | None, name: str, backend: str,
+           overwrite: bool) -> None:
     """Compute a label set on this device with the bundle's text encoder and save it in the bundle."""
     from edgeclip.runtime import ZeroShotClassifier
+    from edgeclip.runtime.classifier import check_label_name_free
 
     classes = read_lines(classes_file, "classes")
     templates = read_lines(templates_file, "templates") if templates_file else None
     clf = ZeroShotClassifier.load(bundle, backend=backend, labels=None)
+    check_label_name_free(clf.bundle, name, overwrite)  # before the text encoder does any work
     clf.set_labels(classes, templates, name=name)
-    clf.save_labels(name)
+    clf.save_labels(name, overwrite=overwrite)
     click.echo(f"labels/{name}: {len(classes)} classes written to {bundle}")

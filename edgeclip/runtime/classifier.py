@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from edgeclip.bundle import Artifact, Bundle
-from edgeclip.errors import BundleError, EdgeclipError, ImageError, MissingDependencyError
+from edgeclip.errors import (
+    BundleError,
+    ConfigError,
+    EdgeclipError,
+    ImageError,
+    MissingDependencyError,
+    UnknownNameError,
+)
 from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class
 from edgeclip.runtime.backends.base import Backend, BackendOptions
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, label_embeddings
@@ -108,6 +115,8 @@ class ZeroShotClassifier:
         image = load_encoder(b, "image", backend, precision, options)
         label_set = None
         if labels is not None:
+            if labels not in b.manifest.labels:
+                raise missing_label_set(b, labels)
             emb, meta = b.label_set(labels)
             label_set = LabelSet(labels, list(meta["classes"]), emb, list(meta.get("templates", [])))
         log.info("image encoder: %s on %s (%s)", image.artifact.key, image.backend_name, image.reason)
@@ -180,10 +189,12 @@ class ZeroShotClassifier:
         emb = label_embeddings(classes, tmpl, self.embed_texts)
         self._labels = LabelSet(name, [c.strip() for c in classes], emb, tmpl)
 
-    def save_labels(self, name: str | None = None) -> None:
-        """Write the current label set into the bundle (atomically) under `name`."""
+    def save_labels(self, name: str | None = None, overwrite: bool = False) -> None:
+        """Write the current label set into the bundle (atomically) under `name`; replacing an
+        existing set (e.g. the one made at export) needs overwrite=True."""
         current = self._require_labels()
         name = name or current.name
+        check_label_name_free(self.bundle, name, overwrite)
         text = self._text
         meta = {
             "classes": current.classes,
@@ -192,6 +203,7 @@ class ZeroShotClassifier:
             "text_artifact_sha256": text.artifact.files[text.artifact.main_file] if text else None,
         }
         with self._lock:
+            check_label_name_free(self.bundle, name, overwrite)  # another thread may have written it
             self.bundle.write_label_set(name, current.embeddings, meta)
             self.bundle.save_manifest()
 
@@ -219,6 +231,29 @@ class ZeroShotClassifier:
         return results
 
 
+def check_label_name_free(bundle: Bundle, name: str, overwrite: bool) -> None:
+    """Refuse to replace an existing label set silently."""
+    if name in bundle.manifest.labels and not overwrite:
+        ls = bundle.manifest.labels[name]
+        raise ConfigError(f"{bundle.root} already has a label set '{name}' ({ls.num_classes} classes)",
+                          fix="pass --overwrite (overwrite=True) to replace it, or choose another --name")
+
+
+def missing_label_set(bundle: Bundle, name: str) -> EdgeclipError:
+    """A label set the bundle lacks, with how to add it (on this device, or at export)."""
+    m = bundle.manifest
+    if m.find("text"):
+        add = (f"add it on this device: `edgeclip labels {bundle.root} --classes classes.txt --name {name}` "
+               "(one class name per line), or export with `--labels classes.txt`")
+    else:  # no text encoder: labels can only be computed at export
+        add = "re-export with `--labels classes.txt` (one class name per line), or with --encoders image,text"
+    if not m.labels:
+        return BundleError(f"{bundle.root} has no label sets, so it cannot classify", fix=add)
+    error = UnknownNameError("label set", name, m.labels)
+    error.fix = f"{error.fix}; or {add}"
+    return error
+
+
 def _target(backend: str) -> str:
     return str(backend_class(backend).target)
 
@@ -240,36 +275,46 @@ def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | No
 def choose_artifact(
     bundle: Bundle, encoder: str, backend: str, precision: str | None
 ) -> tuple[str, Artifact, str]:
-    """Pick (backend name, artifact, reason). An explicit backend must be installed and present."""
+    """Pick (backend name, artifact, reason). An explicit backend must run here and have an artifact."""
     m = bundle.manifest
     if backend == "auto":
         names, why = auto_order()
     else:
         backend_class(backend)  # unknown names raise with a suggestion
         names, why = [backend], "asked for"
-    missing: list[str] = []
+    blocked: list[EdgeclipError] = []  # why backends with an artifact in the bundle cannot run here
     for name in names:
         cls = backend_class(name)
         candidates = m.find(encoder, cls.target, precision)
         if not candidates:
             continue
-        if not cls.available():
-            missing.append(f'pip install "edgeclip[{cls.extra}]"')
+        if (reason := cls.unavailable()) is not None:
+            blocked.append(reason)
             continue
         order = list(getattr(cls, "precision_order", DEFAULT_PRECISION_ORDER))
         best = sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))[0]
         return name, best, f"{name}: {why}" if backend == "auto" else why
     have = sorted({f"{a.target}-{a.precision}" for a in m.artifacts if a.encoder == encoder})
-    if missing and backend != "auto":
-        raise MissingDependencyError(
-            f"the bundle has a {encoder} encoder for backend '{backend}' but its SDK is not installed",
-            fix=missing[0],
-        )
+    if blocked:
+        raise _cannot_run_here(bundle, encoder, backend, have, blocked)
     want = f"backend '{backend}'" + (f" at precision '{precision}'" if precision else "")
     usable = [b for b in BACKENDS if backend_class(b).available()]
     raise BundleError(
         f"{bundle.root} has no {encoder} encoder for {want} (it has: {', '.join(have) or 'none'}; "
         f"installed backends: {', '.join(usable) or 'none'})",
-        fix=(missing[0] if missing else "export a target for this device with `edgeclip export --target ...`, "
-             "or choose another backend"),
+        fix="export a target for this device with `edgeclip export --target ...`, or choose another backend",
     )
+
+
+def _cannot_run_here(bundle: Bundle, encoder: str, backend: str, have: list[str],
+                     blocked: list[EdgeclipError]) -> EdgeclipError:
+    """The bundle has artifacts for some backend, but none of those backends runs here. A missing
+    package is exit 3 (install it); another OS or no GPU is not fixed by installing anything."""
+    what = f"{bundle.root} has a {encoder} encoder for {', '.join(have)}, but it cannot run here: "
+    message = what + "; ".join(e.message for e in blocked)
+    fix = "; or ".join(dict.fromkeys(e.fix for e in blocked if e.fix))
+    if backend != "auto":
+        return type(blocked[0])(message, fix=fix)
+    if all(isinstance(e, MissingDependencyError) for e in blocked):
+        return MissingDependencyError(message, fix=fix)
+    return BundleError(message, fix=fix)

@@ -9,7 +9,9 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from edgeclip import _deps
 from edgeclip.bundle import Artifact
+from edgeclip.errors import EdgeclipError, MissingDependencyError
 
 # manifest dtype name -> numpy dtype of the array a backend feeds
 NP_DTYPES: dict[str, type[np.generic]] = {
@@ -39,7 +41,12 @@ class Backend(Protocol):
 
     @classmethod
     def available(cls) -> bool:
-        """True when the SDK is installed; must not import it."""
+        """True when the SDK is installed and runs here; must not import it."""
+        ...
+
+    @classmethod
+    def unavailable(cls) -> EdgeclipError | None:
+        """Why the backend cannot run here (a missing SDK, the wrong OS or hardware), or None."""
         ...
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
@@ -53,7 +60,18 @@ class BackendFactory(Protocol):
     @classmethod
     def available(cls) -> bool: ...
 
+    @classmethod
+    def unavailable(cls) -> EdgeclipError | None: ...
+
     def __call__(self, path: Path, artifact: Artifact, options: BackendOptions) -> Backend: ...
+
+
+def missing_sdk(module: str, backend: str, extra: str) -> MissingDependencyError | None:
+    """The error for a backend whose SDK is not installed, or None; never imports the SDK."""
+    if _deps.has(module):
+        return None
+    return MissingDependencyError(f"the {backend} backend needs '{module}', which is not installed",
+                                  fix=f'pip install "edgeclip[{extra}]"')
 
 
 def has_nvidia_gpu() -> bool:

@@ -6,6 +6,7 @@ path this backend receives is that file and the package is its parent directory.
 
 from __future__ import annotations
 
+import platform
 import sys
 import threading
 from pathlib import Path
@@ -15,8 +16,8 @@ import numpy as np
 
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
-from edgeclip.errors import ConfigError
-from edgeclip.runtime.backends.base import NP_DTYPES, BackendOptions
+from edgeclip.errors import ConfigError, EdgeclipError, PlatformError
+from edgeclip.runtime.backends.base import NP_DTYPES, BackendOptions, missing_sdk
 
 _NP_DTYPES = {**NP_DTYPES, "int64": np.int32}  # Core ML programs take int32 token ids
 # BackendOptions.device -> coremltools ComputeUnit name. "CPU" (the default) gives fp32-like
@@ -44,15 +45,23 @@ class CoreMLBackend:
 
     @classmethod
     def available(cls) -> bool:
-        # coremltools installs on Linux too, but its predict needs the Core ML framework
-        return sys.platform == "darwin" and _deps.has("coremltools")
+        return cls.unavailable() is None
+
+    @classmethod
+    def unavailable(cls) -> EdgeclipError | None:
+        # coremltools installs on Linux too, but its predict needs Apple's Core ML framework
+        if sys.platform != "darwin":
+            installed = " (coremltools is installed, but it cannot predict here)" if _deps.has("coremltools") else ""
+            return PlatformError(
+                f"Core ML runs only on macOS and iOS; this machine runs {platform.system()}{installed}",
+                fix="export a target for this machine (edgeclip export CKPT --target onnx,openvino --out BUNDLE) "
+                    "and use another backend, or run this bundle on a Mac or iPhone",
+            )
+        return missing_sdk("coremltools", cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
-        if sys.platform != "darwin":
-            raise ConfigError(
-                "the coreml backend runs only on macOS (Core ML prediction is not available here)",
-                fix="use --backend onnxruntime or openvino on this machine; copy the bundle to a Mac or iPhone",
-            )
+        if (reason := self.unavailable()) is not None:
+            raise reason
         ct: Any = _deps.require("coremltools", extra=self.extra, purpose="the coreml backend")
         unit = _COMPUTE_UNITS.get(options.device.upper())
         if unit is None:

@@ -9,7 +9,8 @@ import numpy as np
 
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
-from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
+from edgeclip.errors import EdgeclipError
+from edgeclip.runtime.backends.base import BackendOptions, input_dtypes, missing_sdk
 
 
 class OnnxRuntimeBackend:
@@ -21,7 +22,11 @@ class OnnxRuntimeBackend:
 
     @classmethod
     def available(cls) -> bool:
-        return _deps.has("onnxruntime")
+        return cls.unavailable() is None
+
+    @classmethod
+    def unavailable(cls) -> EdgeclipError | None:
+        return missing_sdk("onnxruntime", cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         ort: Any = _deps.require("onnxruntime", extra=self.extra, purpose="the onnxruntime backend")

@@ -10,7 +10,8 @@ import numpy as np
 
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
-from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
+from edgeclip.errors import EdgeclipError
+from edgeclip.runtime.backends.base import BackendOptions, input_dtypes, missing_sdk
 
 
 class OpenVinoBackend:
@@ -20,7 +21,11 @@ class OpenVinoBackend:
 
     @classmethod
     def available(cls) -> bool:
-        return _deps.has("openvino")
+        return cls.unavailable() is None
+
+    @classmethod
+    def unavailable(cls) -> EdgeclipError | None:
+        return missing_sdk("openvino", cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         ov: Any = _deps.require("openvino", extra=self.extra, purpose="the openvino backend")

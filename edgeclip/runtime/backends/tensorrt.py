@@ -19,8 +19,8 @@ import numpy as np
 
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
-from edgeclip.errors import BundleError, EdgeclipError, MissingDependencyError
-from edgeclip.runtime.backends.base import BackendOptions, has_nvidia_gpu
+from edgeclip.errors import BundleError, EdgeclipError, MissingDependencyError, PlatformError
+from edgeclip.runtime.backends.base import BackendOptions, has_nvidia_gpu, missing_sdk
 
 
 def _cudart() -> Any:
@@ -52,7 +52,15 @@ class TensorRTBackend:
 
     @classmethod
     def available(cls) -> bool:
-        return _deps.has("tensorrt") and _deps.has("cuda") and has_nvidia_gpu()
+        return cls.unavailable() is None
+
+    @classmethod
+    def unavailable(cls) -> EdgeclipError | None:
+        if not has_nvidia_gpu():
+            return PlatformError("TensorRT runs only on NVIDIA GPUs (and Jetson); this machine has none",
+                                 fix="export a target for this machine (e.g. --target onnx or openvino) and use "
+                                     "another backend, or run this bundle on an NVIDIA device")
+        return missing_sdk("tensorrt", cls.name, cls.extra) or missing_sdk("cuda", cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         trt: Any = _deps.require("tensorrt", extra=self.extra, purpose="the tensorrt backend")
