@@ -78,10 +78,11 @@ def bench(
     write_outputs(report, json_path, md_path, csv_path, plot_path)
     if old is not None:
         deltas, failed = compare(report, old, max_regression)
+        width = max((len(d["key"]) for d in deltas), default=0)
         for d in deltas:
             mark = " REGRESSION" if d["regressed"] else ""
             unit = "x torch" if d["basis"] == "speedup_vs_baseline" else "raw ms"
-            click.echo(f"{d['key']:<36} {unit} {d['old']:8.3f} -> {d['new']:8.3f} {d['change']:+7.1%}{mark}")
+            click.echo(f"{d['key']:<{width}} {unit} {d['old']:8.3f} -> {d['new']:8.3f} {d['change']:+7.1%}{mark}")
         if failed:
             raise click.ClickException(
                 f"speed-up over the torch baseline fell by more than {max_regression:.0%} on some rows")
