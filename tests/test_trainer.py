@@ -452,3 +452,13 @@ def test_retrieval_pairs_come_from_the_split_training_left_out() -> None:
     assert all(np.array_equal(np.asarray(im), np.asarray(held[i][0])) for i, im in enumerate(pairs[0]))
     train_ids, held_ids = digits_split(seed)
     assert not set(train_ids.tolist()) & set(held_ids.tolist())
+
+
+def test_a_log_line_cut_by_a_kill_is_ended_before_the_next_record(tmp_path: Path) -> None:
+    from edgeclip.train.progress import open_log
+
+    (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # SIGKILL mid-write
+    with open_log(tmp_path) as log:
+        log.write(json.dumps({"step": 2, "loss": 1.5}) + "\n")
+    lines = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    assert lines[1] == '{"step": 2, "lo' and json.loads(lines[2]) == {"step": 2, "loss": 1.5}

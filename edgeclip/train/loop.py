@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from edgeclip.train.gradcache import grad_cache_step
 from edgeclip.train.loader import PositionDataset, StreamDataset, make_loader, make_stream_loader, normalize_batch
 from edgeclip.train.loss import SIGLIP_LOGIT_SCALE_INIT, SigLipLoss, clip_loss
 from edgeclip.train.nonfinite import NonFiniteGuard
-from edgeclip.train.progress import Progress
+from edgeclip.train.progress import Progress, open_log
 from edgeclip.train.sources import is_webdataset
 from edgeclip.train.transforms import eval_transform
 from edgeclip.train.zeroshot import evaluate, retrieval
@@ -166,40 +165,8 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> AbstractContextManager[
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
 
 
-def _check_out(cfg: TrainConfig) -> None:
-    """Refuse, before any work, a run that would mix with (or silently delete) one already in
-    --out: its step directories would stay beside the new ones and `--resume latest` could pick
-    one of them. Every rank checks, before the process group forms (no rank has written yet)."""
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file", fix="choose a directory for --out")
-    if not ckpt.holds_run(out):
-        return
-    if cfg.resume:
-        src = ckpt.resolve_resume(cfg.resume, out)
-        if src.resolve().parent.parent != out.resolve():
-            raise ConfigError(f"--resume {cfg.resume} is another run's checkpoint, and {out} holds a run already",
-                              fix="resume into an empty --out, or pass --resume latest to continue the run in it")
-        return
-    if not cfg.overwrite:
-        fix = ("continue it with --resume latest, replace it with --overwrite, or choose another --out"
-               if ckpt.list_checkpoints(out) else
-               "it saved no checkpoint to resume from: replace it with --overwrite, or choose another --out")
-        raise ConfigError(f"{out} already holds a training run (checkpoints, weights or log)", fix=fix)
-    doomed = out.resolve()
-    foreign = ckpt.foreign_entries(out)
-    if foreign:
-        raise ConfigError(f"--overwrite: {out} also holds files no run writes ({', '.join(foreign[:5])})",
-                          fix="move them elsewhere, or choose another --out")
-    if doomed in (Path.cwd(), *Path.cwd().parents):
-        raise ConfigError(f"--overwrite would delete {out}, the current directory", fix="choose another --out")
-    if cfg.init and doomed in (Path(cfg.init).resolve(), *Path(cfg.init).resolve().parents):
-        raise ConfigError(f"--overwrite would delete {cfg.init}, the weights --init starts from",
-                          fix="copy them out of --out first, or choose another --out")
-
-
 def train(cfg: TrainConfig) -> TrainResult:
-    _check_out(cfg)
+    ckpt.check_out(Path(cfg.out), cfg.resume, cfg.overwrite, cfg.init)
     world = init_world(cfg.device)
     try:
         if cfg.overwrite and world.is_main and ckpt.holds_run(Path(cfg.out)):
@@ -311,7 +278,7 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     # --- the step loop
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        log = stack.enter_context(_open_log(out)) if world.is_main else None
+        log = stack.enter_context(open_log(out)) if world.is_main else None
         if log and s.resumed_from is not None:  # marks where this process's lines begin
             log.write(json.dumps({"resume": {"from_step": s.start_step, "checkpoint": str(s.resumed_from)}}) + "\n")
         tb = _tensorboard(stack, out) if world.is_main else None
@@ -474,21 +441,6 @@ def apply_gradients(
     with torch.no_grad():
         model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     return norm
-
-
-def _open_log(out: Path) -> TextIO:
-    """The JSONL log, opened to append. A line that a killed run left unfinished is ended first,
-    so the next record starts a line of its own."""
-    path = out / "train_log.jsonl"
-    unfinished = False
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            unfinished = f.read(1) != b"\n"
-    log = open(path, "a", encoding="utf-8")
-    if unfinished:
-        log.write("\n")
-    return log
 
 
 def _finite(x: float, digits: int) -> float | None:

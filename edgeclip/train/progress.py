@@ -1,8 +1,11 @@
-"""A rich progress bar showing loss and samples/s; silent when disabled (and on non-main ranks)."""
+"""A rich progress bar showing loss and samples/s; silent when disabled (and on non-main ranks).
+And the JSONL log the trainer appends to."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, TextIO
 
 
 class Progress:
@@ -32,3 +35,18 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self._p.__exit__(None, None, None)
+
+
+def open_log(out: Path) -> TextIO:
+    """The JSONL log, opened to append. A line that a killed run left unfinished is ended first,
+    so the next record starts a line of its own."""
+    path = out / "train_log.jsonl"
+    unfinished = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            unfinished = f.read(1) != b"\n"
+    log = open(path, "a", encoding="utf-8")
+    if unfinished:
+        log.write("\n")
+    return log

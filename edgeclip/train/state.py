@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from edgeclip._io import atomic_dir, atomic_path
-from edgeclip.errors import CheckpointError
+from edgeclip.errors import CheckpointError, ConfigError
 
 STATE = "train_state.pt"
 _RUN_MARKS = ("checkpoints", "config.json", "model.safetensors", "train_log.jsonl")
@@ -116,6 +116,37 @@ def remove_run(out: Path) -> None:
     aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".overwritten", dir=out.parent))
     os.rename(out, aside / out.name)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_out(out: Path, resume: str | None, overwrite: bool, init: str | None) -> None:
+    """Refuse, before any work, a run that would mix with (or silently delete) one already in
+    --out: its step directories would stay beside the new ones and `--resume latest` could pick
+    one of them. Every rank checks, before the process group forms (no rank has written yet)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file", fix="choose a directory for --out")
+    if not holds_run(out):
+        return
+    if resume:
+        src = resolve_resume(resume, out)
+        if src.resolve().parent.parent != out.resolve():
+            raise ConfigError(f"--resume {resume} is another run's checkpoint, and {out} holds a run already",
+                              fix="resume into an empty --out, or pass --resume latest to continue the run in it")
+        return
+    if not overwrite:
+        fix = ("continue it with --resume latest, replace it with --overwrite, or choose another --out"
+               if list_checkpoints(out) else
+               "it saved no checkpoint to resume from: replace it with --overwrite, or choose another --out")
+        raise ConfigError(f"{out} already holds a training run (checkpoints, weights or log)", fix=fix)
+    doomed = out.resolve()
+    foreign = foreign_entries(out)
+    if foreign:
+        raise ConfigError(f"--overwrite: {out} also holds files no run writes ({', '.join(foreign[:5])})",
+                          fix="move them elsewhere, or choose another --out")
+    if doomed in (Path.cwd(), *Path.cwd().parents):
+        raise ConfigError(f"--overwrite would delete {out}, the current directory", fix="choose another --out")
+    if init and doomed in (Path(init).resolve(), *Path(init).resolve().parents):
+        raise ConfigError(f"--overwrite would delete {init}, the weights --init starts from",
+                          fix="copy them out of --out first, or choose another --out")
 
 
 def publish(src: Path, out: Path) -> None:
