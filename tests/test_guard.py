@@ -149,7 +149,7 @@ def test_saved_graphs_keep_in_float_exactly_what_the_manifest_says(outlier_bundl
                 assert activation and weight, f"{a.key}: {name} is neither recorded as float nor quantized"
 
 
-def _embed(a: Artifact, path: Path, x: np.ndarray) -> np.ndarray:
+def run_saved_file(a: Artifact, path: Path, x: np.ndarray) -> np.ndarray:
     """Run the saved file itself in its runtime (OpenVINO with the f32 hint, as the guard measured)."""
     if a.target != "openvino":  # onnx, and TensorRT's Q/DQ graph as onnxruntime runs it
         import onnxruntime as ort
@@ -162,7 +162,7 @@ def _embed(a: Artifact, path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(compiled(x)[compiled.output(0)])
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return np.asarray((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
 
@@ -187,8 +187,8 @@ def test_heldout_numbers_recomputed_from_the_saved_files_meet_the_budget(
     truth = np.array([meta["classes"].index(c) for c in calib.heldout_labels])
     for a in outlier_bundle.manifest.find("image"):
         path = outlier_bundle.artifact_path(a)
-        got = _embed(a, path, held)
-        cos = _cosine(ref_held, got)
+        got = run_saved_file(a, path, held)
+        cos = cosine(ref_held, got)
         assert cos.min() >= TIGHT_MIN_COSINE, f"{a.key}: saved file's held-out cosine {cos.min():.6f}"
         # the manifest reports this file, not some other attempt of the guard
         assert abs(cos.min() - a.calibration["measured"]["cosine_min"]) < 1e-5, a.key  # type: ignore[index]
@@ -196,7 +196,7 @@ def test_heldout_numbers_recomputed_from_the_saved_files_meet_the_budget(
         top1_int8 = ((got @ labels.T).argmax(1) == truth).mean()
         assert 100 * (top1_fp32 - top1_int8) <= README_MAX_DROP, a.key
         # and on images neither calibration nor the guard saw, the README's default budget holds
-        assert _cosine(ref_fresh, _embed(a, path, fresh)).min() >= README_MIN_COSINE, a.key
+        assert cosine(ref_fresh, run_saved_file(a, path, fresh)).min() >= README_MIN_COSINE, a.key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def test_top1_budget_alone_makes_the_guard_keep_layers_in_float(image_int8: dict
 
         sess = ort.InferenceSession(str(d["dst"]), providers=["CPUExecutionProvider"])
         got = np.asarray(sess.run(None, {d["spec"].input_name: d["held"]})[0])
-        return float(_cosine(d["reference"], got).min()), 100 * float(((got @ labels.T).argmax(1) != truth).mean())
+        return float(cosine(d["reference"], got).min()), 100 * float(((got @ labels.T).argmax(1) != truth).mean())
 
     quantize([])
     naive_cos, naive_drop = saved_file()

@@ -21,12 +21,9 @@ from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.train.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES, ort_optimized_graph, run_cli
+from tests.test_guard import README_MAX_DROP, README_MIN_COSINE
 
 CALIB = {"calib": "builtin:shapes", "calib_size": 64}
-# The budget the README promises ("INT8": --min-cosine 0.995, --max-accuracy-drop 1.0 point), written
-# here rather than read from the code under test, so a changed default cannot move its own test
-README_MIN_COSINE = 0.995
-README_MAX_DROP = 1.0
 LABELS = {"default": (TINY_CLASSES, None)}
 
 
