@@ -78,8 +78,8 @@ class TrainConfig:
             raise ConfigError(
                 f"--warmup-steps {self.warmup_steps} is longer than --steps {self.steps}: the learning rate "
                 "would still be rising when the run ends",
-                fix=f"lower --warmup-steps to at most {self.steps} (a tenth of the run, {self.steps // 10}, is usual) "
-                    "or raise --steps",
+                fix=f"lower --warmup-steps to at most {self.steps}, omit it (default: {DEFAULT_WARMUP}, at most a "
+                    "tenth of --steps), or raise --steps",
             )
         if min(self.warmup_steps, self.save_every, self.eval_every, self.cooldown_steps) < 0:
             raise ConfigError("step counts must not be negative")
