@@ -25,7 +25,7 @@ def report(tiny_bundle: Path, tiny_checkpoint: Path) -> dict:  # type: ignore[ty
 
 
 def test_report_schema_rows_and_baseline(report: dict) -> None:  # type: ignore[type-arg]
-    assert report["schema"] == SCHEMA and report["schema_version"] == 1
+    assert report["schema"] == SCHEMA and report["schema_version"] == 2
     assert {"cpu", "cpu_flags", "cores", "threads", "os", "python", "packages"} <= set(report["machine"])
     keys = {r["key"] for r in report["rows"]}
     for bs in (1, 2):
@@ -99,6 +99,12 @@ def test_bad_input(tiny_bundle: Path, tmp_path: Path) -> None:
     bad.write_text("{broken")
     with pytest.raises(ConfigError, match="cannot read bench report"):
         load_report(bad)
+    # a v1 report labelled bf16 OpenVINO rows as fp32: comparing against it is refused, with a fix
+    v1 = tmp_path / "v1.json"
+    v1.write_text(json.dumps({"schema": "edgeclip-bench", "schema_version": 1, "rows": []}))
+    with pytest.raises(ConfigError, match="v1 bench report") as err:
+        load_report(v1)
+    assert "regenerate" in (err.value.fix or "")
     proc = run_cli("bench", str(tiny_bundle), "--batch-sizes", "0", "--baseline", "none")
     assert proc.returncode != 0 and "Error:" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("bench", str(tiny_bundle), "--compare", str(bad), "--baseline", "none")

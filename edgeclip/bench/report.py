@@ -147,8 +147,15 @@ def load_report(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read bench report {p}: {e}", fix="pass a JSON file written by --json") from e
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
-        raise ConfigError(f"{p} is not an edgeclip bench report (schema {SCHEMA} v{SCHEMA_VERSION})")
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ConfigError(f"{p} is not an edgeclip bench report (schema {SCHEMA} v{SCHEMA_VERSION})",
+                          fix="pass a JSON file written by `edgeclip bench --json`")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        # v1 labelled an OpenVINO row that ran in bf16 as fp32: comparing it with a true-f32 row
+        # would report a regression that is only a relabelling
+        version = data.get("schema_version")
+        raise ConfigError(f"{p} is a v{version} bench report; this edgeclip writes v{SCHEMA_VERSION}",
+                          fix="regenerate the baseline with this version's `edgeclip bench --json`")
     if not isinstance(data.get("rows"), list):
         raise ConfigError(f"{p} has no rows")
     return data

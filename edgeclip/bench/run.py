@@ -28,7 +28,7 @@ from edgeclip.runtime.preprocess import preprocess
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 SCHEMA = "edgeclip-bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: OpenVINO rows keyed by the precision that ran (bf16-hint rows apart)
 NOISY_SPREAD = 1.5  # p90 / median above this marks a row as noisy
 PROBE_TEXTS = ("a photo of a dog.", "a red circle", "something blue on the left", "an image of a star.")
 
