@@ -72,13 +72,19 @@ def outlier_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="module")
-def harmful_node(outlier_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Name of the ONNX node (and OpenVINO op) that runs the outlier block's c_proj, found by its weights."""
+def fp32_graph(outlier_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> onnx.GraphProto:
+    """The outlier model's image tower as exported to ONNX in float."""
     model, info = load_checkpoint(outlier_checkpoint)
     spec = encoder_spec("image", info)
     path = tmp_path_factory.mktemp("fp32") / "image.onnx"
     export_onnx(export_module("image", model), example_input("image", info), spec, path)
-    graph = onnx.load(str(path)).graph
+    return onnx.load(str(path)).graph
+
+
+@pytest.fixture(scope="module")
+def harmful_node(outlier_checkpoint: Path, fp32_graph: onnx.GraphProto) -> str:
+    """Name of the ONNX node (and OpenVINO op) that runs the outlier block's c_proj, found by its weights."""
+    graph = fp32_graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     weight = load_file(str(outlier_checkpoint / "model.safetensors"))[
         f"visual.transformer.resblocks.{HARMFUL_BLOCK}.mlp.c_proj.weight"].T
@@ -93,6 +99,8 @@ def outlier_bundle(outlier_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     out = tmp_path_factory.mktemp("guard") / "b.edgeclip"
     export_bundle(outlier_checkpoint, out, targets=["onnx", "tensorrt", "openvino"], precision="int8",
                   encoders=["image"], labels=LABELS, options={**CALIB, "min_cosine": TIGHT_MIN_COSINE})
+    export_bundle(outlier_checkpoint, out, targets=["onnx"], precision="int8-dynamic", encoders=["image"],
+                  labels=LABELS, options={**CALIB, "min_cosine": TIGHT_MIN_COSINE})
     return Bundle.open(out)
 
 
@@ -106,6 +114,24 @@ def _onnx_quantized_inputs(path: Path) -> dict[str, tuple[bool, bool]]:
     graph = onnx.load(str(path)).graph
     dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return {n.name: (n.input[0] in dq, n.input[1] in dq) for n in graph.node if n.op_type in OP_TYPES}
+
+
+def _dynamic_quantized(path: Path) -> dict[str, tuple[bool, bool]]:
+    """The same for an int8-dynamic graph: onnxruntime replaces a quantized MatMul NAME by a
+    MatMulInteger NAME_quant (activation quantized per batch, weight int8); a MatMul left in
+    float keeps its name and its float initializer weight."""
+    graph = onnx.load(str(path)).graph
+    weights = {i.name for i in graph.initializer}
+    layers = {n.name.removesuffix("_quant"): (True, True) for n in graph.node if n.op_type == "MatMulInteger"}
+    float_weight = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+    layers.update({name: (False, False) for name in float_weight})
+    return layers
+
+
+def _saved_layers(a: Artifact, path: Path) -> dict[str, tuple[bool, bool]]:
+    if a.target == "openvino":
+        return _ov_quantized_inputs(path)
+    return _dynamic_quantized(path) if a.precision == "int8-dynamic" else _onnx_quantized_inputs(path)
 
 
 _OV_PASS_THROUGH = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze"}
@@ -134,12 +160,13 @@ def _ov_quantized_inputs(xml: Path) -> dict[str, tuple[bool, bool]]:
 
 def test_saved_graphs_keep_in_float_exactly_what_the_manifest_says(outlier_bundle: Bundle) -> None:
     artifacts = outlier_bundle.manifest.find("image")
-    assert {a.target for a in artifacts} == {"onnx", "tensorrt", "openvino"}
+    assert {a.key for a in artifacts} == {f"image/{t}" for t in
+                                          ("onnx-int8", "tensorrt-int8", "openvino-int8", "onnx-int8-dynamic")}
     for a in artifacts:
         c = a.calibration
         assert c is not None and c["excluded_by_guard"], f"{a.key}: the guard was meant to act here"
         path = outlier_bundle.artifact_path(a)
-        layers = _ov_quantized_inputs(path) if a.target == "openvino" else _onnx_quantized_inputs(path)
+        layers = _saved_layers(a, path)
         kept = set(c["excluded_layers"])
         assert kept <= set(layers), f"{a.key}: the manifest names layers the saved graph lacks"
         for name, (activation, weight) in layers.items():
@@ -190,8 +217,10 @@ def test_heldout_numbers_recomputed_from_the_saved_files_meet_the_budget(
         got = run_saved_file(a, path, held)
         cos = cosine(ref_held, got)
         assert cos.min() >= TIGHT_MIN_COSINE, f"{a.key}: saved file's held-out cosine {cos.min():.6f}"
-        # the manifest reports this file, not some other attempt of the guard
-        assert abs(cos.min() - a.calibration["measured"]["cosine_min"]) < 1e-5, a.key  # type: ignore[index]
+        # the manifest reports this file, not some other attempt of the guard (int8-dynamic takes its
+        # activation ranges per batch, and the guard ran smaller batches: a little looser there)
+        tolerance = 1e-4 if a.precision == "int8-dynamic" else 1e-5
+        assert abs(cos.min() - a.calibration["measured"]["cosine_min"]) < tolerance, a.key  # type: ignore[index]
         top1_fp32 = ((ref_held @ labels.T).argmax(1) == truth).mean()
         top1_int8 = ((got @ labels.T).argmax(1) == truth).mean()
         assert 100 * (top1_fp32 - top1_int8) <= README_MAX_DROP, a.key
@@ -206,19 +235,31 @@ def test_heldout_numbers_recomputed_from_the_saved_files_meet_the_budget(
 def test_guard_keeps_the_layer_with_the_activation_outlier_in_float_first(
     outlier_bundle: Bundle, harmful_node: str
 ) -> None:
-    for target in ("onnx", "tensorrt"):  # TensorRT's symmetric activations suffer from it just as much
-        a = outlier_bundle.manifest.find("image", target, "int8")[0]
+    # TensorRT's symmetric activations and int8-dynamic's per-batch ranges suffer from it just as much
+    for key in ("image/onnx-int8", "image/tensorrt-int8", "image/onnx-int8-dynamic"):
+        a = next(a for a in outlier_bundle.manifest.artifacts if a.key == key)
         c = a.calibration
         assert c is not None
         sensitivity = c["guard"]["sensitivity"]
         ranked = sorted(sensitivity, key=lambda n: -sensitivity[n])
-        assert ranked[0] == harmful_node, (target, ranked[:3])
+        assert ranked[0] == harmful_node, (key, ranked[:3])
         # by construction it is the only harmful layer: far ahead of the next, and enough on its own
-        assert sensitivity[harmful_node] - sensitivity[ranked[1]] > 0.005, target
-        assert c["excluded_by_guard"] == [harmful_node], target
-        assert c["measured"]["cosine_min"] >= TIGHT_MIN_COSINE, target
-        _, weight_quantized = _onnx_quantized_inputs(outlier_bundle.artifact_path(a))[harmful_node]
-        assert not weight_quantized, target  # and the saved graph runs it in float
+        assert sensitivity[harmful_node] - sensitivity[ranked[1]] > 0.005, key
+        assert c["excluded_by_guard"] == [harmful_node], key
+        assert c["measured"]["cosine_min"] >= TIGHT_MIN_COSINE, key
+        assert not _saved_layers(a, outlier_bundle.artifact_path(a))[harmful_node][1], key  # float in the file
+
+
+def test_int8_dynamic_ranks_only_layers_it_quantizes(outlier_bundle: Bundle, fp32_graph: onnx.GraphProto) -> None:
+    """quantize_dynamic leaves activation x activation MatMuls (attention) in float: the guard
+    ranks, and may keep in float, only MatMuls with a weight."""
+    c = outlier_bundle.manifest.find("image", "onnx", "int8-dynamic")[0].calibration
+    assert c is not None and c["guard"]["sensitivity"]
+    weights = {i.name for i in fp32_graph.initializer}
+    with_weight = {n.name for n in fp32_graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+    attention = {n.name for n in fp32_graph.node if n.op_type == "MatMul"} - with_weight
+    assert attention  # the tower has them, and they are not candidates
+    assert set(c["guard"]["sensitivity"]) == with_weight - set(c["excluded_by_default"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from edgeclip.export.quantize import (
     quantizable_nodes,
     quantize_dynamic_int8,
     quantize_static_qdq,
+    weight_nodes,
 )
 from edgeclip.export.targets import ExportContext
 
@@ -45,7 +46,7 @@ def quantize_onnx(
         return run_in_onnxruntime(dst, spec)
 
     if dynamic:
-        method, candidates = "dynamic", quantizable_nodes(graph, DYNAMIC_OP_TYPES)
+        method, candidates = "dynamic", weight_nodes(graph, DYNAMIC_OP_TYPES)
 
         def quantize(excluded: list[str]) -> Run:
             quantize_dynamic_int8(graph, dst, excluded)
@@ -59,6 +60,8 @@ def quantize_onnx(
             quantize_static_qdq(graph, dst, ranges, opts.method, excluded, symmetric_activations=target == "tensorrt")
             return run()
 
+    # a default the scheme never quantizes (the Conv stem under int8-dynamic) is not "kept in float"
+    defaults = [d for d in defaults if d in candidates]
     result = guarded_quantize(quantize, candidates, defaults, data.heldout, opts.budget,
                               what=f"{spec.name}/{target}-{precision}")
     scheme = ("int8 weights per channel (symmetric), activations quantized per batch at run time" if dynamic else

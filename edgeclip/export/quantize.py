@@ -64,6 +64,18 @@ def quantizable_nodes(path: Path, op_types: Sequence[str] | None = OP_TYPES) -> 
     return [n.name for n in graph.node if n.op_type in types]
 
 
+def weight_nodes(path: Path, op_types: Sequence[str]) -> list[str]:
+    """Nodes of `op_types` whose weight (second input) is an initializer. quantize_dynamic
+    quantizes only these (activation x activation MatMuls, as in attention, stay float), so they
+    are the only layers the guard can keep in float for int8-dynamic: ranking the others would
+    cost a quantization each and could record as "kept in float" a layer that never was quantized."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in op_types and n.input[1:2] and n.input[1] in weights]
+
+
 def clip_float_defaults(path: Path) -> list[str]:
     """Nodes kept in float unless measured safe: the patch embedding / conv stem (Conv on
     visual.conv1 / visual.stem weights) and the final projection MatMul (visual.proj /
