@@ -171,6 +171,9 @@ class Manifest:
     labels: dict[str, LabelSet] = field(default_factory=dict)
     edgeclip_version: str = __version__
     schema_version: int = SCHEMA_VERSION
+    # sha256 over the checkpoint's tensors: only artifacts of these weights may join the bundle.
+    # None in bundles written before it was recorded (their weights are unknown)
+    source_weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +181,7 @@ class Manifest:
             "schema_version": self.schema_version,
             "edgeclip_version": self.edgeclip_version,
             "model": {"name": self.model_name, "config": self.model_config},
+            **({"source_weights_sha256": self.source_weights_sha256} if self.source_weights_sha256 else {}),
             "embed_dim": self.embed_dim,
             "logit_scale": self.logit_scale,
             "preprocess": dataclasses.asdict(self.preprocess),
@@ -210,6 +214,7 @@ class Manifest:
                 labels={k: LabelSet.from_dict(v) for k, v in d.get("labels", {}).items()},
                 edgeclip_version=str(d.get("edgeclip_version", "?")),
                 schema_version=int(version),
+                source_weights_sha256=_optional_str(d.get("source_weights_sha256")),
             )
         except BundleError:
             raise
@@ -237,6 +242,12 @@ def _check_shapes(a: Artifact, m: Manifest) -> None:
     if wrong or (outs and isinstance(outs[-1], int) and outs[-1] != m.embed_dim):
         raise BundleError(f"artifact {a.key} has shapes {list(ins)} -> {list(outs)}, which do not fit "
                           f"image_size {size} and embed_dim {m.embed_dim} in {MANIFEST}")
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise BundleError(f"{MANIFEST}: source_weights_sha256 must be a string, got {type(value).__name__}")
+    return value
 
 
 def _known_fields(cls: Any, d: dict[str, Any], what: str) -> dict[str, Any]:

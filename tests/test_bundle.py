@@ -100,3 +100,17 @@ def test_not_a_bundle(tmp_path: Path) -> None:
         Bundle.open(tmp_path / "missing")
     with pytest.raises(BundleError, match="manifest.json is missing"):
         Bundle.open(tmp_path)
+
+
+def test_weights_hash_is_optional_for_older_bundles(bundle_copy: Path) -> None:
+    recorded = Bundle.open(bundle_copy).manifest.source_weights_sha256
+    assert recorded and len(recorded) == 64
+    # a bundle written before the field existed still loads and runs; its weights are unknown
+    _edit_manifest(bundle_copy, lambda m: m.pop("source_weights_sha256"))
+    b = Bundle.open(bundle_copy)
+    assert b.manifest.source_weights_sha256 is None
+    assert "source_weights_sha256" not in b.manifest.to_dict()
+    b.label_set("default")
+    _edit_manifest(bundle_copy, lambda m: m.update(source_weights_sha256=["not", "a", "hash"]))
+    with pytest.raises(BundleError, match="source_weights_sha256 must be a string"):
+        Bundle.open(bundle_copy)

@@ -49,10 +49,13 @@ def _calibration_line(c: dict[str, object]) -> str:
               help="INT8 guard: largest zero-shot top-1 drop vs fp32 on held-out images, in points [1.0].")
 @click.option("--min-cosine", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="INT8 guard: smallest held-out embedding cosine vs fp32 [0.995].")
-@click.option("--out", required=True, type=click.Path(), help="Bundle directory to create or add to.")
+@click.option("--out", required=True, type=click.Path(),
+              help="Bundle directory to create, or to add to (only from the same weights).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the bundle at --out (atomically) instead of adding to it.")
 def export(
     checkpoint: str, targets: str, precision: str | None, encoders: str, labels_file: str | None,
-    templates_file: str | None, label_name: str, out: str, **options: object,
+    templates_file: str | None, label_name: str, out: str, overwrite: bool, **options: object,
 ) -> None:
     """Export the split image/text encoders of CHECKPOINT into a bundle, validated against torch."""
     from edgeclip.export.api import export_bundle
@@ -70,11 +73,15 @@ def export(
         encoders=csv_list(encoders) or [],
         labels={label_name: (classes, templates)} if classes is not None else None,
         options={k: v for k, v in options.items() if v is not None},
+        overwrite=overwrite,
     )
     for a in result.artifacts:
         v = a.validation
         numbers = (f"cosine_min {v['cosine_min']:.7f}  max_abs {v['max_abs']:.2e}" if "cosine_min" in v
                    else "spec checked; numerics need its device")
+        if "heldout" in v:  # INT8: judged on held-out inputs; the probes are informational
+            numbers = (f"held-out cosine_min {v['heldout']['cosine_min']:.5f}  (probes, informational: "
+                       f"cosine_min {v['cosine_min']:.5f})")
         click.echo(f"{a.key:<26} {numbers}  [{v.get('checked_with', '')}]")
         if a.calibration:
             click.echo(f"  {_calibration_line(a.calibration)}")

@@ -1,15 +1,19 @@
 """`export_bundle`: checkpoint -> validated split encoders + label embeddings -> bundle.
 
 Everything is built in a staging directory next to the output and moved into place only
-after every artifact passed validation, so a failed export leaves nothing half-written.
+after every artifact passed validation, so a failed export leaves nothing half-written. Adding to an
+existing bundle stages a full copy (hard links) and swaps it in; only artifacts of the same weights
+(`Manifest.source_weights_sha256`) may be added, anything else needs `overwrite`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,11 @@ import torch
 
 from edgeclip._io import sha256_file
 from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest
-from edgeclip.errors import ConfigError, ExportError
+from edgeclip.errors import BundleError, ConfigError, ExportError
 from edgeclip.export.capabilities import plan_exports
-from edgeclip.export.encoders import ENCODERS, encoder_spec
-from edgeclip.export.int8 import check_int8_plan, preload_calibration
+from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_spec
+from edgeclip.export.guard import Budget, HeldOut
+from edgeclip.export.int8 import Int8Options, check_int8_plan, encoder_data, preload_calibration
 from edgeclip.export.targets import ExportContext, Target, get_target
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
 from edgeclip.model.clip import CLIP, TextEncoder
@@ -53,10 +58,13 @@ def export_bundle(
     encoders: Sequence[str] = ENCODERS,
     labels: Mapping[str, tuple[Sequence[str], Sequence[str] | None]] | None = None,
     options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
-    """Export `encoders` for each target into the bundle at `out` (created or extended).
+    """Export `encoders` for each target into the bundle at `out` (created, extended, or with
+    `overwrite` replaced).
 
     `labels` maps a label-set name to (class names, prompt templates or None for defaults).
+    An existing bundle is extended only with artifacts of the same weights and configuration.
     """
     out = Path(out)
     # check every argument before any work, so bad input fails fast and writes nothing
@@ -71,10 +79,15 @@ def export_bundle(
         name: (check_classes(classes), list(templates or DEFAULT_TEMPLATES))
         for name, (classes, templates) in (labels or {}).items()
     }
-    existing = _existing_bundle(out)
+    existing = _existing_bundle(out, overwrite)
     model, info = load_checkpoint(checkpoint)
+    manifest = _new_manifest(model, info)
+    if existing is not None:
+        _check_same_source(existing.manifest, manifest, out)
+        manifest = existing.manifest
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    # the whole new bundle is built here and swapped in at the end: the old one is never half-changed
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary directory
     workdir = Path(tempfile.mkdtemp(prefix="edgeclip-export-"))
@@ -86,28 +99,25 @@ def export_bundle(
             label_classes=first[0] if first else None,
             label_prompts=prompts(*first) if first else [],
         )
+        ctx.int8_gate = _int8_gate(ctx)
         preload_calibration(ctx, plan)
         artifacts = [_export_one(resolved[t], ctx, e, p) for t, p in plan for e in encoders]
-        if existing is None:
-            bundle = Bundle(staging, _new_manifest(model, info))
-            shutil.copyfile(info.tokenizer_path, staging / info.tokenizer.file)
-        else:
-            bundle = existing
+        bundle = Bundle(staging, manifest)
         result = ExportResult(bundle=out)
         for a in artifacts:
             bundle.add_artifact(a)
             result.artifacts.append(a)
-        staged = Bundle(staging, bundle.manifest)  # label files are written to staging first
         for name, (classes, templates) in label_sets.items():
             emb = _label_embeddings(model, info, classes, templates)
-            staged.write_label_set(name, emb, _label_meta(model, classes, templates))
+            bundle.write_label_set(name, emb, _label_meta(model, classes, templates))
             result.label_sets.append(name)
         if existing is None:
-            bundle.save_manifest()
-            staging.rename(out)
+            shutil.copyfile(info.tokenizer_path, staging / info.tokenizer.file)
         else:
-            _merge_into(staging, out, [a.path for a in artifacts] + (["labels"] if label_sets else []))
-            bundle.save_manifest()
+            _link_unchanged(out, staging, replaced=[a.path for a in artifacts])
+        bundle.save_manifest()
+        Bundle.open(staging).verify()  # what is swapped in opens and every file matches its hash
+        _swap_in(staging, out)
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,11 +128,31 @@ def _export_one(target: Target, ctx: ExportContext, encoder: str, precision: str
     return target.export(ctx, encoder_spec(encoder, ctx.info), precision)
 
 
-def _existing_bundle(out: Path) -> Bundle | None:
+def _int8_gate(ctx: ExportContext) -> Callable[[EncoderSpec, str], tuple[HeldOut, Budget]]:
+    """What validation judges an INT8 artifact on: the guard's held-out data and budget."""
+    budget = Int8Options.from_options(ctx.options).budget
+
+    def gate(spec: EncoderSpec, precision: str) -> tuple[HeldOut, Budget]:
+        return encoder_data(ctx, spec, dynamic=precision == "int8-dynamic").heldout, budget
+
+    return gate
+
+
+REPLACE_FIX = "pass --overwrite (overwrite=True) to replace the bundle, or choose a new --out path"
+
+
+def _existing_bundle(out: Path, overwrite: bool) -> Bundle | None:
+    """The bundle to add to, or None when `out` is new, empty, or a bundle to be replaced."""
     if not out.exists():
         return None
     if (out / MANIFEST).is_file():
-        return Bundle.open(out)
+        if overwrite:
+            return None
+        try:
+            return Bundle.open(out)
+        except BundleError as e:
+            raise ExportError(f"{out} holds a bundle that cannot be read, so nothing can be added to it: {e.message}",
+                              fix=REPLACE_FIX) from e
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty directory is as good as none
         return None
@@ -132,19 +162,65 @@ def _existing_bundle(out: Path) -> Bundle | None:
     )
 
 
-def _merge_into(staging: Path, out: Path, rel_dirs: list[str]) -> None:
-    """Move freshly written artifact folders into an existing bundle, replacing old ones."""
-    for rel in rel_dirs:
-        src, dst = staging / rel, out / rel
-        if rel == "labels":
-            dst.mkdir(exist_ok=True)
-            for f in src.iterdir():
-                f.replace(dst / f.name)
+def _check_same_source(old: Manifest, new: Manifest, out: Path) -> None:
+    """One bundle holds one model: refuse artifacts of other weights or another configuration."""
+    if old.source_weights_sha256 is None:
+        reason = "it does not record which weights it was exported from (written by an older edgeclip)"
+    elif old.source_weights_sha256 != new.source_weights_sha256:
+        reason = (f"it holds other weights (sha256 {old.source_weights_sha256[:12]}..., this checkpoint "
+                  f"{new.source_weights_sha256 and new.source_weights_sha256[:12]}...)")
+    else:
+        differs = [name for name, a, b in (
+            ("model config", _plain(old.model_config), _plain(new.model_config)),
+            ("preprocessing", old.preprocess, new.preprocess),
+            ("tokenizer", (old.tokenizer, old.tokenizer_sha256), (new.tokenizer, new.tokenizer_sha256)),
+        ) if a != b]
+        if not differs:
+            return
+        reason = f"its {' and '.join(differs)} differ from this checkpoint's (same weights)"
+    raise ExportError(f"cannot add artifacts to {out}: {reason}; mixing models would make a wrong bundle",
+                      fix=REPLACE_FIX)
+
+
+def _plain(obj: Any) -> Any:
+    """The JSON form, so tuples and lists compare equal."""
+    return json.loads(json.dumps(obj))
+
+
+def _link_unchanged(old: Path, staging: Path, replaced: list[str]) -> None:
+    """Carry the old bundle's files into staging: hard links (files are only ever replaced by
+    rename, never written in place), or copies where links are not possible. The manifest, replaced
+    artifact folders and files staging already has (rewritten label sets) are left out."""
+    for src in sorted(old.rglob("*")):
+        rel = src.relative_to(old).as_posix()
+        dst = staging / rel
+        if src.is_symlink() or not src.is_file() or rel == MANIFEST or dst.exists():
+            continue
+        if any(rel.startswith(r + "/") for r in replaced):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
-            shutil.rmtree(dst)
-        src.rename(dst)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the staged bundle at `out`. An old bundle is moved aside first and removed only once
+    the new one is in place; if that fails, the old one goes back."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    aside = holder / "bundle"
+    out.rename(aside)
+    try:
+        staging.rename(out)
+    except BaseException:
+        aside.rename(out)
+        holder.rmdir()
+        raise
+    shutil.rmtree(holder, ignore_errors=True)
 
 
 def _new_manifest(model: CLIP, info: CheckpointInfo) -> Manifest:
@@ -156,6 +232,7 @@ def _new_manifest(model: CLIP, info: CheckpointInfo) -> Manifest:
         preprocess=info.preprocess,
         tokenizer=info.tokenizer,
         tokenizer_sha256=sha256_file(info.tokenizer_path),
+        source_weights_sha256=weights_hash(model),
     )
 
 
@@ -170,6 +247,16 @@ def _probes(info: CheckpointInfo, classes: list[str] | None) -> dict[str, torch.
     texts = list(PROBE_TEXTS) + [f"a photo of a {c}." for c in (classes or [])[:4]]
     ids = TextTokenizer(info.tokenizer_path, info.tokenizer)(texts)
     return {"image": torch.from_numpy(np.stack(images)), "text": torch.from_numpy(ids)}
+
+
+def weights_hash(model: CLIP) -> str:
+    """sha256 over every tensor (name, dtype, shape, bytes) of the loaded model: which weights a
+    bundle was exported from, however the checkpoint file was written."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def text_tower_hash(model: CLIP) -> str:

@@ -18,7 +18,8 @@ from edgeclip._io import sha256_file
 from edgeclip.bundle import Artifact
 from edgeclip.errors import UnknownNameError
 from edgeclip.export.encoders import EncoderSpec
-from edgeclip.export.validate import validate
+from edgeclip.export.guard import Budget, HeldOut
+from edgeclip.export.validate import GUARDED, validate
 from edgeclip.model.checkpoint import CheckpointInfo
 from edgeclip.model.clip import CLIP
 
@@ -37,6 +38,9 @@ class ExportContext:
     label_classes: list[str] | None = None  # class names of label_embeddings' rows
     label_prompts: list[str] = field(default_factory=list)  # their prompts (calibrate an INT8 text tower)
     cache: dict[str, Any] = field(default_factory=dict)  # e.g. the fp32 ONNX graph per encoder
+    # the INT8 gate's data, set by the driver: (encoder, precision) -> (held-out inputs with their fp32
+    # embeddings, accuracy budget); validation measures the saved INT8 artifact on them
+    int8_gate: Callable[[EncoderSpec, str], tuple[HeldOut, Budget]] | None = None
 
     def artifact_dir(self, encoder: str, target: str, precision: str) -> tuple[str, Path]:
         """(path relative to the bundle, absolute path) of an artifact's folder, created."""
@@ -83,6 +87,10 @@ def validated_artifact(
         return artifact
     from edgeclip.export.encoders import encoder_module
 
+    gate = None
+    if precision in GUARDED:
+        assert ctx.int8_gate is not None, "the export driver sets the INT8 gate"
+        gate = ctx.int8_gate(spec, precision)
     artifact.validation = validate(
         encoder_module(spec.name, ctx.model),
         ctx.probes[spec.name],
@@ -90,6 +98,7 @@ def validated_artifact(
         precision,
         what=f"{artifact.key} ({checked_with})",
         label_embeddings=ctx.label_embeddings if spec.name == "image" else None,
+        heldout=gate,
     )
     artifact.validation["checked_with"] = checked_with
     return artifact

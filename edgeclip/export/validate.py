@@ -9,11 +9,18 @@ import numpy as np
 import torch
 
 from edgeclip.errors import ValidationError
+from edgeclip.export.guard import Budget, HeldOut, measure, within
 
-# minimum cosine between artifact and torch embeddings, per precision
-# (INT8 on the fixed probes, which include noise images no calibration set covers; the accuracy
-# guard's held-out numbers are INT8's real gate)
-MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99, "int8-dynamic": 0.99}
+# minimum cosine between artifact and torch embeddings on the probes, per precision
+MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999}
+DEFAULT_MIN_COSINE = 0.99  # weight-only precisions (CoreML int8w, palettes)
+# Activation-quantized INT8 is gated by the accuracy guard's budget on held-out real inputs, measured
+# again here on the saved artifact. The probes include noise images that no calibration set covers:
+# on the trained edge model OpenVINO INT8 read cosine 0.948 on them while the guard measured 0.99985
+# on real images. So INT8 probe numbers are recorded for information and never veto.
+GUARDED = ("int8", "int8-dynamic")
+PROBES_ROLE = "informational: INT8 is gated by the accuracy budget on held-out inputs (see heldout)"
+HELDOUT_BATCH = 32
 
 
 def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
@@ -35,10 +42,12 @@ def validate(
     precision: str,
     what: str,
     label_embeddings: np.ndarray | None = None,
+    heldout: tuple[HeldOut, Budget] | None = None,
 ) -> dict[str, Any]:
     """Run the probes at batch 1 and at full batch through `run` and through torch.
 
-    Raises ValidationError when the worst cosine is below the precision's threshold.
+    Raises ValidationError when the worst cosine is below the precision's threshold. GUARDED
+    precisions record the probe numbers and are judged on `heldout` against its budget instead.
     """
     with torch.no_grad():
         reference = encoder(probes).float().numpy()
@@ -51,16 +60,45 @@ def validate(
         "cosine_min": min(s["cosine_min"], b["cosine_min"]),
         "cosine_mean": (s["cosine_mean"] + b["cosine_mean"]) / 2,
         "max_abs": max(s["max_abs"], b["max_abs"]),
-        "threshold_cosine": MIN_COSINE.get(precision, 0.99),
     }
     if label_embeddings is not None and reference.shape[1] == label_embeddings.shape[1]:
         # would the artifact pick the same label as torch for each probe?
         same = (reference @ label_embeddings.T).argmax(1) == (batched @ label_embeddings.T).argmax(1)
         result["top1_agreement"] = float(same.mean())
+    if precision in GUARDED:
+        assert heldout is not None, f"{what}: INT8 is validated on held-out inputs"
+        return {**result, "probes_role": PROBES_ROLE, **_heldout_gate(run, *heldout, what)}
+    result["threshold_cosine"] = MIN_COSINE.get(precision, DEFAULT_MIN_COSINE)
     result["passed"] = result["cosine_min"] >= result["threshold_cosine"]
     if not result["passed"]:
         raise ValidationError(
             f"{what} disagrees with the torch reference: cosine {result['cosine_min']:.6f} "
-            f"< {result['threshold_cosine']} (max abs {result['max_abs']:.3g}); the artifact was not registered"
+            f"< {result['threshold_cosine']} (max abs {result['max_abs']:.3g}); the artifact was not registered",
+            fix=_fix(precision),
         )
     return result
+
+
+def _heldout_gate(run: Callable[[np.ndarray], np.ndarray], held: HeldOut, budget: Budget, what: str) -> dict[str, Any]:
+    """The accuracy budget measured on the saved artifact (the guard measured it while choosing
+    layers; the file may have been written again since)."""
+    x = held.inputs
+    measured = measure(held, np.concatenate([run(x[i : i + HELDOUT_BATCH]) for i in range(0, len(x), HELDOUT_BATCH)]))
+    gate = {"min_cosine": budget.min_cosine, "max_accuracy_drop": budget.max_accuracy_drop}
+    if not within(measured, budget):
+        drop = f", top-1 drop {measured['top1_drop']:.2f} points" if "top1_drop" in measured else ""
+        raise ValidationError(
+            f"{what} misses the INT8 accuracy budget on {measured['heldout_size']} held-out inputs: cosine min "
+            f"{measured['cosine_min']:.5f} (>= {budget.min_cosine} needed){drop}; the artifact was not registered",
+            fix="calibrate on more representative images (--calib), relax --min-cosine / --max-accuracy-drop, "
+                "or export fp16/fp32",
+        )
+    return {"heldout": measured, "gate": gate, "passed": True}
+
+
+def _fix(precision: str) -> str:
+    if precision == "fp32":
+        return ("the converter or runtime computes something else than torch for this model: export another "
+                "--target, or upgrade its SDK (the manifest's environment names the versions used)")
+    return ("this model loses too much accuracy at " + precision + ": export --precision fp32 for this target, "
+            "or upgrade its SDK")
