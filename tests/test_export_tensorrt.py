@@ -20,20 +20,14 @@ from onnx import TensorProto, helper
 
 from edgeclip.bundle import Artifact, Bundle
 from edgeclip.errors import ExportError, MissingDependencyError
-from edgeclip.export.tensorrt import (
-    FP32_PREFIX,
-    PROFILE_DEFAULTS,
-    TRT_VERSIONS,
-    build_engine,
-    check_ops,
-    supported_ops,
-)
+from edgeclip.export.tensorrt import PROFILE_DEFAULTS, TRT_VERSIONS, check_ops, supported_ops
 from edgeclip.export.validate import MIN_COSINE
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.clip import ImageEncoder, TextEncoder
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgeclip.runtime.backends.tensorrt import TensorRTBackend
+from edgeclip.runtime.backends.tensorrt_engine import FP32_PREFIX, build_engine
 from edgeclip.runtime.tokenizer import TextTokenizer
 from tests.export_template import TargetTemplate
 
@@ -197,9 +191,11 @@ def test_build_engine_without_tensorrt_names_the_pip_line(monkeypatch: pytest.Mo
 
 
 def test_runtime_side_of_tensorrt_pulls_no_torch() -> None:
-    """TensorRTBackend imports build_engine from edgeclip.export.tensorrt: both must stay torch-free."""
-    code = ("import sys; import edgeclip.runtime.backends.tensorrt, edgeclip.export.tensorrt; "
-            "print(' '.join(m for m in ('torch', 'onnx', 'tensorrt', 'polygraphy') if m in sys.modules))")
+    """The device builds its engines: the backend and the engine builder import no torch, no SDK and
+    nothing from the export side until an engine is built."""
+    code = ("import sys; import edgeclip.runtime.backends.tensorrt, edgeclip.runtime.backends.tensorrt_engine; "
+            "print(' '.join(m for m in ('torch', 'onnx', 'tensorrt', 'polygraphy', 'edgeclip.export')"
+            " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -3,76 +3,41 @@
 Engines are specific to a GPU and a TensorRT version, so the portable artifact is the ONNX
 (fp32 graph, opset 18 with one LayerNormalization op, fixed context length, dynamic batch)
 plus an explicit min/opt/max batch profile, a `build_engine.sh` (trtexec) and `build_engine`
-(Python API). With TensorRT and an NVIDIA GPU present the engine is built now and listed in
-the artifact; otherwise the runtime builds it on first load on the device and caches it.
-
-This module imports nothing heavy at module top: the runtime's TensorRTBackend imports
-`build_engine` from here and must never pull torch.
+(Python API, in `edgeclip.runtime.backends.tensorrt_engine`: the device builds engines). With
+TensorRT and an NVIDIA GPU present the engine is built now, through the runtime's backend, and
+listed in the artifact; otherwise the runtime builds it on first load on the device and caches it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeclip import _deps
-from edgeclip._io import atomic_path, sha256_file
+from edgeclip._io import sha256_file
 from edgeclip.bundle import Artifact
 from edgeclip.errors import ConfigError, ExportError
+from edgeclip.runtime.backends.tensorrt import TensorRTBackend
+from edgeclip.runtime.backends.tensorrt_engine import DEFAULT_WORKSPACE, FP32_PREFIX, TIMING_CACHE, USER_PLAN, Profile
 
 if TYPE_CHECKING:
     from edgeclip.export.encoders import EncoderSpec
     from edgeclip.export.targets import ExportContext
 
 TRT_VERSIONS = ">=10.0,<11"
-BUILD_NEEDS = "NVIDIA GPU + TensorRT 10; build_engine.sh or edgeclip.export.tensorrt.build_engine"
-DEFAULT_WORKSPACE = 2 << 30  # bytes; enough for ViT-L/14 tactics at batch 64, and only an upper bound
+BUILD_NEEDS = "NVIDIA GPU + TensorRT 10; build_engine.sh or edgeclip.runtime.backends.tensorrt_engine.build_engine"
 # (min, opt, max) batch. TensorRT tunes its kernels for `opt`. Images: a device classifies one
 # camera frame at a time, so opt=1; max=32 is ZeroShotClassifier's default chunk. Texts: the
 # on-device batches come from set_labels (classes x templates, chunked by 32), so opt=32;
 # max=64 leaves room for a caller who raises max_batch. Larger batches are chunked by the backend.
 PROFILE_DEFAULTS: dict[str, tuple[int, int, int]] = {"image": (1, 1, 32), "text": (1, 32, 64)}
-# Nodes renamed with this prefix are pinned to fp32 in fp16 engines: LayerNorm's variance and the
-# final L2 norm's sum of squares overflow or lose precision in fp16 (TensorRT warns about
-# LayerNorm after attention in fp16 for the same reason).
-FP32_PREFIX = "edgeclip_fp32_"
-FP32_OPS = ("LayerNormalization", "ReduceL2")
-ONNX_FILE, SCRIPT_FILE, USER_PLAN, TIMING_CACHE = "model.onnx", "build_engine.sh", "model.plan", "timing.cache"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The optimisation profile of one input: only the batch dimension varies."""
-
-    input: str
-    shape: tuple[int, ...]  # one example, without the batch dimension
-    min_batch: int
-    opt_batch: int
-    max_batch: int
-
-    def dims(self, batch: int) -> tuple[int, ...]:
-        return (batch, *self.shape)
-
-    def trtexec(self, batch: int) -> str:
-        return f"{self.input}:{'x'.join(map(str, self.dims(batch)))}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input": self.input, "min_batch": self.min_batch, "opt_batch": self.opt_batch,
-            "max_batch": self.max_batch, "shape": list(self.shape),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Profile:
-        return cls(str(d["input"]), tuple(d["shape"]), int(d["min_batch"]), int(d["opt_batch"]), int(d["max_batch"]))
+FP32_OPS = ("LayerNormalization", "ReduceL2")  # renamed FP32_PREFIX* so both build paths pin them to fp32
+ONNX_FILE, SCRIPT_FILE = "model.onnx", "build_engine.sh"
 
 
 def supported_ops() -> dict[str, Any]:
@@ -162,108 +127,14 @@ def trtexec_script(
     return (
         "#!/bin/sh\n"
         "# Build this encoder's TensorRT 10 engine on the device that will run it (engines are GPU-specific).\n"
-        "# Same build in Python: edgeclip.export.tensorrt.build_engine. The edgeclip runtime uses $PLAN\n"
-        "# when it deserializes on this device, else it builds and caches its own engine.\n"
+        "# Same build in Python: edgeclip.runtime.backends.tensorrt_engine.build_engine. The edgeclip\n"
+        "# runtime uses $PLAN when it deserializes on this device, else it builds and caches its own engine.\n"
         "set -eu\n"
         'cd "$(dirname "$0")"\n'
         'TRTEXEC="${TRTEXEC:-trtexec}"\n'
         f'PLAN="${{PLAN:-{USER_PLAN}}}"\n'
         f"{lines}\n"
     )
-
-
-def build_engine(
-    onnx_path: str | Path,
-    plan_path: str | Path,
-    *,
-    fp16: bool,
-    min_batch: int,
-    opt_batch: int,
-    max_batch: int,
-    workspace_bytes: int,
-    timing_cache: str | Path | None = None,
-    int8: bool | None = None,
-) -> Path:
-    """Build a serialized TensorRT engine (.plan) for the ONNX at `onnx_path` with TensorRT's Python API.
-
-    Only the batch dimension may be dynamic; it gets the (min, opt, max) profile. With fp16, nodes
-    named FP32_PREFIX* stay fp32. int8 (None: when the graph has Q/DQ nodes) enables the INT8 and
-    FP16 flags for an explicitly quantized graph, as `trtexec --int8 --fp16`. `timing_cache` is
-    loaded when present and saved after the build. The plan is written atomically. Needs TensorRT 10
-    and an NVIDIA GPU.
-    """
-    trt: Any = _deps.require("tensorrt", extra="tensorrt", purpose="building a TensorRT engine")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}",
-                          fix="check the op check in the manifest and the TensorRT version (needs 10.x)")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if int8 is None:
-        int8 = _has_qdq(trt, network)
-    if int8:
-        config.set_flag(trt.BuilderFlag.INT8)
-    if fp16 or int8:
-        config.set_flag(trt.BuilderFlag.FP16)
-        _pin_fp32(trt, network, config)
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would miss the fp32 parity threshold
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        tail = tuple(tensor.shape)[1:]
-        if any(d < 0 for d in tail):
-            raise ExportError(f"input {tensor.name} has a dynamic dimension besides the batch: {tuple(tensor.shape)}")
-        profile.set_shape(tensor.name, (min_batch, *tail), (opt_batch, *tail), (max_batch, *tail))
-    config.add_optimization_profile(profile)
-    cache_file = Path(timing_cache) if timing_cache else None
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file and cache_file.is_file() else b"")
-    config.set_timing_cache(cache, True)  # True: a cache from another GPU/version is ignored, not fatal
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise ExportError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}",
-                          fix="see the TensorRT log above (e.g. raise the workspace limit)")
-    with atomic_path(plan_path) as tmp:
-        tmp.write_bytes(memoryview(plan))
-    if cache_file:
-        with atomic_path(cache_file) as tmp:
-            tmp.write_bytes(memoryview(cache.serialize()))
-    return Path(plan_path)
-
-
-def _has_qdq(trt: Any, network: Any) -> bool:
-    """Whether the parsed network is explicitly quantized (has Quantize/Dequantize layers)."""
-    kinds = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
-    return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
-
-
-def _pin_fp32(trt: Any, network: Any, config: Any) -> list[str]:
-    """Keep the FP32_PREFIX layers (and the helper layers the parser adds for them) in fp32."""
-    floats = (trt.float32, trt.float16)
-    pinned = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if FP32_PREFIX in layer.name and all(t.dtype in floats for t in outputs):
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned.append(layer.name)
-    if pinned:
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    return pinned
-
-
-def engine_name(artifact: Artifact, tensorrt_version: str, gpu: str) -> str:
-    """Cache file name of an engine: TensorRT version + GPU + precision + what the engine depends on."""
-    onnx_sha = artifact.files[artifact.main_file]
-    key = json.dumps([onnx_sha, artifact.environment.get("profile"), artifact.precision], sort_keys=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
-    return f"{tensorrt_version}-{slug}-{artifact.precision}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.plan"
 
 
 class TensorRTTarget:
@@ -275,7 +146,6 @@ class TensorRTTarget:
 
         from edgeclip.export.onnx import OPSET, add_metadata, reference_onnx
         from edgeclip.export.targets import validated_artifact
-        from edgeclip.runtime.backends.tensorrt import TensorRTBackend
 
         rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
         onnx_file = folder / ONNX_FILE

@@ -21,6 +21,7 @@ from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import BundleError, EdgeclipError, MissingDependencyError, PlatformError
 from edgeclip.runtime.backends.base import BackendOptions, has_nvidia_gpu, missing_sdk
+from edgeclip.runtime.backends.tensorrt_engine import USER_PLAN, build_artifact_engine, engine_name
 
 
 def _cudart() -> Any:
@@ -96,8 +97,6 @@ class TensorRTBackend:
         self._lock = threading.Lock()  # one context, one stream, one set of buffers: one call at a time
 
     def _load_or_build(self, trt: Any, onnx_path: Path, artifact: Artifact) -> tuple[Path, Any]:
-        from edgeclip.export.tensorrt import USER_PLAN, Profile, build_engine, engine_name
-
         runtime = self._runtime = trt.Runtime(self._logger)
         name = engine_name(artifact, self.tensorrt_version, self.gpu)
         local, user = onnx_path.parent / "engines" / name, user_cache_dir() / name
@@ -106,13 +105,7 @@ class TensorRTBackend:
             if plan.is_file() and (engine := runtime.deserialize_cuda_engine(plan.read_bytes())) is not None:
                 return plan, engine
         plan = local if os.access(onnx_path.parent, os.W_OK) else user
-        env = artifact.environment
-        profile = Profile.from_dict(env["profile"])
-        build_engine(
-            onnx_path, plan, fp16=artifact.precision == "fp16", min_batch=profile.min_batch,
-            opt_batch=profile.opt_batch, max_batch=profile.max_batch,
-            workspace_bytes=int(env.get("workspace_bytes", 2 << 30)), timing_cache=plan.parent / "timing.cache",
-        )
+        build_artifact_engine(onnx_path, plan, artifact)
         engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
             raise BundleError(f"TensorRT {self.tensorrt_version} could not load the engine it just built: {plan}")
