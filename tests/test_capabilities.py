@@ -7,7 +7,7 @@ import pytest
 from edgeclip.errors import ConfigError, UnknownNameError
 from edgeclip.export.capabilities import CAPABILITIES, markdown_table, plan_exports
 from edgeclip.export.targets import TARGETS
-from edgeclip.runtime.backends import BACKENDS
+from edgeclip.runtime.backends import BACKENDS, backend_class, backend_target, target_backend
 
 
 def test_table_covers_every_target_and_backend() -> None:
@@ -15,6 +15,18 @@ def test_table_covers_every_target_and_backend() -> None:
     assert {c.backend for c in CAPABILITIES.values()} <= set(BACKENDS)
     table = markdown_table()
     assert all(f"| {t} |" in table for t in CAPABILITIES)
+
+
+def test_target_to_backend_map_is_one_fact_shared_by_export_and_runtime() -> None:
+    expected = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coreml"}
+    assert {t: c.backend for t, c in CAPABILITIES.items()} == expected
+    # the runtime picks artifacts by the same map, read in the other direction
+    assert {backend_target(b): b for b in BACKENDS} == expected
+    assert all(target_backend(t) == b for t, b in expected.items())
+    # and no backend class keeps a copy of its own
+    assert not [b for b in BACKENDS if hasattr(backend_class(b), "target")]
+    with pytest.raises(UnknownNameError, match="did you mean 'onnx'"):
+        target_backend("onnxx")
 
 
 def test_default_precision_is_each_targets_first() -> None:

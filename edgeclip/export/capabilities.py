@@ -1,7 +1,8 @@
 """The capability table: target x precision x options x where it builds and runs.
 
 One table drives argument validation (`edgeclip export`), the `--help` text, the README table
-and `edgeclip bench`. Torch-free and SDK-free, so the device side may read it too.
+and `edgeclip bench`. Torch-free and SDK-free. Which backend runs a target's artifacts is the
+runtime's fact (the device picks artifacts by it): `backend` reads it from the runtime's registry.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeclip.errors import ConfigError, UnknownNameError
+from edgeclip.runtime.backends import target_backend
 
 # options of every INT8-capable target: calibration source and method, and the accuracy guard's budget
 INT8_OPTIONS = ("calib", "calib_size", "calib_method", "max_accuracy_drop", "min_cosine")
@@ -19,37 +21,40 @@ class Capability:
     target: str
     precisions: tuple[str, ...]
     options: tuple[str, ...]  # target-specific CLI options it accepts
-    backend: str  # runtime backend that runs its artifacts
     builds_on: str  # what exporting needs
     runs_on: str  # where its artifacts run
     numerics_here: str  # what this Linux CPU machine can check
+
+    @property
+    def backend(self) -> str:
+        """The runtime backend that runs this target's artifacts."""
+        return target_backend(self.target)
 
 
 CAPABILITIES: dict[str, Capability] = {
     c.target: c
     for c in (
         Capability(
-            "onnx", ("fp32", "fp16", "int8", "int8-dynamic"), INT8_OPTIONS, "onnxruntime",
+            "onnx", ("fp32", "fp16", "int8", "int8-dynamic"), INT8_OPTIONS,
             builds_on="anywhere (torch, onnx)",
             runs_on="ONNX Runtime: any CPU; CUDA / TensorRT execution providers",
             numerics_here="yes: onnxruntime CPU vs torch",
         ),
         Capability(
-            "openvino", ("fp32", "fp16", "int8"), ("ov_precision_hint", *INT8_OPTIONS), "openvino",
+            "openvino", ("fp32", "fp16", "int8"), ("ov_precision_hint", *INT8_OPTIONS),
             builds_on="anywhere (openvino)",
             runs_on="OpenVINO: x86 CPUs (Intel/AMD), Intel GPU and NPU",
             numerics_here="yes: OpenVINO CPU plugin (f32 hint) vs torch",
         ),
         Capability(
             "tensorrt", ("fp32", "fp16", "int8"), ("trt_min_batch", "trt_opt_batch", "trt_max_batch", *INT8_OPTIONS),
-            "tensorrt",
             builds_on="ONNX + build recipe anywhere; the engine on an NVIDIA GPU with TensorRT 10",
             runs_on="NVIDIA GPUs and Jetson (engine built on the device, cached)",
             numerics_here="TensorRT-ready ONNX in onnxruntime; engine needs TensorRT + NVIDIA GPU",
         ),
         Capability(
             "coreml", ("fp16", "fp32", "int8w", "palette6", "palette4"),
-            ("coreml_target", "coreml_flexible_batch", "coreml_image_input"), "coreml",
+            ("coreml_target", "coreml_flexible_batch", "coreml_image_input"),
             builds_on="anywhere (coremltools)",
             runs_on="macOS / iOS (CPU, GPU, Neural Engine)",
             numerics_here="spec only; prediction needs macOS",

@@ -20,7 +20,7 @@ from edgeclip.errors import (
     MissingDependencyError,
     UnknownNameError,
 )
-from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class
+from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class, backend_target
 from edgeclip.runtime.backends.base import Backend, BackendOptions
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, label_embeddings
 from edgeclip.runtime.preprocess import ImageInput, preprocess
@@ -176,7 +176,7 @@ class ZeroShotClassifier:
                         fix="re-export with --encoders image,text, or precompute labels at export (--labels)",
                     )
                 # the same backend as the image tower when the bundle allows it
-                same = self.bundle.manifest.find("text", _target(self.backend_name))
+                same = self.bundle.manifest.find("text", backend_target(self.backend_name))
                 backend = self.backend_name if same else "auto"
                 self._text = load_encoder(self.bundle, "text", backend, None, self.options)
                 self._tokenizer = TextTokenizer(self.bundle.tokenizer_path(), self.bundle.manifest.tokenizer)
@@ -254,10 +254,6 @@ def missing_label_set(bundle: Bundle, name: str) -> EdgeclipError:
     return error
 
 
-def _target(backend: str) -> str:
-    return str(backend_class(backend).target)
-
-
 def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | None,
                  options: BackendOptions) -> Encoder:
     name, artifact, reason = choose_artifact(bundle, encoder, backend, precision)
@@ -285,7 +281,7 @@ def choose_artifact(
     blocked: list[EdgeclipError] = []  # why backends with an artifact in the bundle cannot run here
     for name in names:
         cls = backend_class(name)
-        candidates = m.find(encoder, cls.target, precision)
+        candidates = m.find(encoder, backend_target(name), precision)
         if not candidates:
             continue
         if (reason := cls.unavailable()) is not None:

@@ -1,19 +1,29 @@
-"""Backend registry: import paths only, so listing backends imports no SDK."""
+"""Backend registry: import paths only, so listing backends imports no SDK.
+
+It is also the one place that says which backend runs which export target's artifacts: the device
+needs that fact to pick an artifact, and the export side's capability table reads it from here.
+"""
 
 from __future__ import annotations
 
 import importlib
 import platform
-from typing import Any
+from typing import Any, NamedTuple
 
 from edgeclip.errors import UnknownNameError
 from edgeclip.runtime.backends.base import has_nvidia_gpu
 
-BACKENDS: dict[str, str] = {
-    "onnxruntime": "edgeclip.runtime.backends.onnxruntime:OnnxRuntimeBackend",
-    "openvino": "edgeclip.runtime.backends.openvino:OpenVinoBackend",
-    "tensorrt": "edgeclip.runtime.backends.tensorrt:TensorRTBackend",
-    "coreml": "edgeclip.runtime.backends.coreml:CoreMLBackend",
+
+class Registration(NamedTuple):
+    target: str  # the export target whose artifacts the backend runs
+    path: str  # "module:Class", imported only when the backend is used
+
+
+BACKENDS: dict[str, Registration] = {
+    "onnxruntime": Registration("onnx", "edgeclip.runtime.backends.onnxruntime:OnnxRuntimeBackend"),
+    "openvino": Registration("openvino", "edgeclip.runtime.backends.openvino:OpenVinoBackend"),
+    "tensorrt": Registration("tensorrt", "edgeclip.runtime.backends.tensorrt:TensorRTBackend"),
+    "coreml": Registration("coreml", "edgeclip.runtime.backends.coreml:CoreMLBackend"),
 }
 
 # Without a preference of its own, a backend picks the artifact precision in this order:
@@ -21,11 +31,28 @@ BACKENDS: dict[str, str] = {
 DEFAULT_PRECISION_ORDER: tuple[str, ...] = ("int8", "fp16", "fp32")
 
 
-def backend_class(name: str) -> Any:
+def _registration(name: str) -> Registration:
     if name not in BACKENDS:
         raise UnknownNameError("backend", name, BACKENDS)
-    module, _, attr = BACKENDS[name].partition(":")
+    return BACKENDS[name]
+
+
+def backend_class(name: str) -> Any:
+    module, _, attr = _registration(name).path.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def backend_target(name: str) -> str:
+    """The export target whose artifacts backend `name` runs, e.g. "onnxruntime" -> "onnx"."""
+    return _registration(name).target
+
+
+def target_backend(target: str) -> str:
+    """The backend that runs `target`'s artifacts, e.g. "onnx" -> "onnxruntime"."""
+    runs = {r.target: name for name, r in BACKENDS.items()}
+    if target not in runs:
+        raise UnknownNameError("target", target, runs)
+    return runs[target]
 
 
 def list_backends() -> dict[str, bool]:

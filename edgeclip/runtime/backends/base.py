@@ -35,8 +35,7 @@ class BackendOptions:
 class Backend(Protocol):
     """Runs one exported encoder. `infer` must be safe to call from several threads."""
 
-    name: ClassVar[str]  # e.g. "onnxruntime"
-    target: ClassVar[str]  # the artifact target it runs, e.g. "onnx"
+    name: ClassVar[str]  # e.g. "onnxruntime"; the target it runs is in the registry (backend_target)
     extra: ClassVar[str]  # pip extra that installs its SDK
 
     @classmethod
@@ -50,20 +49,6 @@ class Backend(Protocol):
         ...
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-class BackendFactory(Protocol):
-    name: ClassVar[str]
-    target: ClassVar[str]
-    extra: ClassVar[str]
-
-    @classmethod
-    def available(cls) -> bool: ...
-
-    @classmethod
-    def unavailable(cls) -> EdgeclipError | None: ...
-
-    def __call__(self, path: Path, artifact: Artifact, options: BackendOptions) -> Backend: ...
 
 
 def missing_sdk(module: str, backend: str, extra: str) -> MissingDependencyError | None:

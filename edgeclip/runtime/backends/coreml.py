@@ -33,7 +33,6 @@ def package_dir(path: Path) -> Path:
 
 class CoreMLBackend:
     name: ClassVar[str] = "coreml"
-    target: ClassVar[str] = "coreml"
     extra: ClassVar[str] = "coreml"
 
     model: Any  # coremltools.models.MLModel

@@ -15,7 +15,6 @@ from edgeclip.runtime.backends.base import BackendOptions, input_dtypes, missing
 
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
-    target: ClassVar[str] = "onnx"
     extra: ClassVar[str] = "onnx"
     # fp16 graphs run slower than fp32 on CPU execution providers (casts around most kernels)
     precision_order: ClassVar[tuple[str, ...]] = ("int8", "fp32", "fp16")

@@ -16,7 +16,6 @@ from edgeclip.runtime.backends.base import BackendOptions, input_dtypes, missing
 
 class OpenVinoBackend:
     name: ClassVar[str] = "openvino"
-    target: ClassVar[str] = "openvino"
     extra: ClassVar[str] = "openvino"
 
     @classmethod

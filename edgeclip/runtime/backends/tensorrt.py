@@ -48,7 +48,6 @@ def user_cache_dir() -> Path:
 
 class TensorRTBackend:
     name: ClassVar[str] = "tensorrt"
-    target: ClassVar[str] = "tensorrt"
     extra: ClassVar[str] = "tensorrt"
 
     @classmethod
