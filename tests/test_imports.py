@@ -108,3 +108,15 @@ def test_every_runtime_module_imports_only_stdlib_numpy_pillow_tokenizers() -> N
     assert not [m for m in loaded if _above_runtime(m)]
     third_party = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names)
     assert third_party <= RUNTIME_THIRD_PARTY, third_party - RUNTIME_THIRD_PARTY
+
+
+def test_no_two_classes_in_the_package_share_a_name() -> None:
+    """Two classes with one name (the manifest's LabelSet and the runtime's in-memory labels were
+    both `LabelSet`) make a reader guess which one an import means."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(RUNTIME_DIR.parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(path.relative_to(RUNTIME_DIR.parent).as_posix())
+    assert "LabelSet" in where and "Labels" in where
+    assert {name: files for name, files in where.items() if len(files) > 1} == {}

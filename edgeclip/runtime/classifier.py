@@ -22,7 +22,7 @@ from edgeclip.errors import (
 )
 from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class, backend_target
 from edgeclip.runtime.backends.base import Backend, BackendOptions
-from edgeclip.runtime.labels import DEFAULT_TEMPLATES, label_embeddings
+from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, label_embeddings
 from edgeclip.runtime.preprocess import ImageInput, preprocess
 from edgeclip.runtime.tokenizer import TextTokenizer
 
@@ -73,18 +73,10 @@ class Encoder:
                               fix="re-export the bundle") from e
 
 
-@dataclass(frozen=True)
-class LabelSet:
-    name: str
-    classes: list[str]
-    embeddings: np.ndarray  # [C, D] float32, L2-normalised
-    templates: list[str] = field(default_factory=list)
-
-
 class ZeroShotClassifier:
     """Thread-safe: `classify` may be called from many threads at once."""
 
-    def __init__(self, bundle: Bundle, image: Encoder, labels: LabelSet | None, options: BackendOptions,
+    def __init__(self, bundle: Bundle, image: Encoder, labels: Labels | None, options: BackendOptions,
                  max_batch: int = 32) -> None:
         self.bundle = bundle
         self.image = image
@@ -118,7 +110,7 @@ class ZeroShotClassifier:
             if labels not in b.manifest.labels:
                 raise missing_label_set(b, labels)
             emb, meta = b.label_set(labels)
-            label_set = LabelSet(labels, list(meta["classes"]), emb, list(meta.get("templates", [])))
+            label_set = Labels(labels, list(meta["classes"]), emb, list(meta.get("templates", [])))
         log.info("image encoder: %s on %s (%s)", image.artifact.key, image.backend_name, image.reason)
         return cls(b, image, label_set, options, max_batch)
 
@@ -135,7 +127,7 @@ class ZeroShotClassifier:
     def label_embeddings(self) -> np.ndarray:
         return self._require_labels().embeddings
 
-    def _require_labels(self) -> LabelSet:
+    def _require_labels(self) -> Labels:
         if self._labels is None:
             raise EdgeclipError("no label set loaded", fix="load with labels=NAME or call set_labels(classes)")
         return self._labels
@@ -187,7 +179,7 @@ class ZeroShotClassifier:
         """Compute a new label set on the device (open vocabulary) and make it current."""
         tmpl = list(templates or DEFAULT_TEMPLATES)
         emb = label_embeddings(classes, tmpl, self.embed_texts)
-        self._labels = LabelSet(name, [c.strip() for c in classes], emb, tmpl)
+        self._labels = Labels(name, [c.strip() for c in classes], emb, tmpl)
 
     def save_labels(self, name: str | None = None, overwrite: bool = False) -> None:
         """Write the current label set into the bundle (atomically) under `name`; replacing an

@@ -4,12 +4,23 @@ on-device `set_labels`, so every path builds the classifier the same way)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgeclip.errors import ConfigError
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A label set in memory, as a classifier ranks it (its manifest entry is `bundle.LabelSet`)."""
+
+    name: str
+    classes: list[str]
+    embeddings: np.ndarray  # [C, D] float32, L2-normalised
+    templates: list[str] = field(default_factory=list)
 
 
 def check_classes(classes: Sequence[str]) -> list[str]:
