@@ -29,7 +29,7 @@ def run(*args: str) -> None:
 
 
 def shapes_labels(work: Path) -> tuple[Path, Path]:
-    from edgeclip.train.shapes import SHAPES, ZERO_SHOT_TEMPLATES
+    from edgeclip.data.shapes import SHAPES, ZERO_SHOT_TEMPLATES
 
     classes, templates = work / "shapes.txt", work / "shape_templates.txt"
     classes.write_text("\n".join(SHAPES) + "\n")

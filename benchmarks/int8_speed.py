@@ -40,11 +40,11 @@ THREADS = 2
 def vit_b32_checkpoint(out: Path) -> Path:
     """Random-init ViT-B-32 (vision tower as in OpenAI's) with a small trained vocabulary, so the
     checkpoint needs no 49k-token tokenizer; only the image tower is benchmarked."""
+    from edgeclip.data.shapes import ShapesDataset
     from edgeclip.model.checkpoint import save_checkpoint
     from edgeclip.model.clip import create_model
     from edgeclip.model.config import get_config
     from edgeclip.model.tokenizer import train_tokenizer
-    from edgeclip.train.shapes import ShapesDataset
 
     cfg = get_config("ViT-B-32")
     cfg = dataclasses.replace(cfg, text_cfg=dataclasses.replace(cfg.text_cfg, vocab_size=1024))
@@ -78,8 +78,8 @@ def time_interleaved(bundle: Bundle, backend: str, batch: int, reps: int) -> dic
         runs[precision] = cls(bundle.artifact_path(a), a, BackendOptions(threads=THREADS, precision_hint=hint))
     # real images, preprocessed as the runtime does: with N(0, 1) noise as input the INT8 graph ran
     # ~40 % slower in onnxruntime (input-dependent float ops), which no camera produces
+    from edgeclip.data.shapes import ShapesDataset
     from edgeclip.runtime.preprocess import preprocess
-    from edgeclip.train.shapes import ShapesDataset
 
     held = ShapesDataset("heldout", batch, image_size=bundle.manifest.preprocess.image_size + 17, seed=5)
     x = {"pixel_values": np.stack([preprocess(held[i].image, bundle.manifest.preprocess) for i in range(batch)])}
@@ -132,7 +132,7 @@ def main() -> None:
         bundle, backend, batch, reps = args.time
         print(json.dumps(time_interleaved(Bundle.open(bundle), backend, int(batch), int(reps))))
         return
-    from edgeclip.train.shapes import SHAPES, ZERO_SHOT_TEMPLATES
+    from edgeclip.data.shapes import SHAPES, ZERO_SHOT_TEMPLATES
 
     report: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {THREADS} threads",
                               "openvino_hint": "f32 for fp32 and int8", "models": {}}

@@ -31,7 +31,7 @@ def reversed_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def class_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Held-out shape images saved as PNG files in one sub-folder per class (read back sorted)."""
-    from edgeclip.train.shapes import ShapesDataset
+    from edgeclip.data.shapes import ShapesDataset
 
     root = tmp_path_factory.mktemp("eval") / "shapes"
     ds = ShapesDataset("heldout", 60, image_size=32, seed=7)

@@ -86,7 +86,7 @@ def test_csv_paths_are_relative_to_the_file_and_captions_kept(tmp_path: Path) ->
     assert sorted(s.captions) == sorted(f"caption {i}" for i in range(len(paths)))
     no_col = tmp_path / "data" / "bad.csv"
     no_col.write_text("path,caption\nx.png,a\n")
-    with pytest.raises(DataError, match="no 'filepath' column"):
+    with pytest.raises(DataError, match=r"missing column\(s\) filepath"):
         load_calibration_set(str(no_col), CFG, cache=tmp_path / "cache")
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import BundleError, EdgeclipError, UnknownNameError
 from edgeclip.runtime import ZeroShotClassifier, list_backends
-from edgeclip.train.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES
 
 

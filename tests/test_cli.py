@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeclip.train.shapes import ShapesDataset
+from edgeclip.data.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES, run_cli
 
 

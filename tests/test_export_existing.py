@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from edgeclip.bundle import MANIFEST, Bundle
+from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ExportError
 from edgeclip.export.api import export_bundle
 from edgeclip.model.checkpoint import load_checkpoint, save_checkpoint
 from edgeclip.model.clip import CLIP
 from edgeclip.runtime import ZeroShotClassifier
-from edgeclip.train.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES, run_cli
 
 LABELS = {"default": (TINY_CLASSES, None)}

@@ -6,10 +6,10 @@ from typing import ClassVar
 import numpy as np
 
 from edgeclip.bundle import Bundle
+from edgeclip.data.shapes import ShapesDataset
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.openvino import OpenVinoBackend
-from edgeclip.train.shapes import ShapesDataset
 from tests.export_template import TargetTemplate
 
 

@@ -10,6 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgeclip.bundle import Artifact, Bundle
+from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ConfigError, DataError
 from edgeclip.export.api import export_bundle
 from edgeclip.export.encoders import encoder_module, encoder_spec, example_input
@@ -19,7 +20,6 @@ from edgeclip.export.quantize import compute_ranges, quantizable_nodes, quantize
 from edgeclip.export.tensorrt import check_ops
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.runtime import ZeroShotClassifier
-from edgeclip.train.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES, ort_optimized_graph, run_cli
 from tests.test_guard import README_MAX_DROP, README_MIN_COSINE
 

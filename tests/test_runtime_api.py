@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgeclip.bundle import Bundle
+from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import BundleError, ConfigError, PlatformError, UnknownNameError
 from edgeclip.export.api import export_bundle
 from edgeclip.model.checkpoint import load_checkpoint
@@ -19,7 +20,6 @@ from edgeclip.model.clip import TextEncoder
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends import BACKENDS, auto_order, backend_class
 from edgeclip.runtime.tokenizer import TextTokenizer
-from edgeclip.train.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES, run_cli
 
 

@@ -1,4 +1,4 @@
-"""Training data sources: built-ins, caption files, class folders and WebDataset shards."""
+"""The data layer's readers: built-ins, caption files, class folders and WebDataset shards."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeclip.errors import ConfigError, DataError, ImageError, UnknownNameError
-from edgeclip.runtime.preprocess import load_image
-from edgeclip.train.digits import (
+from edgeclip.data.digits import (
     _CAPTIONS,
     _LOOKS,
     DIGIT_NAMES,
@@ -25,14 +23,11 @@ from edgeclip.train.digits import (
     DigitsDataset,
     digits_split,
 )
-from edgeclip.train.sources import (
-    FOLDER_CAPTIONS,
-    WebDatasetSource,
-    heldout_items,
-    is_webdataset,
-    open_map_source,
-    zero_shot_eval_spec,
-)
+from edgeclip.data.folders import FOLDER_CAPTIONS
+from edgeclip.data.shards import WebDatasetSource, is_webdataset
+from edgeclip.data.spec import heldout_items, open_map_source, zero_shot_eval_spec
+from edgeclip.errors import ConfigError, DataError, ImageError, UnknownNameError
+from edgeclip.runtime.preprocess import load_image
 
 
 def _png(colour: tuple[int, int, int] = (200, 30, 30), size: int = 12, fmt: str = "PNG") -> bytes:
@@ -188,8 +183,11 @@ def test_errors_are_typed_and_say_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "latin1.csv").write_bytes("filepath,caption\nx.png,caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match="cannot read"):
         open_map_source(str(tmp_path / "latin1.csv"), image_size=32)
-    (tmp_path / "cols.csv").write_text("path,text\nx.png,a\n")
+    (tmp_path / "cols.csv").write_text("path,label\nx.png,a\n")
     with pytest.raises(DataError, match="missing column.*filepath, caption"):
+        open_map_source(str(tmp_path / "cols.csv"), image_size=32)
+    (tmp_path / "cols.csv").write_text("path,text\nx.png,a\n")  # 'text' is a caption column (CAPTION_KEYS)
+    with pytest.raises(DataError, match=r"missing column\(s\) filepath \(found"):
         open_map_source(str(tmp_path / "cols.csv"), image_size=32)
     (tmp_path / "empty.csv").write_text("filepath,caption\n")
     with pytest.raises(DataError, match="is empty"):
@@ -279,7 +277,7 @@ def test_webdataset_errors_and_detection(tmp_path: Path) -> None:
 
 
 def test_importing_sources_pulls_no_torch_sklearn_or_webdataset() -> None:
-    code = ("import sys, edgeclip.train.sources; "
+    code = ("import sys, edgeclip.data.spec, edgeclip.data.tasks, edgeclip.calibration.listing; "
             "print(sorted(m for m in ('torch', 'sklearn', 'webdataset') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -16,10 +16,10 @@ from PIL import Image
 
 import edgeclip.export.onnx as onnx_target
 from edgeclip.bundle import Bundle
+from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ValidationError
 from edgeclip.export.api import export_bundle
 from edgeclip.runtime import ZeroShotClassifier
-from edgeclip.train.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES
 
 LABELS = {"default": (TINY_CLASSES, None)}

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from edgeclip.bundle import PreprocessConfig
+from edgeclip.data.tasks import retrieval_pairs
 from edgeclip.model.clip import create_model
 from edgeclip.model.tokenizer import train_tokenizer
 from edgeclip.runtime.tokenizer import TextTokenizer
-from edgeclip.train.data import retrieval_pairs
 from edgeclip.train.transforms import eval_transform
 from edgeclip.train.zeroshot import recall_at_k, retrieval
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeclip.bundle import Bundle
-from edgeclip.errors import ConfigError, ImageError
+from edgeclip.data.folders import has_split_dirs, open_class_folder
+from edgeclip.data.tasks import shapes_tasks
+from edgeclip.errors import ConfigError, DataError, ImageError
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES
 from edgeclip.runtime.preprocess import preprocess
 
@@ -28,28 +30,27 @@ class EvalSet:
 
 
 def load_eval_set(source: str, bundle: Bundle, size: int) -> EvalSet:
+    """builtin:shapes' held-out split (as the trainer evaluates it with the default seed, 0), or a
+    class folder read like a training source: its val/ split when it has train/ and val/, else all of it."""
     pre = bundle.manifest.preprocess
     if source == "builtin:shapes":
-        from edgeclip.train.shapes import ZERO_SHOT_TEMPLATES, ShapesDataset, zero_shot_classes
-
-        ds = ShapesDataset("heldout", size, image_size=pre.image_size, seed=1)
-        classes = list(zero_shot_classes("shape"))
-        samples = [ds[i] for i in range(len(ds))]
-        pixels = np.stack([preprocess(s.image, pre) for s in samples])
-        targets = np.array([classes.index(s.shape) for s in samples])
-        return EvalSet(source, classes, list(ZERO_SHOT_TEMPLATES["shape"]), pixels, targets)
+        task = shapes_tasks(pre.image_size, size, seed=0, attributes=("shape",))[0]
+        pixels = np.stack([preprocess(im, pre) for im in task.images])
+        return EvalSet(source, list(task.classes), list(task.templates), pixels, np.array(task.targets))
     root = Path(source)
     if not root.is_dir():
         raise ConfigError(f"--eval {source}: not builtin:shapes or an image folder",
                           fix="pass builtin:shapes or a folder with one sub-folder of images per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.is_file()]
-    if not files:
+    try:
+        folder = open_class_folder(root, "heldout" if has_split_dirs(root) else "train")
+    except DataError as e:
+        raise ConfigError(f"--eval {root}: {e.message}", fix=e.fix) from e
+    if not folder.items:
         raise ConfigError(f"--eval {root}: no images in class sub-folders",
                           fix="put the images of each class in a sub-folder named after the class")
     arrays: list[np.ndarray] = []
     labels: list[int] = []
-    for f, i in files[:size]:
+    for f, i in folder.items[:size]:
         try:
             arrays.append(preprocess(f, pre))
             labels.append(i)
@@ -57,7 +58,7 @@ def load_eval_set(source: str, bundle: Bundle, size: int) -> EvalSet:
             continue
     if not arrays:
         raise ConfigError(f"--eval {root}: none of the images could be read")
-    return EvalSet(source, classes, list(DEFAULT_TEMPLATES), np.stack(arrays), np.array(labels))
+    return EvalSet(source, list(folder.classes), list(DEFAULT_TEMPLATES), np.stack(arrays), np.array(labels))
 
 
 def bundle_label_rows(bundle: Bundle, evalset: EvalSet) -> tuple[np.ndarray, str]:

@@ -1,3 +1,3 @@
 """Calibration sets for INT8 export: images from a folder, csv/tsv, WebDataset or builtin:shapes,
 preprocessed once with the runtime's own preprocessing and cached as .npz by content hash
-(`sources.py`, `cache.py`)."""
+(`listing.py`, `cache.py`); every format is read by `edgeclip.data`."""

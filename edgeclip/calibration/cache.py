@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeclip._io import atomic_path
 from edgeclip.bundle import PreprocessConfig
-from edgeclip.calibration.sources import CalibrationItem, SourceListing, builtin_key, list_source
+from edgeclip.calibration.listing import CalibrationItem, SourceListing, builtin_key, list_source
 from edgeclip.errors import ConfigError, DataError, ImageError
 from edgeclip.runtime.preprocess import load_image, normalize, resize_crop
 
@@ -72,7 +72,7 @@ def load_calibration_set(
         content = builtin_key(spec, cfg.image_size)
     else:
         listing = list_source(spec, size, cfg.image_size)
-        content = _files_hash(listing.items)
+        content = _files_hash(listing.items, listing.skipped)
     key = json.dumps({"format": CACHE_FORMAT, "content": content, "preprocess": dataclasses.asdict(cfg),
                       "size": size}, sort_keys=True)
     data_hash = hashlib.sha256(key.encode()).hexdigest()
@@ -89,8 +89,8 @@ def load_calibration_set(
     return result
 
 
-def _files_hash(items: list[CalibrationItem]) -> str:
-    h = hashlib.sha256()
+def _files_hash(items: list[CalibrationItem], skipped: int) -> str:
+    h = hashlib.sha256(f"skipped by the reader: {skipped}\0".encode())
     for it in items:
         h.update(it.name.encode() + b"\0")
         try:
@@ -116,7 +116,7 @@ def _pixels(items: list[CalibrationItem], cfg: PreprocessConfig) -> tuple[list[n
 
 def _build(listing: SourceListing, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
     pixels, ok = _pixels(listing.items, cfg)
-    skipped = len(listing.items) - len(ok)
+    skipped = listing.skipped + len(listing.items) - len(ok)
     kept = [listing.items[i] for i in ok]
     if listing.heldout:
         held_pixels, held_ok = _pixels(listing.heldout, cfg)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip.calibration.cache import DEFAULT_SIZE, FEW_IMAGES, HELDOUT_FRACTION, CalibrationSet, load_calibration_set
-from edgeclip.calibration.sources import SELECTION_SEED
+from edgeclip.calibration.listing import SELECTION_SEED
 from edgeclip.errors import ConfigError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.guard import Budget, GuardResult, HeldOut

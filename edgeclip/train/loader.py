@@ -20,9 +20,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from edgeclip.bundle import PreprocessConfig
+from edgeclip.data.spec import CaptionDataset
 from edgeclip.errors import DataError, EdgeclipError
 from edgeclip.runtime.preprocess import load_image, resize_crop
-from edgeclip.train.data import CaptionDataset
 
 CROP_SCALE = (0.9, 1.0)  # "scale near 1": CLIP's captions describe the whole image
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -141,7 +141,7 @@ def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...],
 
 class StreamDataset(IterableDataset[tuple[np.ndarray | None, str]]):
     """WebDataset shards as an endless stream for this rank: epoch after epoch, shards
-    shuffled per epoch and dealt by rank then worker (see sources.WebDatasetSource)."""
+    shuffled per epoch and dealt by rank then worker (see edgeclip.data.shards)."""
 
     def __init__(self, source: Any, seed: int, preprocess: PreprocessConfig, augment: bool, rank: int,
                  world: int) -> None:

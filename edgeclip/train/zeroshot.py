@@ -7,10 +7,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from edgeclip.data.tasks import ZeroShotTask
 from edgeclip.model.clip import CLIP
 from edgeclip.runtime.labels import label_embeddings
 from edgeclip.runtime.preprocess import ImageInput
-from edgeclip.train.data import ZeroShotTask
 
 
 @torch.no_grad()
