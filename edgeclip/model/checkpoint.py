@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from edgeclip.bundle import PreprocessConfig, TokenizerConfig
 from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.clip import CLIP
 from edgeclip.model.config import ModelConfig
+from edgeclip.model.hf_keys import short_list
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
@@ -100,22 +102,33 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[CLIP, CheckpointInfo]
         state = load_file(str(info.path / WEIGHTS))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{info.path / WEIGHTS} is not a valid safetensors file: {e}") from e
-    check_state_dict(model, state, source=str(info.path / WEIGHTS))
-    model.load_state_dict(state, strict=True)
+    load_strict(model, state, str(info.path / WEIGHTS))
     return model.eval(), info
 
 
-def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise CheckpointError naming the first tensor that does not fit the model's config."""
+WRONG_CONFIG = "the weights were saved for a different model config"
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, fix: str = WRONG_CONFIG) -> None:
+    """Load every tensor or fail listing all missing, extra and misshapen tensors."""
     expected = model.state_dict()
     for key, ref in expected.items():
-        if key not in state:
-            raise CheckpointError(f"{source}: tensor '{key}' required by the config is missing")
-        if tuple(state[key].shape) != tuple(ref.shape):
-            raise CheckpointError(
-                f"{source}: tensor '{key}' has shape {list(state[key].shape)} but the config needs {list(ref.shape)}",
-                fix="the weights were saved for a different model config",
-            )
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        raise CheckpointError(f"{source}: unexpected tensor '{extra[0]}' ({len(extra)} extra) not in the config")
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(ref)  # a BN step counter: unused in eval
+    check_state_dict(expected, state, source, fix)
+    model.load_state_dict(state, strict=True)
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str, fix: str = WRONG_CONFIG
+) -> None:
+    """The one state-dict check (checkpoints and imports): raise CheckpointError listing every
+    missing, unexpected and misshapen tensor. BN step counters may be absent (load_strict adds them)."""
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    extra = [k for k in state if k not in expected]
+    shapes = [f"{k} {list(state[k].shape)} (needs {list(t.shape)})" for k, t in expected.items()
+              if k in state and state[k].shape != t.shape]
+    problems = [f"{len(v)} {what}: {short_list(v)}" for what, v in
+                (("missing", missing), ("unexpected", extra), ("with a wrong shape", shapes)) if v]
+    if problems:
+        raise CheckpointError(f"{source}: tensors do not fit the model config: {'; '.join(problems)}", fix=fix)

@@ -29,12 +29,14 @@ import torch.nn.functional as F
 
 from edgeclip.bundle import PreprocessConfig
 from edgeclip.errors import CheckpointError, ConfigError
-from edgeclip.model.checkpoint import save_checkpoint
+from edgeclip.model.checkpoint import check_state_dict, load_strict, save_checkpoint
 from edgeclip.model.clip import CLIP
 from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig, get_config, list_models
 from edgeclip.model.hf_keys import short_list
 from edgeclip.model.openai_tokenizer import VOCAB_SIZE, openai_clip_tokenizer
 from edgeclip.model.sources import Source, read_source
+
+NOT_A_CLIP = "the file is not a complete CLIP state dict of one of the supported layouts"
 
 
 @dataclass
@@ -69,7 +71,7 @@ def import_weights(
     state = {k: v.float() if v.is_floating_point() else v for k, v in source.state.items()}
     inferred = infer_config(state, source)
     with torch.device("meta"):  # shapes only, no memory: a broken file is reported before anything is asked
-        check_tensors(CLIP(inferred).state_dict(), state, str(src))
+        check_state_dict(CLIP(inferred).state_dict(), state, str(src), fix=NOT_A_CLIP)
     cfg, origin, notes = resolve_config(inferred, named, source, force_activation, _activation(activation))
     if cfg.vision_cfg.image_size != inferred.vision_cfg.image_size:
         resize_positions(state, cfg.vision_cfg)
@@ -79,7 +81,7 @@ def import_weights(
         raise ConfigError(f"the text tower has {cfg.text_cfg.vocab_size} tokens; OpenAI's BPE has {VOCAB_SIZE}",
                           fix="only CLIP models with OpenAI's tokenizer can be imported")
     clip = CLIP(cfg)
-    load_strict(clip, state, str(src))
+    load_strict(clip, state, str(src), fix=NOT_A_CLIP)
     notes += [f"dropped stale tensor '{k}'" for k in source.dropped]
     act = "quick_gelu" if cfg.quick_gelu else "gelu"
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,26 +248,3 @@ def resize_positions(state: dict[str, torch.Tensor], vision: VisionConfig) -> No
     grid = pos[1:].reshape(1, g, g, w).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(n, n), mode="bicubic", antialias=True, align_corners=False)
     state[key] = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(n * n, w)])
-
-
-def load_strict(model: CLIP, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load every tensor or fail listing all missing, extra and misshapen tensors."""
-    expected = model.state_dict()
-    for key, ref in expected.items():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.zeros_like(ref)  # a BN step counter: unused in eval
-    check_tensors(expected, state, source)
-    model.load_state_dict(state, strict=True)
-
-
-def check_tensors(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
-    """Fail listing all missing, extra and misshapen tensors (BN step counters may be absent)."""
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    extra = [k for k in state if k not in expected]
-    shapes = [f"{k} {list(state[k].shape)} (needs {list(t.shape)})" for k, t in expected.items()
-              if k in state and state[k].shape != t.shape]
-    problems = [f"{len(v)} {what}: {short_list(v)}" for what, v in
-                (("missing", missing), ("unexpected", extra), ("with a wrong shape", shapes)) if v]
-    if problems:
-        raise CheckpointError(f"{source}: tensors do not fit the architecture: {'; '.join(problems)}",
-                              fix="the file is not a complete CLIP state dict of one of the supported layouts")
