@@ -23,12 +23,12 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from edgeclip.bundle import TokenizerConfig
 from edgeclip.errors import ConfigError
+from edgeclip.model.tokenizer import EOT, SOT, frame_with_special_tokens
 
-SOT, EOT = "<start_of_text>", "<end_of_text>"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408  # 256 bytes + 256 bytes</w> + 48894 merges + SOT + EOT
 NUM_MERGES = 49152 - 256 - 2
@@ -156,12 +156,6 @@ def openai_clip_tokenizer(
     tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace("</w>", " ")])
     # open_clip matches these in the cleaned (lower-cased) text: normalized=True
     tok.add_special_tokens([AddedToken(t, special=True, normalized=True) for t in (SOT, EOT)])
-    sot, eot = tok.token_to_id(SOT), tok.token_to_id(EOT)
-    assert sot == VOCAB_SIZE - 2 and eot == VOCAB_SIZE - 1 and tok.get_vocab_size() == VOCAB_SIZE, (sot, eot)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, sot), (EOT, eot)]
-    )
-    # truncation leaves room for SOT/EOT, so EOT is kept, as open_clip does
-    tok.enable_truncation(max_length=context_length)
-    tok.enable_padding(length=context_length, pad_id=0, pad_token=tokens[0])
-    return tok, TokenizerConfig(context_length=context_length, sot_id=sot, eot_id=eot, pad_id=0, pooling="eot")
+    cfg = frame_with_special_tokens(tok, context_length)  # EOT kept on truncation, as open_clip does
+    assert (cfg.sot_id, cfg.eot_id, tok.get_vocab_size()) == (VOCAB_SIZE - 2, VOCAB_SIZE - 1, VOCAB_SIZE), cfg
+    return tok, cfg

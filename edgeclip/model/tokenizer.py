@@ -10,6 +10,7 @@ from edgeclip.bundle import TokenizerConfig
 from edgeclip.errors import ConfigError
 
 SOT, EOT = "<start_of_text>", "<end_of_text>"
+PAD_ID = 0  # the text tower pools at argmax(ids), so padding must be the lowest id
 
 
 def train_tokenizer(
@@ -32,13 +33,20 @@ def train_tokenizer(
     )
     tok.train_from_iterator(texts, trainer)
     tok.add_special_tokens([SOT, EOT])
+    cfg = frame_with_special_tokens(tok, context_length)
+    assert cfg.eot_id < vocab_size
+    return tok, cfg
+
+
+def frame_with_special_tokens(tok: Tokenizer, context_length: int) -> TokenizerConfig:
+    """Wrap every text as SOT ... EOT at a fixed length, for a tokenizer that already has both
+    tokens; the returned config takes their ids from the tokenizer itself, so the two never differ."""
     sot, eot = tok.token_to_id(SOT), tok.token_to_id(EOT)
-    assert sot is not None and eot is not None and eot < vocab_size
+    assert sot is not None and eot is not None, "add SOT and EOT as special tokens first"
     tok.post_processor = processors.TemplateProcessing(
         single=f"{SOT} $A {EOT}", special_tokens=[(SOT, sot), (EOT, eot)]
     )
     # truncation reserves room for the template's SOT/EOT, so EOT survives truncation
     tok.enable_truncation(max_length=context_length)
-    tok.enable_padding(length=context_length, pad_id=0, pad_token=tok.id_to_token(0) or "!")
-    cfg = TokenizerConfig(context_length=context_length, sot_id=sot, eot_id=eot, pad_id=0, pooling="eot")
-    return tok, cfg
+    tok.enable_padding(length=context_length, pad_id=PAD_ID, pad_token=tok.id_to_token(PAD_ID) or "!")
+    return TokenizerConfig(context_length=context_length, sot_id=sot, eot_id=eot, pad_id=PAD_ID, pooling="eot")
