@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 
 from edgeclip.bundle import Artifact, Bundle
 from edgeclip.calibration.cache import CalibrationSet, load_calibration_set
+from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ExportError
 from edgeclip.export.api import export_bundle
 from edgeclip.export.encoders import encoder_module, encoder_spec, example_input, export_module
@@ -30,7 +31,6 @@ from edgeclip.export.onnx import export_onnx, run_in_onnxruntime
 from edgeclip.export.quantize import OP_TYPES, compute_ranges, quantizable_nodes, quantize_static_qdq
 from edgeclip.model.checkpoint import load_checkpoint, save_checkpoint
 from edgeclip.runtime.preprocess import preprocess
-from edgeclip.train.shapes import ShapesDataset
 from tests.conftest import TINY_CLASSES
 
 README_MIN_COSINE = 0.995  # README, INT8: "if the cosine falls below --min-cosine (0.995)"
@@ -287,50 +287,64 @@ def image_int8(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
             "reference": run_in_onnxruntime(src, spec)(held)}
 
 
-def _tied_labels(reference: np.ndarray) -> np.ndarray:
-    """Two unit label embeddings, nearly identical (cosine ~0.9998), that differ only along a
-    direction the fp32 image embeddings barely vary in: the smallest principal direction whose
-    spread is above 0.1 % of the largest (smaller ones are numerically zero: the final
-    LayerNorm's centering), made orthogonal to the mean embedding. Every image scores both
-    labels almost equally, so a small embedding error flips its top-1."""
+def _tie(reference: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Two unit label embeddings, nearly identical (cosine ~0.9998), that differ only along v
+    (taken orthogonal to the mean embedding): every image scores them almost equally."""
     mean = reference.mean(0) / np.linalg.norm(reference.mean(0))
-    _, s, vt = np.linalg.svd(reference - reference.mean(0), full_matrices=False)
-    v = vt[np.nonzero(s > 1e-3 * s[0])[0][-1]]
     v = v - (v @ mean) * mean
-    v /= np.linalg.norm(v)
+    v = v / np.linalg.norm(v)
     labels = np.stack([mean + 0.01 * v, mean - 0.01 * v])
     return (labels / np.linalg.norm(labels, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _fragile_labels(reference: np.ndarray, naive: np.ndarray) -> np.ndarray:
+    """A tied label pair that the naive INT8 embeddings misclassify on more than twice the
+    README's top-1 budget: along the principal directions of the fp32 embeddings, from the most
+    used one down, the first pair that fragile. The least fragile such pair, so that keeping a
+    few layers in float can restore it (the guard must not need the whole tower in float)."""
+    _, _, vt = np.linalg.svd(reference - reference.mean(0), full_matrices=False)
+    for v in vt:
+        labels = _tie(reference, v)
+        flipped = (naive @ labels.T).argmax(1) != (reference @ labels.T).argmax(1)
+        if 100 * flipped.mean() > 2 * README_MAX_DROP:
+            return labels
+    raise AssertionError("no label pair is fragile enough: INT8 of this tower is too exact for the case")
+
+
 def test_top1_budget_alone_makes_the_guard_keep_layers_in_float(image_int8: dict[str, Any]) -> None:
     d = image_int8
-    labels = _tied_labels(d["reference"])
-    truth = (d["reference"] @ labels.T).argmax(1)  # fp32 is right on every image by definition
-    held = HeldOut(d["held"], d["reference"], labels, truth)
     budget = Budget(max_accuracy_drop=README_MAX_DROP, min_cosine=README_MIN_COSINE)
 
     def quantize(excluded: list[str]) -> Any:
         quantize_static_qdq(d["src"], d["dst"], d["ranges"], "minmax", excluded)
         return run_in_onnxruntime(d["dst"], d["spec"])
 
-    def saved_file() -> tuple[float, float]:
-        """(min cosine, top-1 drop in points) of the file on disk, in a fresh onnxruntime session."""
+    def saved_file() -> np.ndarray:
+        """Embeddings of the held-out images from the file on disk, in a fresh onnxruntime session."""
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(d["dst"]), providers=["CPUExecutionProvider"])
-        got = np.asarray(sess.run(None, {d["spec"].input_name: d["held"]})[0])
-        return float(cosine(d["reference"], got).min()), 100 * float(((got @ labels.T).argmax(1) != truth).mean())
+        return np.asarray(sess.run(None, {d["spec"].input_name: d["held"]})[0])
 
     quantize([])
-    naive_cos, naive_drop = saved_file()
-    assert naive_cos >= README_MIN_COSINE, "the case needs a cosine the budget accepts"
-    assert naive_drop > README_MAX_DROP, "the case needs a top-1 drop the budget refuses"
+    naive = saved_file()
+    labels = _fragile_labels(d["reference"], naive)
+    truth = (d["reference"] @ labels.T).argmax(1)  # fp32 is right on every image by definition
+    held = HeldOut(d["held"], d["reference"], labels, truth)
 
-    result = guarded_quantize(quantize, quantizable_nodes(d["src"], OP_TYPES), [], held, budget, "top-1 case")
-    assert result.excluded_by_guard and result.sensitivity
-    cos, drop = saved_file()
-    assert drop <= README_MAX_DROP and cos >= README_MIN_COSINE
-    assert result.metrics["top1_drop"] == pytest.approx(drop, abs=1e-6)
+    def top1_drop(got: np.ndarray) -> float:
+        return 100 * float(((got @ labels.T).argmax(1) != truth).mean())
+
+    assert cosine(d["reference"], naive).min() >= README_MIN_COSINE, "the case needs a cosine the budget accepts"
+    assert top1_drop(naive) > README_MAX_DROP, "the case needs a top-1 drop the budget refuses"
+
+    candidates = quantizable_nodes(d["src"], OP_TYPES)
+    result = guarded_quantize(quantize, candidates, [], held, budget, "top-1 case")
+    # it kept layers in float until top-1 held, and stopped there
+    assert result.excluded_by_guard and len(result.excluded_by_guard) < len(candidates)
+    got = saved_file()
+    assert top1_drop(got) <= README_MAX_DROP and cosine(d["reference"], got).min() >= README_MIN_COSINE
+    assert result.metrics["top1_drop"] == pytest.approx(top1_drop(got), abs=1e-6)
 
     # nothing it may keep in float: a typed error that names the top-1 drop, with a fix
     with pytest.raises(ExportError, match=r"best reached: .*top-1 drop \d") as err:
