@@ -238,7 +238,7 @@ def _new_manifest(model: CLIP, info: CheckpointInfo) -> Manifest:
 
 def _probes(info: CheckpointInfo, classes: list[str] | None) -> dict[str, torch.Tensor]:
     """Fixed validation inputs: built-in images of odd sizes plus noise; prompts and sentences."""
-    from edgeclip.train.shapes import ShapesDataset
+    from edgeclip.data.shapes import ShapesDataset
 
     shapes = ShapesDataset("heldout", size=6, image_size=info.preprocess.image_size + 13, seed=123)
     images = [preprocess(shapes[i].image, info.preprocess) for i in range(len(shapes))]
