@@ -130,3 +130,22 @@ def test_shapes_has_one_heldout_split_for_every_user(tiny_bundle: Path, tmp_path
     evalset = load_eval_set("builtin:shapes", bundle, n)
     np.testing.assert_array_equal(evalset.pixels, np.stack([preprocess(im, pre) for im in (
         shapes_heldout(pre.image_size, seed=0)[i].image for i in range(n))]))
+
+
+def test_the_data_layer_imports_only_the_base_and_the_runtime() -> None:
+    """Every import in edgeclip/data, function-local ones too: a layer above (model, train,
+    calibration, export, bench, cli) would make the readers depend on what reads through them."""
+    import ast
+
+    import edgeclip.data
+
+    allowed = ("edgeclip.data", "edgeclip.runtime", "edgeclip.errors", "edgeclip._io", "edgeclip._deps",
+               "edgeclip.bundle")
+    root = Path(edgeclip.data.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [(path.name, n) for n in names if n.startswith("edgeclip") and not n.startswith(allowed)]
+    assert len(list(root.glob("*.py"))) >= 8 and found == []

@@ -5,6 +5,10 @@ Sample p of the stream is a pure function of (seed, p): which source (weighted c
 several are mixed), which item (a fresh permutation per epoch for a single source), and the
 augmentation. Rank r of W takes positions [step*B*W + r*B, step*B*W + (r+1)*B). Worker
 processes therefore change nothing but speed.
+
+WebDataset shards have no positions: one is streamed (`StreamDataset`), and shards mixed with other
+sources are drawn by weight per sample (`MixedStreamDataset`). A resumed stream replays and drops
+the batches before its step, which is exact for the same number of workers.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -20,8 +24,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from edgeclip.bundle import PreprocessConfig
-from edgeclip.data.spec import CaptionDataset
-from edgeclip.errors import DataError, EdgeclipError
+from edgeclip.data.images import ImageLike
+from edgeclip.data.shards import WebDatasetSource, is_webdataset
+from edgeclip.data.spec import CaptionDataset, open_source, open_stream
+from edgeclip.errors import ConfigError, DataError, EdgeclipError
 from edgeclip.runtime.preprocess import load_image, resize_crop
 
 CROP_SCALE = (0.9, 1.0)  # "scale near 1": CLIP's captions describe the whole image
@@ -139,6 +145,16 @@ def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...],
     return channels(mean), channels(std)
 
 
+def _pixels(image: Any, pre: PreprocessConfig, augment: bool, rng_key: list[int]) -> np.ndarray | None:
+    """uint8 [S, S, 3], or None when the image cannot be decoded (the collate function counts it)."""
+    try:
+        img = load_image(image)
+    except EdgeclipError:
+        return None
+    img = random_resized_crop(img, pre.image_size, np.random.default_rng(rng_key)) if augment else resize_crop(img, pre)
+    return np.asarray(img, dtype=np.uint8)
+
+
 class StreamDataset(IterableDataset[tuple[np.ndarray | None, str]]):
     """WebDataset shards as an endless stream for this rank: epoch after epoch, shards
     shuffled per epoch and dealt by rank then worker (see edgeclip.data.shards)."""
@@ -156,24 +172,83 @@ class StreamDataset(IterableDataset[tuple[np.ndarray | None, str]]):
             n = 0
             for n, (data, caption) in enumerate(self.source.samples(
                     epoch, rank=self.rank, world_size=self.world, worker=worker, num_workers=workers), start=1):
-                try:
-                    img = load_image(data)
-                except EdgeclipError:
-                    yield None, caption
-                    continue
-                if self.augment:
-                    img = random_resized_crop(img, self.pre.image_size,
-                                              np.random.default_rng([self.seed, epoch, self.rank, worker, n]))
-                else:
-                    img = resize_crop(img, self.pre)
-                yield np.asarray(img, dtype=np.uint8), caption
+                yield _pixels(data, self.pre, self.augment, [self.seed, epoch, self.rank, worker, n]), caption
             if n == 0 and epoch == 0:
                 raise DataError("the WebDataset yielded no usable sample for this rank/worker",
                                 fix="check the shards (and use at least as many shards as ranks x workers)")
             epoch += 1
 
 
-def make_stream_loader(dataset: StreamDataset, start_step: int, steps: int, batch: int,
+class MixedStreamDataset(IterableDataset[tuple[np.ndarray | None, str]]):
+    """Indexed and streamed sources mixed by weight, as one endless stream per (rank, worker).
+
+    Sample n of a (rank, worker) comes from source k with probability weights[k] / sum(weights),
+    drawn from (seed, rank, worker, n): an indexed source gives a random item, a stream its next
+    sample (its shards dealt by rank then worker, epoch after epoch, as `StreamDataset` deals them).
+    Replaying the stream from the start (`make_stream_loader`) therefore resumes it exactly.
+    """
+
+    def __init__(self, sources: Sequence[CaptionDataset | WebDatasetSource], weights: Sequence[float], seed: int,
+                 preprocess: PreprocessConfig, augment: bool, rank: int, world: int) -> None:
+        w = np.asarray(weights, dtype=np.float64)
+        if len(w) != len(sources) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ConfigError(f"--data-weights must be one non-negative number per --data source, not all 0; "
+                              f"got {list(weights)}")
+        self.sources, self.cum = list(sources), np.cumsum(w / w.sum())
+        self.seed, self.pre, self.augment, self.rank, self.world = seed, preprocess, augment, rank, world
+
+    def _stream(self, source: WebDatasetSource, worker: int, workers: int) -> Iterator[tuple[bytes, str]]:
+        epoch = 0
+        while True:
+            empty = True
+            for sample in source.samples(epoch, rank=self.rank, world_size=self.world, worker=worker,
+                                         num_workers=workers):
+                empty = False
+                yield sample
+            if empty and epoch == 0:
+                raise DataError(f"the WebDataset '{source.urls}' yielded no usable sample for this rank/worker",
+                                fix="check the shards (and use at least as many shards as ranks x workers)")
+            epoch += 1
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray | None, str]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        streams = {k: self._stream(s, worker, workers) for k, s in enumerate(self.sources)
+                   if isinstance(s, WebDatasetSource)}
+        for n in itertools.count():
+            rng = np.random.default_rng([self.seed, self.rank, worker, n, 7])
+            k = int(np.searchsorted(self.cum, rng.random(), side="right").clip(0, len(self.sources) - 1))
+            source = self.sources[k]
+            image: ImageLike
+            if isinstance(source, WebDatasetSource):
+                image, caption = next(streams[k])
+            else:
+                image, caption = source[int(rng.integers(len(source)))]
+            yield _pixels(image, self.pre, self.augment, [self.seed, self.rank, worker, n, 1]), caption
+
+
+TrainingData = Union[PositionDataset, StreamDataset, MixedStreamDataset]
+
+
+def training_dataset(specs: Sequence[str], weights: Sequence[float] | None, seed: int, preprocess: PreprocessConfig,
+                     augment: bool, rank: int, world: int) -> TrainingData:
+    """The trainer's samples: by global position when every source is indexed, this rank's share
+    of a stream for one WebDataset, and a weighted mix of both kinds otherwise."""
+    streamed = [is_webdataset(s) for s in specs]
+    if not any(streamed):
+        sources = [open_source(s, image_size=preprocess.image_size, seed=seed) for s in specs]
+        return PositionDataset(sources, weights, seed, preprocess, augment)
+    if len(specs) == 1:
+        return StreamDataset(open_stream(specs[0], seed), seed, preprocess, augment, rank, world)
+    if weights is None:
+        raise ConfigError("mixing WebDataset shards with other sources needs --data-weights (a stream has no length "
+                          "to weigh by)", fix="give one weight per --data source, e.g. --data-weights 1,2")
+    mixed = [open_stream(s, seed) if st else open_source(s, image_size=preprocess.image_size, seed=seed)
+             for s, st in zip(specs, streamed, strict=True)]
+    return MixedStreamDataset(mixed, weights, seed, preprocess, augment, rank, world)
+
+
+def make_stream_loader(dataset: StreamDataset | MixedStreamDataset, start_step: int, steps: int, batch: int,
                        workers: int, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
     """Batches start_step..steps-1 of the stream; resuming replays (and drops) earlier batches,
     which keeps the data position exact for the same number of workers."""
