@@ -16,18 +16,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgeclip import _deps
 from edgeclip._io import sha256_file
 from edgeclip.bundle import Artifact
 from edgeclip.errors import ConfigError, ExportError
+from edgeclip.export.encoders import EncoderSpec
+from edgeclip.export.onnx import OPSET, add_metadata, reference_onnx
+from edgeclip.export.targets import ExportContext, validated_artifact
 from edgeclip.runtime.backends.tensorrt import TensorRTBackend
 from edgeclip.runtime.backends.tensorrt_engine import DEFAULT_WORKSPACE, FP32_PREFIX, TIMING_CACHE, USER_PLAN, Profile
-
-if TYPE_CHECKING:
-    from edgeclip.export.encoders import EncoderSpec
-    from edgeclip.export.targets import ExportContext
 
 TRT_VERSIONS = ">=10.0,<11"
 BUILD_NEEDS = "NVIDIA GPU + TensorRT 10; build_engine.sh or edgeclip.runtime.backends.tensorrt_engine.build_engine"
@@ -143,10 +142,6 @@ class TensorRTTarget:
 
     def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
         onnx: Any = _deps.require("onnx", extra="export", purpose="the tensorrt export target")
-
-        from edgeclip.export.onnx import OPSET, add_metadata, reference_onnx
-        from edgeclip.export.targets import validated_artifact
-
         rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
         onnx_file = folder / ONNX_FILE
         calibration = None
