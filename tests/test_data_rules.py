@@ -149,3 +149,21 @@ def test_the_data_layer_imports_only_the_base_and_the_runtime() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [(path.name, n) for n in names if n.startswith("edgeclip") and not n.startswith(allowed)]
     assert len(list(root.glob("*.py"))) >= 8 and found == []
+
+
+def test_bench_eval_reads_a_class_folder_as_training_evaluates_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Same class names (folder names made readable) and, with train/ and val/, the val/ images only."""
+    from edgeclip.bench.evalset import load_eval_set
+    from edgeclip.data.spec import heldout_items, zero_shot_eval_spec
+
+    names = ["train/golden_retriever/0.png", "train/tabby-cat/1.png", "val/golden_retriever/2.png",
+             "val/tabby-cat/3.png", "val/tabby-cat/4.png"]
+    for k, name in enumerate(names):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(_image_bytes(k))
+    spec = zero_shot_eval_spec(str(tmp_path))
+    held = heldout_items(str(tmp_path), image_size=32)
+    evalset = load_eval_set(str(tmp_path), Bundle.open(tiny_bundle), size=100)
+    assert spec is not None and held is not None
+    assert tuple(evalset.classes) == spec[0] == ("golden retriever", "tabby cat")
+    assert evalset.targets.tolist() == [t for _, t in held] == [0, 1, 1]
