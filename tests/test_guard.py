@@ -158,22 +158,27 @@ def _ov_quantized_inputs(xml: Path) -> dict[str, tuple[bool, bool]]:
             for op in model.get_ordered_ops() if op.get_type_name() in ("MatMul", "Convolution")}
 
 
+def check_saved_graph(a: Artifact, path: Path) -> None:
+    """The saved graph keeps in float exactly the layers `a`'s manifest entry says, and
+    quantizes every other MatMul/Gemm/Conv (activation and weight)."""
+    assert a.calibration is not None, a.key
+    layers = _saved_layers(a, path)
+    kept = set(a.calibration["excluded_layers"])
+    assert kept <= set(layers), f"{a.key}: the manifest names layers the saved graph lacks"
+    for name, (activation, weight) in layers.items():
+        if name in kept:
+            assert not weight, f"{a.key}: {name} is recorded as float but its weight is quantized"
+        else:
+            assert activation and weight, f"{a.key}: {name} is neither recorded as float nor quantized"
+
+
 def test_saved_graphs_keep_in_float_exactly_what_the_manifest_says(outlier_bundle: Bundle) -> None:
     artifacts = outlier_bundle.manifest.find("image")
     assert {a.key for a in artifacts} == {f"image/{t}" for t in
                                           ("onnx-int8", "tensorrt-int8", "openvino-int8", "onnx-int8-dynamic")}
     for a in artifacts:
-        c = a.calibration
-        assert c is not None and c["excluded_by_guard"], f"{a.key}: the guard was meant to act here"
-        path = outlier_bundle.artifact_path(a)
-        layers = _saved_layers(a, path)
-        kept = set(c["excluded_layers"])
-        assert kept <= set(layers), f"{a.key}: the manifest names layers the saved graph lacks"
-        for name, (activation, weight) in layers.items():
-            if name in kept:
-                assert not weight, f"{a.key}: {name} is recorded as float but its weight is quantized"
-            else:
-                assert activation and weight, f"{a.key}: {name} is neither recorded as float nor quantized"
+        assert a.calibration is not None and a.calibration["excluded_by_guard"], f"{a.key}: the guard was meant to act"
+        check_saved_graph(a, outlier_bundle.artifact_path(a))
 
 
 def run_saved_file(a: Artifact, path: Path, x: np.ndarray) -> np.ndarray:
