@@ -19,6 +19,7 @@ from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.clip import TextEncoder
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends import BACKENDS, auto_order, backend_class
+from edgeclip.runtime.similarity import cosine_rows
 from edgeclip.runtime.tokenizer import TextTokenizer
 from tests.conftest import TINY_CLASSES, run_cli
 
@@ -148,3 +149,14 @@ def test_save_labels_never_replaces_a_label_set_silently(bundle_copy: Path) -> N
     assert after[1]["classes"] == TINY_CLASSES and np.array_equal(after[0], before[0])
     clf.save_labels(overwrite=True)
     assert Bundle.open(bundle_copy).label_set("default")[1]["classes"] == ["red", "blue"]
+
+
+def test_row_cosine_values_zero_rows_and_fp16_inputs() -> None:
+    """The one row cosine that validation, the INT8 guard and bench report."""
+    a = np.array([[1, 0], [3, 4], [0, 0], [2, 0]], dtype=np.float32)
+    b = np.array([[1, 1], [6, 8], [1, 0], [-5, 0]], dtype=np.float32)
+    np.testing.assert_allclose(cosine_rows(a, b), [2**-0.5, 1.0, 0.0, -1.0], rtol=0, atol=1e-12)
+    # fp16 embeddings are measured in float64: a vector against itself is 1, not 1 +- fp16 rounding
+    x = np.random.default_rng(0).standard_normal((8, 512)).astype(np.float16)
+    cos = cosine_rows(x, x)
+    assert cos.dtype == np.float64 and np.abs(cos - 1).max() < 1e-12
