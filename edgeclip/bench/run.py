@@ -25,6 +25,7 @@ from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.classifier import Encoder
 from edgeclip.runtime.labels import label_embeddings
 from edgeclip.runtime.preprocess import preprocess
+from edgeclip.runtime.similarity import cosine_rows
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 SCHEMA = "edgeclip-bench"
@@ -159,11 +160,6 @@ def _torch_baseline(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, p
     return out
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.asarray((a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1) + 1e-12))
-
-
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     bundle = Bundle.open(cfg.bundle)
     bundle.verify()
@@ -288,7 +284,7 @@ def _accuracy(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline
     for c in sorted(cands, key=lambda c: c.backend != "torch"):  # baseline first, for the delta
         row: dict[str, Any] = {}
         if c.encoder in refs:
-            cos = _cosine(c.run(probes[c.encoder]), refs[c.encoder][0])
+            cos = cosine_rows(c.run(probes[c.encoder]), refs[c.encoder][0])
             row.update(cosine_min=round(float(cos.min()), 6), cosine_mean=round(float(cos.mean()), 6),
                        cosine_ref=refs[c.encoder][1])
         if evalset is not None and labels is not None and c.encoder == "image":
