@@ -79,17 +79,18 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
         sys.path.insert(0, str(HERE.parent))
         from edgeclip.model.clip import CLIP
         from edgeclip.model.config import ModelConfig, get_config
-        from edgeclip.train.loop import apply_gradients, param_groups
+        from edgeclip.train.loop import apply_gradients
         from edgeclip.train.loss import clip_loss
-        from edgeclip.train.nonfinite import NonFiniteGuard
+        from edgeclip.train.nonfinite import NonFiniteSkipper
+        from edgeclip.train.recipe import param_groups
 
         cfg = get_config(model_name) if model_name != "edge-vit" else ModelConfig.from_dict(
             {**EDGE_VIT, "vision_cfg": {**{k: v for k, v in EDGE_VIT["vision_cfg"].items() if k != "head_width"},
                                         "heads": 4}}, name="edge-vit")
         model = CLIP(cfg).train().to(dev)
-        # the trainer's step: fused AdamW, then apply_gradients (norm, non-finite guard, clamp)
+        # the trainer's step: fused AdamW, then apply_gradients (norm, non-finite step skipped, clamp)
         opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, fused=True)
-        scaler, guard = torch.amp.GradScaler(dev.type, enabled=False), NonFiniteGuard(dev)
+        scaler, skipper = torch.amp.GradScaler(dev.type, enabled=False), NonFiniteSkipper(dev)
         images, ids = _batch(batch, cfg.vision_cfg.image_size, cfg.text_cfg.context_length, cfg.text_cfg.vocab_size,
                               captions)
         ids = ids[:, : int(ids.argmax(1).max()) + 1]  # the trainer drops all-padding columns (on the host)
@@ -102,7 +103,7 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
                 img, txt, scale = forward(images, ids)
             loss = clip_loss(img, txt, scale)
             loss.backward()
-            apply_gradients(model, opt, scaler, guard, loss, params, None)
+            apply_gradients(model, opt, scaler, skipper, loss, params, None)
     else:
         import open_clip
         from open_clip.loss import ClipLoss

@@ -71,6 +71,10 @@ class DataError(EdgeclipError):
     """A training or calibration data source that cannot be read or is empty."""
 
 
+class TrainingError(EdgeclipError):
+    """A training run that cannot continue (e.g. too many non-finite steps in a row)."""
+
+
 class ExportError(EdgeclipError):
     """An export that failed, including an artifact that failed validation."""
 

@@ -12,7 +12,7 @@ import torch
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.train.config import TrainConfig
 from edgeclip.train.loop import train
-from edgeclip.train.nonfinite import NonFiniteGuard
+from edgeclip.train.nonfinite import NonFiniteSkipper
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,26 +40,27 @@ def test_fused_adamw_skips_a_non_finite_step_on_the_device() -> None:
     dev = torch.device("cuda")
     model = torch.nn.Linear(8, 4).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
-    scaler, guard = torch.amp.GradScaler("cuda", enabled=False), NonFiniteGuard(dev)
+    scaler, skipper = torch.amp.GradScaler("cuda", enabled=False), NonFiniteSkipper(dev)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss = model(torch.randn(16, 8, device=dev)).sum() * float("nan")
     loss.backward()
-    guard.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+    skipper.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert guard.check() == (1, 1)
+    assert skipper.check() == (1, 1)
 
 
 def test_the_training_step_never_waits_for_the_gpu() -> None:
     """Batch normalisation, forward, loss, backward and the trainer's apply_gradients under CUDA's
     sync debug mode "error": any host synchronisation inside the step raises."""
     from edgeclip.model.clip import create_model
-    from edgeclip.train.loop import apply_gradients, param_groups
+    from edgeclip.train.loop import apply_gradients
     from edgeclip.train.loss import clip_loss
+    from edgeclip.train.recipe import param_groups
 
     dev = torch.device("cuda")
     model = create_model("test-tiny").to(dev).train()
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, fused=True)
-    scaler, guard = torch.amp.GradScaler("cuda", enabled=False), NonFiniteGuard(dev)
+    scaler, skipper = torch.amp.GradScaler("cuda", enabled=False), NonFiniteSkipper(dev)
     size, ctx = model.cfg.vision_cfg.image_size, model.cfg.text_cfg.context_length
     from edgeclip.bundle import PreprocessConfig
     from edgeclip.train.loader import normalize_batch
@@ -75,7 +76,7 @@ def test_the_training_step_never_waits_for_the_gpu() -> None:
                 img, txt, scale = model(images, ids)
             loss = clip_loss(img, txt, scale)
             loss.backward()
-            apply_gradients(model, opt, scaler, guard, loss, list(model.parameters()), None)
+            apply_gradients(model, opt, scaler, skipper, loss, list(model.parameters()), None)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    assert guard.check() == (0, 0)
+    assert skipper.check() == (0, 0)

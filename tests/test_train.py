@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from edgeclip.data.shapes import COLOURS, HELDOUT_COMBOS, SHAPES, ZERO_SHOT_TEMPLATES, ShapesDataset
+from edgeclip.data.spec import open_source
+from edgeclip.data.tasks import zero_shot_tasks
 from edgeclip.errors import ConfigError, DataError, UnknownNameError
-from edgeclip.train.data import open_source, zero_shot_tasks
-from edgeclip.train.loop import TrainConfig, apply_gradients, lr_at, param_groups, train
+from edgeclip.train.config import TrainConfig
+from edgeclip.train.loop import apply_gradients, train
 from edgeclip.train.loss import clip_loss
-from edgeclip.train.nonfinite import NonFiniteGuard
-from edgeclip.train.shapes import COLOURS, HELDOUT_COMBOS, SHAPES, ZERO_SHOT_TEMPLATES, ShapesDataset
+from edgeclip.train.nonfinite import NonFiniteSkipper
+from edgeclip.train.recipe import lr_at, param_groups
 
 
 def test_shapes_is_deterministic_and_holds_out_combinations() -> None:
@@ -87,7 +90,7 @@ def test_each_step_caps_the_temperature_at_100() -> None:
     pixels, ids = torch.randn(4, 3, 32, 32), torch.randint(1, 500, (4, 16))
     loss = clip_loss(*model(pixels, ids))
     loss.backward()
-    apply_gradients(model, opt, torch.amp.GradScaler("cpu", enabled=False), NonFiniteGuard(torch.device("cpu")),
+    apply_gradients(model, opt, torch.amp.GradScaler("cpu", enabled=False), NonFiniteSkipper(torch.device("cpu")),
                     loss, params, None)
     assert float(model.logit_scale.detach().exp()) == pytest.approx(100.0, rel=1e-6)
 

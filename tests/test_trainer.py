@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edgeclip.errors import CheckpointError, ConfigError
+from edgeclip.errors import CheckpointError, ConfigError, TrainingError
 from edgeclip.model.clip import create_model
 from edgeclip.train.config import TrainConfig
 from edgeclip.train.distributed import World
 from edgeclip.train.gradcache import grad_cache_step
-from edgeclip.train.loop import TrainingError, TrainResult, train
+from edgeclip.train.loop import TrainResult, train
 from edgeclip.train.loss import clip_loss
 from edgeclip.train.state import list_checkpoints
 from tests.conftest import REPO
@@ -244,7 +244,7 @@ def _shard(path: Path, n: int, corrupt: int) -> None:
     import io
     import tarfile
 
-    from edgeclip.train.shapes import ShapesDataset
+    from edgeclip.data.shapes import ShapesDataset
 
     ds = ShapesDataset("train", n, 32)
     with tarfile.open(path, "w") as tar:
@@ -267,12 +267,12 @@ def test_webdataset_and_csv_sources_train(tmp_path: Path) -> None:
     assert r.steps == 3 and r.samples == 24
     _assert_eval_skipped(r, tmp_path / "wds", [2, 3])
     # corrupt images are dropped by the shard reader and counted there, never a crash
-    from edgeclip.train.sources import WebDatasetSource
+    from edgeclip.data.shards import WebDatasetSource
 
     src = WebDatasetSource(spec)
     assert len(list(src.samples(0))) == 20 and sum(src.skipped.values()) == 4
 
-    from edgeclip.train.shapes import ShapesDataset
+    from edgeclip.data.shapes import ShapesDataset
 
     rows = ["filepath,caption"]
     for i in range(6):
@@ -315,20 +315,20 @@ def test_digits_learn_far_above_chance(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["fused", "unfused", "grad-scaler"])
 def test_a_non_finite_step_changes_nothing_and_is_counted(kind: str) -> None:
-    from edgeclip.train.nonfinite import NonFiniteGuard
+    from edgeclip.train.nonfinite import NonFiniteSkipper
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1, fused=kind != "unfused")
     scaler = torch.amp.GradScaler("cpu", enabled=kind == "grad-scaler")
-    guard = NonFiniteGuard(torch.device("cpu"))
+    skipper = NonFiniteSkipper(torch.device("cpu"))
     x = torch.randn(8, 4)
 
     def step(poison: bool) -> None:
         loss = model(x).square().mean() * (float("nan") if poison else 1.0)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        guard.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        skipper.step(opt, scaler, loss, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
         opt.zero_grad(set_to_none=True)
 
     step(False)
@@ -339,10 +339,10 @@ def test_a_non_finite_step_changes_nothing_and_is_counted(kind: str) -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no update, no weight decay
     assert all(torch.equal(m, opt.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters(), strict=True))
     assert all(int(opt.state[p]["step"]) == 1 for p in model.parameters())
-    assert guard.check() == (3, 3)
+    assert skipper.check() == (3, 3)
     step(False)
     assert not torch.equal(before["weight"], model.weight.detach())
-    assert guard.check() == (3, 0)  # the streak was reset by the good step
+    assert skipper.check() == (3, 0)  # the streak was reset by the good step
 
 
 def test_channels_last_trains_the_same_model(tmp_path: Path) -> None:
@@ -442,8 +442,8 @@ def test_a_crash_inside_a_step_swap_is_completed_on_the_next_listing(tmp_path: P
 
 
 def test_retrieval_pairs_come_from_the_split_training_left_out() -> None:
-    from edgeclip.train.data import retrieval_pairs
-    from edgeclip.train.digits import DigitsDataset, digits_split
+    from edgeclip.data.digits import DigitsDataset, digits_split
+    from edgeclip.data.tasks import retrieval_pairs
 
     seed = 3
     pairs = retrieval_pairs("builtin:digits", image_size=32, size=10_000, seed=seed)

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgeclip.cli._common import csv_list
 from edgeclip.errors import ConfigError
-
-
-def csv_list(value: str | None) -> list[str] | None:
-    """'a, b,,c' -> ['a', 'b', 'c']; None for an empty option."""
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def _ints(value: str) -> list[int]:

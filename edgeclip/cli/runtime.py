@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeclip.errors import ConfigError, ImageError
-
-
-def read_lines(path: str, what: str) -> list[str]:
-    """The non-empty, non-comment lines of a text file (class names, templates)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} file not found: {p}")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    return [ln for ln in lines if ln and not ln.startswith("#")]
+from edgeclip.cli._common import read_lines
+from edgeclip.errors import ImageError
 
 
 @click.command()

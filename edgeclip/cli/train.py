@@ -1,4 +1,5 @@
-"""`edgeclip train` (also under torchrun: `torchrun --nproc_per_node N -m edgeclip train ...`)."""
+"""`edgeclip train` (also under torchrun: `torchrun --nproc_per_node N -m edgeclip train ...`).
+Every default is TrainConfig's (`default(name)`), never a copy."""
 
 from __future__ import annotations
 
@@ -8,39 +9,43 @@ from dataclasses import asdict
 
 import click
 
-from edgeclip.train.config import LOSSES, PRECISIONS, SCHEDULES, TrainConfig
+from edgeclip.train.config import DEFAULT_MODEL, DEFAULT_WARMUP, DEVICES, LOSSES, PRECISIONS, SCHEDULES, TrainConfig
+from edgeclip.train.config import default as d
 
 
 @click.command()
-@click.option("--data", multiple=True, default=["builtin:shapes"], show_default=True,
+@click.option("--data", multiple=True, default=d("data"), show_default=True,
               help="Data source (repeatable): builtin:shapes, builtin:digits, a csv/tsv/jsonl file, an image "
                    "folder, or webdataset shards like 'shards/{000..099}.tar'.")
 @click.option("--data-weights", default=None, help="Comma-separated sampling weight per --data source.")
 @click.option("--model", default=None, help="Model config name (default: the --init/--resume checkpoint's, "
-              "else edge-tiny).")
-@click.option("--out", default="checkpoints/run", show_default=True, type=click.Path(), help="Run directory.")
-@click.option("--steps", default=1000, show_default=True, type=int)
-@click.option("--batch-size", default=128, show_default=True, type=int, help="Per process.")
-@click.option("--lr", default=1e-3, show_default=True, type=float)
+              f"else {DEFAULT_MODEL}).")
+@click.option("--out", default=d("out"), show_default=True, type=click.Path(), help="Run directory.")
+@click.option("--steps", default=d("steps"), show_default=True, type=int)
+@click.option("--batch-size", default=d("batch_size"), show_default=True, type=int, help="Per process.")
+@click.option("--lr", default=d("lr"), show_default=True, type=float)
 @click.option("--warmup-steps", default=None, type=int,
-              help="Linear warmup (default: 100, at most a tenth of --steps); longer than --steps is refused.")
-@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(SCHEDULES))
-@click.option("--cooldown-steps", default=0, show_default=True, type=int)
-@click.option("--weight-decay", default=0.1, show_default=True, type=float)
+              help=f"Linear warmup (default: {DEFAULT_WARMUP}, at most a tenth of --steps); longer than --steps is "
+                   "refused.")
+@click.option("--schedule", default=d("schedule"), show_default=True, type=click.Choice(SCHEDULES))
+@click.option("--cooldown-steps", default=d("cooldown_steps"), show_default=True, type=int)
+@click.option("--weight-decay", default=d("weight_decay"), show_default=True, type=float)
 @click.option("--grad-clip", default=None, type=float, help="Max global gradient norm.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS))
-@click.option("--accum-steps", default=1, show_default=True, type=int,
+@click.option("--precision", default=d("precision"), show_default=True, type=click.Choice(PRECISIONS))
+@click.option("--accum-steps", default=d("accum_steps"), show_default=True, type=int,
               help="GradCache micro-batches per step (keeps all negatives).")
-@click.option("--loss", default="clip", show_default=True, type=click.Choice(LOSSES))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--loss", default=d("loss"), show_default=True, type=click.Choice(LOSSES))
+@click.option("--seed", default=d("seed"), show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="torch intra-op threads.")
-@click.option("--workers", default=0, show_default=True, type=int, help="Data loading processes.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--workers", default=d("workers"), show_default=True, type=int, help="Data loading processes.")
+@click.option("--device", default=d("device"), show_default=True, type=click.Choice(DEVICES))
 @click.option("--no-augment", is_flag=True, help="No random resized crop.")
-@click.option("--log-every", default=20, show_default=True, type=int)
-@click.option("--save-every", default=0, show_default=True, type=int, help="Checkpoint every N steps (0: end).")
-@click.option("--keep-checkpoints", default=3, show_default=True, type=int)
-@click.option("--eval-every", default=0, show_default=True, type=int, help="Zero-shot eval every N steps (0: end).")
+@click.option("--log-every", default=d("log_every"), show_default=True, type=int)
+@click.option("--save-every", default=d("save_every"), show_default=True, type=int,
+              help="Checkpoint every N steps (0: end).")
+@click.option("--keep-checkpoints", default=d("keep_checkpoints"), show_default=True, type=int)
+@click.option("--eval-every", default=d("eval_every"), show_default=True, type=int,
+              help="Zero-shot eval every N steps (0: end).")
 @click.option("--resume", default=None, help="'latest' or OUT/checkpoints/step_NNNNNNNN.")
 @click.option("--overwrite", is_flag=True, help="Delete a run already in --out and start again (without it, "
               "a run there is refused: continue it with --resume latest).")
@@ -51,7 +56,7 @@ from edgeclip.train.config import LOSSES, PRECISIONS, SCHEDULES, TrainConfig
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--channels-last", is_flag=True,
               help="NHWC images and conv weights: faster convolutions (ResNets, conv stems) on CUDA.")
-@click.option("--max-bad-steps", default=10, show_default=True, type=int)
+@click.option("--max-bad-steps", default=d("max_bad_steps"), show_default=True, type=int)
 @click.option("--no-progress", is_flag=True, help="No progress bar (the JSONL log is still written).")
 def train(data: tuple[str, ...], data_weights: str | None, init_from: str | None, no_augment: bool,
           compile_: bool, no_progress: bool, **kw: object) -> None:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from edgeclip.errors import ConfigError
 
 SCHEDULES = ("cosine", "constant", "constant-cooldown")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSSES = ("clip", "siglip")
+DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_WARMUP = 100
+DEFAULT_MODEL = "edge-tiny"  # a fresh run's model when --model is not given
 
 
 @dataclass
 class TrainConfig:
-    model: str | None = None  # default: the checkpoint's with --init/--resume, else edge-tiny
+    model: str | None = None  # default: the checkpoint's with --init/--resume, else DEFAULT_MODEL
     data: list[str] = field(default_factory=lambda: ["builtin:shapes"])
     data_weights: list[float] | None = None  # sampling weight per --data source
     out: str = "checkpoints/run"
@@ -83,3 +86,9 @@ class TrainConfig:
             )
         if min(self.warmup_steps, self.save_every, self.eval_every, self.cooldown_steps) < 0:
             raise ConfigError("step counts must not be negative")
+
+
+def default(name: str) -> Any:
+    """TrainConfig's default for field `name`: the CLI and the quickstart take theirs from here."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default

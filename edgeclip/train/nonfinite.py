@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 
-class NonFiniteGuard:
+class NonFiniteSkipper:
+    """Counts and skips the optimiser steps whose loss or gradient norm is inf or NaN."""
+
     def __init__(self, device: torch.device) -> None:
         self.skipped = torch.zeros((), device=device)  # skipped steps in this run
         self.run = torch.zeros((), device=device)  # current streak of skipped steps
