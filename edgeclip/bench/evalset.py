@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclip.bundle import Bundle
+from edgeclip.data.builtin import REFERENCE_SEED
 from edgeclip.data.folders import has_split_dirs, open_class_folder
 from edgeclip.data.tasks import shapes_tasks
 from edgeclip.errors import ConfigError, DataError, ImageError
@@ -30,11 +31,11 @@ class EvalSet:
 
 
 def load_eval_set(source: str, bundle: Bundle, size: int) -> EvalSet:
-    """builtin:shapes' held-out split (as the trainer evaluates it with the default seed, 0), or a
+    """builtin:shapes' held-out split (as the trainer evaluates it with the default seed), or a
     class folder read like a training source: its val/ split when it has train/ and val/, else all of it."""
     pre = bundle.manifest.preprocess
     if source == "builtin:shapes":
-        task = shapes_tasks(pre.image_size, size, seed=0, attributes=("shape",))[0]
+        task = shapes_tasks(pre.image_size, size, seed=REFERENCE_SEED, attributes=("shape",))[0]
         pixels = np.stack([preprocess(im, pre) for im in task.images])
         return EvalSet(source, list(task.classes), list(task.templates), pixels, np.array(task.targets))
     root = Path(source)

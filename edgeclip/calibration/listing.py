@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeclip.data.builtin import SHAPES_HELDOUT_SEED_OFFSET, shapes_heldout, shapes_train
+from edgeclip.data.builtin import REFERENCE_SEED, SHAPES_HELDOUT_SEED_OFFSET, shapes_heldout, shapes_train
 from edgeclip.data.images import IMAGE_SUFFIXES, list_images
 from edgeclip.data.shards import WebDatasetSource, is_webdataset
 from edgeclip.data.tables import TABLE_SUFFIXES, read_caption_file
@@ -29,7 +29,7 @@ __all__ = ["BUILTIN", "BUILTIN_HELDOUT", "SELECTION_SEED", "CalibrationItem", "S
 
 BUILTIN = ("builtin:shapes",)
 BUILTIN_HELDOUT = 400  # held-out images of a builtin source: 0.25-point top-1 resolution
-SELECTION_SEED = 0
+SELECTION_SEED = 0  # which files of a larger source are chosen, and in what order
 _FIX = "pass an image folder, a .csv/.tsv/.jsonl with a filepath column, .tar shards or builtin:shapes"
 
 
@@ -111,8 +111,8 @@ def _constant(value: Any) -> Callable[[], Any]:
 def _builtin(spec: str, size: int, image_size: int) -> SourceListing:
     if spec not in BUILTIN:
         raise UnknownNameError("built-in calibration source", spec, BUILTIN)
-    train = shapes_train(image_size, SELECTION_SEED, size)
-    held = shapes_heldout(image_size, SELECTION_SEED, BUILTIN_HELDOUT)
+    train = shapes_train(image_size, REFERENCE_SEED, size)
+    held = shapes_heldout(image_size, REFERENCE_SEED, BUILTIN_HELDOUT)
 
     def items(split: str, ds: Any) -> list[CalibrationItem]:
         return [CalibrationItem(f"{split}/{i}", _constant(s.image), s.caption, s.shape)
@@ -123,7 +123,7 @@ def _builtin(spec: str, size: int, image_size: int) -> SourceListing:
 
 def builtin_key(spec: str, image_size: int) -> str:
     """What a procedural source's images depend on (its generator is deterministic)."""
-    key = json.dumps({"spec": spec, "image_size": image_size, "seed": SELECTION_SEED, "heldout": BUILTIN_HELDOUT,
-                      "heldout_seed": SELECTION_SEED + SHAPES_HELDOUT_SEED_OFFSET})
+    key = json.dumps({"spec": spec, "image_size": image_size, "seed": REFERENCE_SEED, "heldout": BUILTIN_HELDOUT,
+                      "heldout_seed": REFERENCE_SEED + SHAPES_HELDOUT_SEED_OFFSET})
     return hashlib.sha256(key.encode()).hexdigest()
 
