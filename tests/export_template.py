@@ -18,13 +18,12 @@ from edgeclip.bundle import Bundle
 from edgeclip.errors import BundleError
 from edgeclip.export.api import export_bundle
 from edgeclip.export.encoders import ENCODERS
-from edgeclip.export.validate import MIN_COSINE
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.clip import ImageEncoder, TextEncoder
 from edgeclip.runtime.backends import backend_class
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.tokenizer import TextTokenizer
-from tests.conftest import TINY_CLASSES
+from tests.conftest import README_PARITY, TINY_CLASSES
 
 
 class TargetTemplate:
@@ -55,7 +54,7 @@ class TargetTemplate:
             assert a.validation.get("checked_with")
             if self.runs_here:
                 assert a.validation["passed"] is True
-                assert a.validation["cosine_min"] >= MIN_COSINE[a.precision]
+                assert a.validation["cosine_min"] >= README_PARITY[a.precision]
             self.check_target_specific(bundle, a)
         bundle.verify()
 
@@ -87,4 +86,4 @@ class TargetTemplate:
             backend = cls(bundle.artifact_path(a), a, self.backend_options)
             got = backend.infer({a.inputs[0].name: inputs[a.encoder]})[a.outputs[0].name]
             cos = (got * ref[a.encoder]).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref[a.encoder], axis=1)
-            assert cos.min() >= MIN_COSINE[a.precision], a.key
+            assert cos.min() >= README_PARITY[a.precision], a.key

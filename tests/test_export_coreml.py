@@ -17,6 +17,7 @@ from edgeclip.export.api import export_bundle
 from edgeclip.export.capabilities import CAPABILITIES
 from edgeclip.export.coreml import CoreMLTarget, parse_options
 from edgeclip.runtime.backends.coreml import CoreMLBackend
+from tests.conftest import README_PARITY, README_WEIGHT_ONLY_PARITY
 from tests.export_template import TargetTemplate
 
 MACOS = sys.platform == "darwin"
@@ -179,7 +180,6 @@ def test_predictions_match_torch_on_macos(tiny_checkpoint: Path, tmp_path: Path,
                                           options: dict[str, Any]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgeclip.export.validate import MIN_COSINE
     from edgeclip.model.checkpoint import load_checkpoint
     from edgeclip.model.clip import ImageEncoder
 
@@ -197,4 +197,4 @@ def test_predictions_match_torch_on_macos(tiny_checkpoint: Path, tmp_path: Path,
         rows = list(pool.map(lambda i: backend.infer({"pixel_values": x[i : i + 1].numpy()})["image_embeds"], range(5)))
     for got in (np.concatenate(rows), backend.infer({"pixel_values": x.numpy()})["image_embeds"]):
         cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-        assert cos.min() >= MIN_COSINE.get(precision, 0.99)
+        assert cos.min() >= README_PARITY.get(precision, README_WEIGHT_ONLY_PARITY)
