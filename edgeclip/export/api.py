@@ -8,10 +8,12 @@ existing bundle stages a full copy (hard links) and swaps it in; only artifacts 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,7 +140,7 @@ def _int8_gate(ctx: ExportContext) -> Callable[[EncoderSpec, str], tuple[HeldOut
     return gate
 
 
-REPLACE_FIX = "pass --overwrite (overwrite=True) to replace the bundle, or choose a new --out path"
+REPLACE_FIX = "pass --overwrite (Python: overwrite=True) to replace the bundle, or choose a new --out path"
 
 
 def _existing_bundle(out: Path, overwrite: bool) -> Bundle | None:
@@ -167,8 +169,8 @@ def _check_same_source(old: Manifest, new: Manifest, out: Path) -> None:
     if old.source_weights_sha256 is None:
         reason = "it does not record which weights it was exported from (written by an older edgeclip)"
     elif old.source_weights_sha256 != new.source_weights_sha256:
-        reason = (f"it holds other weights (sha256 {old.source_weights_sha256[:12]}..., this checkpoint "
-                  f"{new.source_weights_sha256 and new.source_weights_sha256[:12]}...)")
+        reason = (f"it holds other weights ({old.model_name}, sha256 {old.source_weights_sha256[:12]}...; this "
+                  f"checkpoint: {new.model_name}, sha256 {(new.source_weights_sha256 or '')[:12]}...)")
     else:
         differs = [name for name, a, b in (
             ("model config", _plain(old.model_config), _plain(new.model_config)),
@@ -206,10 +208,14 @@ def _link_unchanged(old: Path, staging: Path, replaced: list[str]) -> None:
 
 
 def _swap_in(staging: Path, out: Path) -> None:
-    """Put the staged bundle at `out`. An old bundle is moved aside first and removed only once
-    the new one is in place; if that fails, the old one goes back."""
+    """Put the staged bundle at `out`. An old bundle is exchanged with it in one step where the
+    system can (Linux renameat2); elsewhere it is moved aside first, removed only once the new one
+    is in place, and moved back if that fails."""
     if not out.exists():
         staging.rename(out)
+        return
+    if _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # now the old bundle
         return
     holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
     aside = holder / "bundle"
@@ -221,6 +227,17 @@ def _swap_in(staging: Path, out: Path) -> None:
         holder.rmdir()
         raise
     shutil.rmtree(holder, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if sys.platform != "linux":
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return bool(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0)
 
 
 def _new_manifest(model: CLIP, info: CheckpointInfo) -> Manifest:
