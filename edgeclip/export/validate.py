@@ -1,4 +1,5 @@
-"""Validate an exported artifact against the torch fp32 reference on fixed probe inputs."""
+"""Validate an exported artifact against the torch fp32 reference: on fixed probe inputs, and for
+activation-quantized INT8 on the held-out inputs of the accuracy guard (its probes only recorded)."""
 
 from __future__ import annotations
 
