@@ -114,6 +114,15 @@ def test_runtime_picks_and_runs_int8(int8_bundle: Bundle) -> None:
     assert len(clf.classify(images)) == 4
 
 
+def test_inspect_shows_the_int8_gate_not_the_probes(int8_bundle: Bundle) -> None:
+    """INT8 probe figures include noise images no calibration covers: inspect must not present them
+    as the artifact's accuracy, but the held-out figure that gated it."""
+    proc = run_cli("inspect", str(int8_bundle.root))
+    assert proc.returncode == 0, proc.stderr
+    int8_lines = [line for line in proc.stdout.splitlines() if "-int8 " in line]
+    assert int8_lines and all("held-out cos_min" in ln and "informational" in ln for ln in int8_lines)
+
+
 def test_guard_repairs_a_budget_naive_int8_breaks(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """All op types quantized (not just MatMul/Gemm/Conv) break a tight budget; the guard ranks the
     layers and keeps the most harmful in float until the budget holds."""

@@ -68,6 +68,8 @@ def inspect(bundle: str, verify: bool, as_json: bool) -> None:
         size = sum(b.resolve(f).stat().st_size for f in a.files)
         v = a.validation
         cos = f"cos_min {v['cosine_min']:.7f} max_abs {v['max_abs']:.2e}" if "cosine_min" in v else "spec checked"
+        if "heldout" in v:  # INT8: gated on held-out inputs; the probe figures are informational
+            cos = f"held-out cos_min {v['heldout']['cosine_min']:.5f} (probes, informational: {cos})"
         runs = CAPABILITIES[a.target].runs_on if a.target in CAPABILITIES else "?"
         click.echo(f"  {a.key:<26} {size / 1e6:8.2f} MB  {cos}  [{v.get('checked_with', '?')}]")
         click.echo(f"  {'':<26} runs on: {runs}")
