@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeclip.cli.bench import csv_list
-from edgeclip.cli.runtime import read_lines
+from edgeclip.cli._common import csv_list, read_lines
 from edgeclip.errors import ConfigError
 from edgeclip.export.capabilities import CAPABILITIES
 
