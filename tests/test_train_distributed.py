@@ -11,8 +11,10 @@ agree to fp32 round-off, with augmentation on as well as off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -117,10 +119,10 @@ def test_torchrun_two_ranks_train_like_one_process_on_the_global_batch(tmp_path:
         _assert_same_training(run, reference)
 
 
-def _captions_with_one_undecodable_image(root: Path) -> Path:
+def _captions_with_one_undecodable_image(root: Path, images: int = 32) -> Path:
     rng = np.random.default_rng(0)
     lines = ["filepath,caption"]
-    for i in range(32):
+    for i in range(images):
         path = root / f"img{i}.png"
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
         lines.append(f"{path.name},a {('red', 'green', 'blue', 'yellow')[i % 4]} thing number {i}")
@@ -139,6 +141,50 @@ def test_torchrun_with_an_undecodable_image_on_one_rank_trains_like_one_process(
     log = [json.loads(x) for x in (reference / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["final"]["skipped_samples"] == 2  # 4 steps of 16 = 2 epochs: the image came up twice
     _assert_same_training(_two_ranks(tmp_path / "two", *flags), reference)
+
+
+def test_torchrun_skips_a_step_on_every_rank_when_one_rank_has_no_usable_pair(tmp_path: Path) -> None:
+    """8 images, one undecodable, 2 ranks x 2 per step: each epoch (2 steps) deals the broken
+    image to one rank, which is left with a single pair and no negative, so that step is skipped.
+    Every rank must skip it together: a rank that skips alone leaves the other waiting for it in
+    the step's collectives (this hung), or pairs its collectives with the wrong step."""
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "edgeclip", "train", *COMMON, "--no-augment", "--batch-size", "2", "--out", str(out),
+           "--data", str(_captions_with_one_undecodable_image(tmp_path / "data", images=8))]
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            proc.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            _kill_with_ranks(proc)
+            pytest.fail("torchrun did not finish in 240 s: a rank waited for one that skipped its step")
+        err.seek(0)
+        assert proc.returncode == 0, err.read()[-3000:]
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    # 4 steps of 4 = 2 epochs: one step per epoch skipped by both ranks, two trained on 2 x 2 pairs
+    assert [r["samples"] for r in rows if "loss" in r] == [4, 8]
+    assert rows[-1]["final"]["samples"] == 8 and rows[-1]["final"]["final_loss"] is not None
+
+
+def _kill_with_ranks(proc: subprocess.Popen[bytes]) -> None:
+    """torchrun starts each rank in a session of its own: kill the ranks, then torchrun."""
+    ranks = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+             if _parent_pid(p) == proc.pid]
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait()
+
+
+def _parent_pid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):  # the process ended meanwhile
+        return None
 
 
 _LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SLURM_PROCID",

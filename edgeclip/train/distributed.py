@@ -19,6 +19,9 @@ class World:
     local_rank: int = 0
     size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # a gloo group beside NCCL's, for decisions taken on the host (see all_agree); None: the
+    # default group is gloo already
+    host_group: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -55,14 +58,28 @@ def init_world(device: str = "auto") -> World:
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
+    host_group = None
     if size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return World(rank, local, size, dev)
+        if use_cuda:  # NCCL reduces only device tensors, and reading one back waits for the GPU
+            host_group = dist.new_group(backend="gloo")
+    return World(rank, local, size, dev, host_group)
 
 
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def all_agree(ok: bool, world: World) -> bool:
+    """True when `ok` is true on every rank: a decision each rank makes from its own data (is
+    this batch usable?) taken by all of them together, so that none enters a collective the
+    others skip. One small all-reduce on the host (gloo), which never waits for the GPU."""
+    if not world.distributed:
+        return ok
+    flag = torch.tensor([int(ok)], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=world.host_group)
+    return bool(flag.item())
 
 
 class _AllGather(torch.autograd.Function):

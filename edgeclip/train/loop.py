@@ -24,7 +24,7 @@ from edgeclip.model.checkpoint import save_checkpoint
 from edgeclip.model.clip import CLIP
 from edgeclip.train import zeroshot
 from edgeclip.train.config import TrainConfig
-from edgeclip.train.distributed import World, barrier, init_world, shutdown
+from edgeclip.train.distributed import World, all_agree, barrier, init_world, shutdown
 from edgeclip.train.gradcache import grad_cache_step
 from edgeclip.train.loader import PositionDataset, TrainingData, make_loader, make_stream_loader, normalize_batch
 from edgeclip.train.loss import clip_loss
@@ -129,8 +129,11 @@ def _run_steps(run: RunState, loader: Iterable[dict[str, Any]], evals: EvalSet) 
         for step, batch in zip(range(run.start_step, cfg.steps), loader, strict=False):
             run.step = step
             run.counters["skipped_samples"] += batch["skipped"]
-            if batch["images"] is None or len(batch["captions"]) < 2:
-                continue  # every image of this batch failed to decode (counted above)
+            # a batch whose images all failed to decode (counted above), or that kept a single pair
+            # (no negative), is skipped; under torchrun by every rank together, or the others would
+            # wait for this rank in the step's collectives
+            if not all_agree(batch["images"] is not None and len(batch["captions"]) >= 2, run.world):
+                continue
             loss, norm = train_step(run, batch, step)
             run.done_here += 1
             logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
