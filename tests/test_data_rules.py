@@ -109,13 +109,14 @@ def test_shapes_has_one_heldout_split_for_every_user(tiny_bundle: Path, tmp_path
     are the same images for seed 0: held-out combinations drawn with seed 0 + 1, as the trainer
     has always drawn its zero-shot set (so published figures for a seed still hold)."""
     from edgeclip.bench.evalset import load_eval_set
+    from edgeclip.train.config import TrainConfig
 
-    n, size = 12, 32
-    expected = [shapes_heldout(size, seed=0)[i].image for i in range(n)]
+    n, size, seed = 12, 32, TrainConfig().seed
+    expected = [shapes_heldout(size, seed=seed)[i].image for i in range(n)]
     direct = [np.asarray(im) for im in expected]
-    tasks = {t.name: t for t in zero_shot_tasks("builtin:shapes", image_size=size, size=n, seed=0)}
+    tasks = {t.name: t for t in zero_shot_tasks("builtin:shapes", image_size=size, size=n, seed=seed)}
     assert [np.asarray(im).tolist() for im in tasks["shape"].images] == [d.tolist() for d in direct]
-    pairs = retrieval_pairs("builtin:shapes", image_size=size, size=n, seed=0)
+    pairs = retrieval_pairs("builtin:shapes", image_size=size, size=n, seed=seed)
     assert pairs is not None and [np.asarray(im).tolist() for im in pairs[0]] == [d.tolist() for d in direct]
 
     want = np.stack([preprocess(im, CFG) for im in expected])
@@ -129,7 +130,22 @@ def test_shapes_has_one_heldout_split_for_every_user(tiny_bundle: Path, tmp_path
     pre = bundle.manifest.preprocess
     evalset = load_eval_set("builtin:shapes", bundle, n)
     np.testing.assert_array_equal(evalset.pixels, np.stack([preprocess(im, pre) for im in (
-        shapes_heldout(pre.image_size, seed=0)[i].image for i in range(n))]))
+        shapes_heldout(pre.image_size, seed=seed)[i].image for i in range(n))]))
+
+
+def test_export_probes_are_heldout_shapes_of_the_reference_seed(tiny_checkpoint: Path) -> None:
+    """The images every artifact is validated on come from the same held-out split (at an odd size,
+    so the resize and crop are exercised)."""
+    from edgeclip.export.api import _probes
+    from edgeclip.model.checkpoint import read_checkpoint_info
+    from edgeclip.train.config import TrainConfig
+
+    info = read_checkpoint_info(tiny_checkpoint)
+    pre = info.preprocess
+    images = _probes(info, None)["image"].numpy()
+    held = shapes_heldout(pre.image_size + 13, seed=TrainConfig().seed, size=6)
+    np.testing.assert_array_equal(images[:6], np.stack([preprocess(held[i].image, pre) for i in range(6)]))
+    assert len(images) > 6  # plus noise images
 
 
 def test_the_data_layer_imports_only_the_base_and_the_runtime() -> None:

@@ -25,6 +25,7 @@ import torch
 
 from edgeclip._io import sha256_file
 from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest
+from edgeclip.data.builtin import REFERENCE_SEED, shapes_heldout
 from edgeclip.errors import BundleError, ConfigError, ExportError
 from edgeclip.export.capabilities import plan_exports
 from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_spec
@@ -254,10 +255,9 @@ def _new_manifest(model: CLIP, info: CheckpointInfo) -> Manifest:
 
 
 def _probes(info: CheckpointInfo, classes: list[str] | None) -> dict[str, torch.Tensor]:
-    """Fixed validation inputs: built-in images of odd sizes plus noise; prompts and sentences."""
-    from edgeclip.data.shapes import ShapesDataset
-
-    shapes = ShapesDataset("heldout", size=6, image_size=info.preprocess.image_size + 13, seed=123)
+    """Fixed validation inputs: held-out built-in images at an odd size (the resize and crop run)
+    plus noise; prompts and sentences."""
+    shapes = shapes_heldout(info.preprocess.image_size + 13, REFERENCE_SEED, size=6)
     images = [preprocess(shapes[i].image, info.preprocess) for i in range(len(shapes))]
     rng = np.random.default_rng(0)
     images += [preprocess(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), info.preprocess) for _ in range(2)]
