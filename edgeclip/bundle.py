@@ -387,7 +387,3 @@ class Bundle:
     def save_manifest(self) -> None:
         write_json(self.root / MANIFEST, self.manifest.to_dict())
 
-
-def file_entry(root: Path, rel: str) -> dict[str, str]:
-    """{rel: sha256} for a file already written under `root`."""
-    return {rel: sha256_file(root / rel)}

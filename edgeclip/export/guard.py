@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip.errors import ExportError
+from edgeclip.runtime.similarity import cosine_rows
 
 log = logging.getLogger("edgeclip.export.guard")
 
@@ -47,11 +48,6 @@ class GuardResult:
     sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> held-out mean cosine without it
     attempts: int = 1
     defaults_quantized: list[str] = field(default_factory=list)  # float-by-default layers measured safe
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.asarray((a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1) + 1e-12))
 
 
 def measure(held: HeldOut, got: np.ndarray) -> dict[str, Any]:

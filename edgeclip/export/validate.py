@@ -11,6 +11,7 @@ import torch
 
 from edgeclip.errors import ValidationError
 from edgeclip.export.guard import Budget, HeldOut, measure, within
+from edgeclip.runtime.similarity import cosine_rows
 
 # minimum cosine between artifact and torch embeddings on the probes, per precision
 MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999}
@@ -28,7 +29,7 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     """Per-row cosine (min/mean) and max-abs difference between [N, D] embeddings."""
     ref = reference.astype(np.float64)
     act = actual.astype(np.float64)
-    cos = (ref * act).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(act, axis=1) + 1e-12)
+    cos = cosine_rows(ref, act)
     return {
         "cosine_min": float(cos.min()),
         "cosine_mean": float(cos.mean()),
