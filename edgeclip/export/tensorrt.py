@@ -24,6 +24,7 @@ from edgeclip.bundle import Artifact
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.onnx import OPSET, add_metadata, reference_onnx
+from edgeclip.export.onnx_int8 import quantize_onnx
 from edgeclip.export.targets import ExportContext, validated_artifact
 from edgeclip.runtime.backends.tensorrt import TensorRTBackend
 from edgeclip.runtime.backends.tensorrt_engine import DEFAULT_WORKSPACE, FP32_PREFIX, TIMING_CACHE, USER_PLAN, Profile
@@ -146,8 +147,6 @@ class TensorRTTarget:
         onnx_file = folder / ONNX_FILE
         calibration = None
         if precision == "int8":  # Q/DQ on the prepared graph: the pinned names survive quantization
-            from edgeclip.export.onnx_int8 import quantize_onnx
-
             prepared = ctx.workdir / f"tensorrt-{spec.name}-prepared.onnx"
             fp32_layers = prepare_onnx(reference_onnx(ctx, spec), prepared)
             calibration = quantize_onnx(ctx, spec, prepared, onnx_file, precision, target=self.name)
