@@ -116,3 +116,23 @@ def test_bad_train_config() -> None:
         TrainConfig(batch_size=1)
     with pytest.raises(ConfigError):
         TrainConfig(steps=0)
+
+
+def test_the_cli_and_quickstart_take_their_defaults_from_trainconfig() -> None:
+    """`edgeclip train` with no flags builds TrainConfig() (every default, none copied), and the
+    quickstart's --steps/--seed and its model are TrainConfig's too."""
+    import click
+
+    from edgeclip.cli.quickstart import quickstart
+    from edgeclip.cli.train import train as train_cmd
+    from edgeclip.cli.train import train_config
+    from edgeclip.quickstart import _train_config
+    from edgeclip.train.config import DEFAULT_MODEL
+
+    want = TrainConfig()
+    assert train_config(**train_cmd.make_context("train", []).params) == want
+    qs = {p.name: p.default for p in quickstart.params if isinstance(p, click.Option)}
+    assert (qs["steps"], qs["seed"]) == (want.steps, want.seed)
+    cfg = _train_config(Path("unused"), None, None, progress=False)
+    assert (cfg.model, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed) == (DEFAULT_MODEL, want.steps, want.batch_size,
+                                                                        want.lr, want.seed)

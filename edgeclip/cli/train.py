@@ -58,19 +58,24 @@ from edgeclip.train.config import default as d
               help="NHWC images and conv weights: faster convolutions (ResNets, conv stems) on CUDA.")
 @click.option("--max-bad-steps", default=d("max_bad_steps"), show_default=True, type=int)
 @click.option("--no-progress", is_flag=True, help="No progress bar (the JSONL log is still written).")
-def train(data: tuple[str, ...], data_weights: str | None, init_from: str | None, no_augment: bool,
-          compile_: bool, no_progress: bool, **kw: object) -> None:
+def train(**options: object) -> None:
     """Train (or fine-tune) a CLIP model; writes checkpoints and a JSONL log under --out."""
-    from edgeclip.errors import ConfigError
     from edgeclip.train.loop import train as run_training
+
+    result = run_training(train_config(**options))  # type: ignore[arg-type]
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun (or SLURM, mapped on start): every rank returns it
+        return
+    click.echo(json.dumps(asdict(result), indent=2, allow_nan=False))  # NaN is not JSON: unknowns are null
+
+
+def train_config(data: tuple[str, ...], data_weights: str | None, init_from: str | None, no_augment: bool,
+                 compile_: bool, no_progress: bool, **kw: object) -> TrainConfig:
+    """The TrainConfig that the command's options describe."""
+    from edgeclip.errors import ConfigError
 
     try:
         weights = [float(w) for w in data_weights.split(",")] if data_weights else None
     except ValueError as e:
         raise ConfigError(f"--data-weights must be comma-separated numbers, got {data_weights!r}") from e
-    cfg = TrainConfig(data=list(data), data_weights=weights, init=init_from, augment=not no_augment,
-                      compile=compile_, progress=not no_progress, **kw)  # type: ignore[arg-type]
-    result = run_training(cfg)
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun (or SLURM, mapped on start): every rank returns it
-        return
-    click.echo(json.dumps(asdict(result), indent=2, allow_nan=False))  # NaN is not JSON: unknowns are null
+    return TrainConfig(data=list(data), data_weights=weights, init=init_from, augment=not no_augment,
+                       compile=compile_, progress=not no_progress, **kw)  # type: ignore[arg-type]
