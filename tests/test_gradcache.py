@@ -58,6 +58,26 @@ def test_grad_cache_loss_and_gradients_equal_the_full_batch() -> None:
     _assert_grads_close(_grads(model), want)
 
 
+def test_grad_cache_with_a_locked_image_tower_equals_the_full_batch() -> None:
+    """LiT (--lock-image) with --accum-steps: the frozen tower's embeddings carry no graph, so only
+    the text tower's are back-propagated (this raised "does not require grad")."""
+    torch.manual_seed(0)
+    model = create_model("test-tiny").train()
+    model.visual.requires_grad_(False)
+    pixels, ids = _batch(12)
+    full_loss = clip_loss(*model(pixels, ids))
+    full_loss.backward()
+    want = _grads(model.transformer)
+    scale_grad = model.logit_scale.grad.clone()
+    model.zero_grad(set_to_none=True)
+
+    loss = grad_cache_step(model, clip_loss, pixels, ids, 3, lambda: model.logit_scale.exp())
+    torch.testing.assert_close(loss, full_loss.detach(), rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in model.visual.parameters())
+    torch.testing.assert_close(model.logit_scale.grad, scale_grad, rtol=1e-4, atol=1e-6)
+    _assert_grads_close(_grads(model.transformer), want)
+
+
 def test_grad_cache_siglip_loss_and_bias_gradient_equal_the_full_batch() -> None:
     torch.manual_seed(0)
     model, siglip = create_model("test-tiny").train(), SigLipLoss()

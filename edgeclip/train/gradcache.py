@@ -59,7 +59,9 @@ def grad_cache_step(
     for k, (p, i) in enumerate(zip(px_chunks, id_chunks, strict=True)):
         with autocast():
             f_img, f_txt, _ = encode(p, i)
-        torch.autograd.backward([f_img.float(), f_txt.float()], [img_grads[k], txt_grads[k]])
+        # a locked tower (LiT) has no graph to push its gradient through
+        pairs = [(f.float(), g) for f, g in ((f_img, img_grads[k]), (f_txt, txt_grads[k])) if f.requires_grad]
+        torch.autograd.backward([f for f, _ in pairs], [g for _, g in pairs])
     return loss.detach()
 
 
