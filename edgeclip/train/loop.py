@@ -91,13 +91,16 @@ def _train(cfg: TrainConfig, world: World, scratch: Path) -> TrainResult:
     if m.start_step > cfg.steps:
         raise ConfigError(f"{m.resumed_from} is at step {m.start_step}, past --steps {cfg.steps}",
                           fix=f"pass --steps {m.start_step} or more to continue the run")
+    # a finished run resumed: nothing to train, and its saved result stands
     if m.saved_result is not None and m.start_step == cfg.steps and m.resumed_from is not None \
             and m.resumed_from.resolve() == step_dir(Path(cfg.out), cfg.steps).resolve():
         return _finished_run(m.resumed_from, m.saved_result, Path(cfg.out), world)
+    # setup_optimizer restores a resumed run's RNG state: nothing after it may draw from torch's
+    # RNG before the loader does, or the resumed run would not continue bitwise
     data = setup_data(cfg, m.preprocess, world)
     run = setup_optimizer(cfg, world, m)
     evals = setup_eval(cfg, m.preprocess)
-    run.out.mkdir(parents=True, exist_ok=True)
+    run.out.mkdir(parents=True, exist_ok=True)  # only now: a run refused above leaves no directory
     with ExitStack() as stack:
         if world.is_main:  # only rank 0 writes files
             run.log = stack.enter_context(open_log(run.out))
