@@ -22,7 +22,9 @@ from edgeclip.runtime.preprocess import preprocess
 
 
 @dataclass(frozen=True)
-class EvalSet:
+class EvalImages:
+    """The labelled images `bench --eval` scores (not the trainer's EvalSet)."""
+
     source: str
     classes: list[str]
     templates: list[str]  # used when labels are encoded with the text tower of this run
@@ -30,14 +32,14 @@ class EvalSet:
     targets: np.ndarray  # [N] indices into `classes`
 
 
-def load_eval_set(source: str, bundle: Bundle, size: int) -> EvalSet:
+def load_eval_set(source: str, bundle: Bundle, size: int) -> EvalImages:
     """builtin:shapes' held-out split (as the trainer evaluates it with the default seed), or a
     class folder read like a training source: its val/ split when it has train/ and val/, else all of it."""
     pre = bundle.manifest.preprocess
     if source == "builtin:shapes":
         task = shapes_tasks(pre.image_size, size, seed=REFERENCE_SEED, attributes=("shape",))[0]
         pixels = np.stack([preprocess(im, pre) for im in task.images])
-        return EvalSet(source, list(task.classes), list(task.templates), pixels, np.array(task.targets))
+        return EvalImages(source, list(task.classes), list(task.templates), pixels, np.array(task.targets))
     root = Path(source)
     if not root.is_dir():
         raise ConfigError(f"--eval {source}: not builtin:shapes or an image folder",
@@ -59,10 +61,10 @@ def load_eval_set(source: str, bundle: Bundle, size: int) -> EvalSet:
             continue
     if not arrays:
         raise ConfigError(f"--eval {root}: none of the images could be read")
-    return EvalSet(source, list(folder.classes), list(DEFAULT_TEMPLATES), np.stack(arrays), np.array(labels))
+    return EvalImages(source, list(folder.classes), list(DEFAULT_TEMPLATES), np.stack(arrays), np.array(labels))
 
 
-def bundle_label_rows(bundle: Bundle, evalset: EvalSet) -> tuple[np.ndarray, str]:
+def bundle_label_rows(bundle: Bundle, evalset: EvalImages) -> tuple[np.ndarray, str]:
     """([len(evalset.classes), D] label embeddings in the eval source's class order, label-set name).
 
     Uses "default" when it holds every eval class, else the first label set that does. Classes are

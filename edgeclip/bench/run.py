@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeclip.bench.evalset import EvalSet, bundle_label_rows, load_eval_set
+from edgeclip.bench.evalset import EvalImages, bundle_label_rows, load_eval_set
 from edgeclip.bench.machine import machine_info, peak_rss_mb, rss_mb
 from edgeclip.bench.stats import interleave
 from edgeclip.bundle import Artifact, Bundle
@@ -252,7 +252,7 @@ def _reference(encoder: str, cands: list[Candidate], baseline: dict[str, Candida
 
 
 def _labels(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline: dict[str, Candidate],
-            tokenize: TextTokenizer) -> tuple[np.ndarray | None, EvalSet | None, dict[str, Any]]:
+            tokenize: TextTokenizer) -> tuple[np.ndarray | None, EvalImages | None, dict[str, Any]]:
     """(label embeddings in the eval classes' order, eval set, what they came from)."""
     if cfg.eval_data is None:
         first = next(iter(bundle.manifest.labels), None)  # only for the end-to-end postprocess
