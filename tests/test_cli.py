@@ -92,7 +92,8 @@ def test_checkpoint_that_does_not_fit_its_config(tiny_checkpoint: Path, tmp_path
     cfg["model"]["embed_dim"] = 48
     (ck / "config.json").write_text(json.dumps(cfg))
     proc = run_cli("export", str(ck), "--out", str(tmp_path / "b"))
-    assert proc.returncode == 1 and "has shape" in proc.stderr and "Error:" in proc.stderr
+    assert proc.returncode == 1 and "do not fit the model" in proc.stderr and "Error:" in proc.stderr
+    assert "fix:" in proc.stderr and "Traceback" not in proc.stderr
     _no_traceback(proc)
 
 

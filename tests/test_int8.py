@@ -15,8 +15,8 @@ from edgeclip.errors import ConfigError, DataError
 from edgeclip.export.api import export_bundle
 from edgeclip.export.encoders import encoder_module, encoder_spec, example_input
 from edgeclip.export.guard import Budget, HeldOut, guarded_quantize
-from edgeclip.export.onnx import export_onnx, run_in_onnxruntime
 from edgeclip.export.quantize import compute_ranges, quantizable_nodes, quantize_static_qdq
+from edgeclip.export.reference import export_onnx, run_in_onnxruntime
 from edgeclip.export.tensorrt import check_ops
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.runtime import ZeroShotClassifier

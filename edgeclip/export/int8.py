@@ -18,6 +18,7 @@ from edgeclip.errors import ConfigError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.guard import Budget, GuardResult, HeldOut
 from edgeclip.export.quantize import METHODS
+from edgeclip.export.reference import reference_onnx, run_in_onnxruntime
 from edgeclip.export.targets import ExportContext
 
 INT8_PRECISIONS = ("int8", "int8-dynamic")
@@ -111,8 +112,6 @@ def _batches(x: np.ndarray) -> list[np.ndarray]:
 
 
 def _fp32(ctx: ExportContext, spec: EncoderSpec, x: np.ndarray) -> np.ndarray:
-    from edgeclip.export.onnx import reference_onnx, run_in_onnxruntime
-
     run = run_in_onnxruntime(reference_onnx(ctx, spec), spec)
     return np.concatenate([run(b) for b in _batches(x)]).astype(np.float32)
 

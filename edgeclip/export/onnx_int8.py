@@ -18,6 +18,7 @@ from edgeclip.export.quantize import (
     quantize_static_qdq,
     weight_nodes,
 )
+from edgeclip.export.reference import run_in_onnxruntime
 from edgeclip.export.targets import ExportContext
 
 
@@ -30,8 +31,6 @@ def quantize_onnx(
     quant_pre_process, or dynamic. target "tensorrt": symmetric int8 activations and weights (zero
     point 0), float biases, on the graph as exported so TensorRT parses what was checked here.
     """
-    from edgeclip.export.onnx import run_in_onnxruntime
-
     opts = Int8Options.from_options(ctx.options)
     dynamic = precision == "int8-dynamic"
     data = encoder_data(ctx, spec, dynamic=dynamic)

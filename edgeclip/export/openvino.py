@@ -7,7 +7,7 @@ from typing import Any
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.export.encoders import EncoderSpec
-from edgeclip.export.onnx import reference_onnx
+from edgeclip.export.reference import reference_onnx
 from edgeclip.export.targets import ExportContext, validated_artifact
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.openvino import OpenVinoBackend

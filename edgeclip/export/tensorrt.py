@@ -23,8 +23,9 @@ from edgeclip._io import sha256_file
 from edgeclip.bundle import Artifact
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.encoders import EncoderSpec
-from edgeclip.export.onnx import OPSET, add_metadata, reference_onnx
+from edgeclip.export.onnx import add_metadata
 from edgeclip.export.onnx_int8 import quantize_onnx
+from edgeclip.export.reference import OPSET, reference_onnx
 from edgeclip.export.targets import ExportContext, validated_artifact
 from edgeclip.runtime.backends.tensorrt import TensorRTBackend
 from edgeclip.runtime.backends.tensorrt_engine import DEFAULT_WORKSPACE, FP32_PREFIX, TIMING_CACHE, USER_PLAN, Profile

@@ -1,0 +1,78 @@
+"""The fp32 ONNX reference of an encoder: exported once per export run, shared by every target that
+starts from ONNX (onnx, OpenVINO, TensorRT) and by the INT8 quantizers, and run through the
+runtime's own onnxruntime backend. A module of its own so that the quantizers and the targets
+import it, never each other."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeclip import _deps
+from edgeclip.bundle import Artifact
+from edgeclip.errors import ExportError
+from edgeclip.export.encoders import BATCH, EncoderSpec, example_input, export_module
+from edgeclip.export.targets import ExportContext
+from edgeclip.runtime.backends.base import BackendOptions
+from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+OPSET = 18  # >= 17 gives one LayerNormalization op instead of a decomposed mean/var chain
+MAX_BATCH = 4096
+
+def export_onnx(module: torch.nn.Module, example: torch.Tensor, spec: EncoderSpec, path: Path) -> None:
+    """torch.onnx.export (dynamo) to a single file with a symbolic batch dimension."""
+    _deps.require("onnxscript", purpose="torch.onnx.export(dynamo=True)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim(BATCH, min=1, max=MAX_BATCH)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        # torch's exporter emits deprecation noise from its own internals
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[spec.input_name],
+                output_names=[spec.output_name],
+                dynamic_shapes=({0: batch},),
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,  # one self-contained file (models here are < 2 GB)
+                verbose=False,
+            )
+        except Exception as e:  # the exporter raises many internal types
+            raise ExportError(f"torch.onnx.export failed for the {spec.name} encoder: {e}") from e
+
+
+def reference_onnx(ctx: ExportContext, spec: EncoderSpec) -> Path:
+    """The fp32 graph of an encoder, exported once per export run and shared by targets
+    that start from ONNX (onnx fp16, OpenVINO, TensorRT)."""
+    key = f"onnx-fp32/{spec.name}"
+    if key not in ctx.cache:
+        out = ctx.workdir / f"{spec.name}-fp32.onnx"
+        export_onnx(export_module(spec.name, ctx.model), example_input(spec.name, ctx.info), spec, out)
+        ctx.cache[key] = out
+    path: Path = ctx.cache[key]
+    return path
+
+
+def onnx_environment() -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "opset": OPSET, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+    }
+
+
+def run_in_onnxruntime(path: Path, spec: EncoderSpec) -> Any:
+    """A callable x -> embeddings through the runtime's own onnxruntime backend."""
+    probe = Artifact.probe(spec.name, "onnx", "probe", list(spec.inputs), list(spec.outputs))
+    backend = OnnxRuntimeBackend(path, probe, BackendOptions())
+    return lambda x: backend.infer({spec.input_name: x})[spec.output_name]
