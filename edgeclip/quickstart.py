@@ -5,6 +5,7 @@ summary (`edgeclip quickstart` is a thin wrapper over `run_quickstart`)."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -42,7 +43,7 @@ def run_quickstart(root: Path, steps: int | None = None, seed: int | None = None
     """Run the whole pipeline under `root` and return the summary also written to
     root/quickstart.json. `steps` and `seed` default to TrainConfig's; so do the model, batch
     size and learning rate, which learn builtin:shapes on 2 CPU cores in minutes."""
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), _load_average()
     ckpt, bundle = _fresh_layout(root)
 
     cfg = _train_config(ckpt, steps, seed, progress)
@@ -71,7 +72,7 @@ def run_quickstart(root: Path, steps: int | None = None, seed: int | None = None
     summary = {
         "model": cfg.model,
         "total_seconds": round(time.perf_counter() - started, 1),
-        "conditions": _conditions(),
+        "conditions": {**_conditions(), "load_average_1min": {"start": load_before, "end": _load_average()}},
         "train": {k: v for k, v in asdict(result).items() if k != "zero_shot"},
         "zero_shot_heldout": _heldout_figures(result, runtime_acc, tasks),
         "export_seconds": round(export_s, 2),
@@ -165,6 +166,14 @@ def _paths(root: Path, ckpt: Path, bundle: Path) -> dict[str, str]:
     return {"checkpoint": str(ckpt), "bundle": str(bundle), "samples": str(root / "samples"),
             "train_log": str(ckpt / "train_log.jsonl"), "bench": str(root / "bench.md"),
             "summary": str(root / "quickstart.json")}
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load: wall times from a busy machine are not the quickstart's own."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform
+        return None
 
 
 def _conditions() -> dict[str, Any]:
