@@ -43,13 +43,18 @@ def _assert_grads_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tens
         torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_grad_cache_loss_and_gradients_equal_the_full_batch() -> None:
+def _full_batch_reference(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, dict]:  # type: ignore[type-arg]
+    """A fresh test-tiny model, a batch of n, and the loss and gradients of one full-batch step."""
     torch.manual_seed(0)
     model = create_model("test-tiny").train()
-    pixels, ids = _batch(12)
+    pixels, ids = _batch(n)
     full_loss = clip_loss(*model(pixels, ids))
     full_loss.backward()
-    want = _grads(model)
+    return model, pixels, ids, full_loss, _grads(model)
+
+
+def test_grad_cache_loss_and_gradients_equal_the_full_batch() -> None:
+    model, pixels, ids, full_loss, want = _full_batch_reference(12)
 
     loss = grad_cache_step(model, clip_loss, pixels, ids, 3, lambda: model.logit_scale.exp())
     # the loss over all 12 pairs (every negative), not one micro-batch's
@@ -94,12 +99,7 @@ def test_grad_cache_siglip_loss_and_bias_gradient_equal_the_full_batch() -> None
 def test_grad_cache_gradients_carry_the_loss_scale_of_fp16_training() -> None:
     # fp16 training scales the loss (GradScaler) and unscales the gradients before the step:
     # every gradient GradCache leaves must carry the scale, or the unscale shrinks it
-    torch.manual_seed(0)
-    model = create_model("test-tiny").train()
-    pixels, ids = _batch(8)
-    full_loss = clip_loss(*model(pixels, ids))
-    full_loss.backward()
-    want = _grads(model)
+    model, pixels, ids, full_loss, want = _full_batch_reference(8)
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     opt = torch.optim.AdamW(model.parameters())

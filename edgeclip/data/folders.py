@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeclip.data.images import ImageLike, list_images
+from edgeclip.data.images import ImageLike, item_index, list_images
 from edgeclip.errors import DataError
 
 __all__ = ["FOLDER_CAPTIONS", "FOLDER_ZERO_SHOT_TEMPLATES", "ClassFolder", "FolderSource", "class_name",
@@ -89,10 +89,7 @@ class FolderSource:
         return len(self._items)
 
     def __getitem__(self, index: int) -> tuple[ImageLike, str]:
-        if index < 0:
-            index += len(self._items)
-        if not 0 <= index < len(self._items):
-            raise IndexError(f"index {index} out of range for {len(self._items)} items")
+        index = item_index(index, len(self._items))
         path, label = self._items[index]
         k = int(np.random.default_rng([self._seed, index]).integers(len(FOLDER_CAPTIONS)))
         return path, FOLDER_CAPTIONS[k].format(self.classes[label])

@@ -19,6 +19,15 @@ ImageLike = Union[str, os.PathLike[str], bytes, Image.Image]
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
+def item_index(index: int, length: int) -> int:
+    """A sequence index made non-negative, or IndexError (the map-style datasets' rule)."""
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError(f"index {index} out of range for {length} items")
+    return index
+
+
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 

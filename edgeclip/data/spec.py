@@ -21,7 +21,7 @@ from edgeclip.data.folders import (
     has_split_dirs,
     open_class_folder,
 )
-from edgeclip.data.images import ImageLike
+from edgeclip.data.images import ImageLike, item_index
 from edgeclip.data.shards import WebDatasetSource, is_webdataset
 from edgeclip.data.tables import TABLE_SUFFIXES, read_caption_file
 from edgeclip.errors import ConfigError, DataError
@@ -57,10 +57,7 @@ class CaptionListSource:
         return len(self._paths)
 
     def __getitem__(self, index: int) -> tuple[ImageLike, str]:
-        if index < 0:
-            index += len(self._paths)
-        if not 0 <= index < len(self._paths):
-            raise IndexError(f"index {index} out of range for {len(self._paths)} items")
+        index = item_index(index, len(self._paths))
         return self._paths[index], self._captions[index]
 
 
