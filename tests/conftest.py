@@ -62,3 +62,15 @@ def ort_optimized_graph(path: Path, work: Path) -> Any:
     so.optimized_model_filepath = str(work / f"{path.parent.name}-{path.stem}-ort-optimized.onnx")
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return onnx.load(so.optimized_model_filepath).graph
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A WebDataset-style shard: (member name, bytes) in order."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

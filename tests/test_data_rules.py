@@ -9,7 +9,6 @@ four held-out seeds).
 from __future__ import annotations
 
 import io
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from edgeclip.data.shards import WebDatasetSource, split_key
 from edgeclip.data.spec import open_map_source
 from edgeclip.data.tasks import retrieval_pairs, zero_shot_tasks
 from edgeclip.runtime.preprocess import preprocess
+from tests.conftest import write_tar
 
 CFG = PreprocessConfig(image_size=32)
 
@@ -34,14 +34,6 @@ def _image_bytes(k: int, fmt: str = "PNG", size: int = 20) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (size, size + k), (k * 37 % 256, 90, 200 - k)).save(buf, format=fmt)
     return buf.getvalue()
-
-
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def test_a_csv_with_a_byte_order_mark_reads_the_same_for_training_and_calibration(tmp_path: Path) -> None:
@@ -64,7 +56,7 @@ def test_a_tar_sample_with_several_dots_is_one_sample_for_training_and_calibrati
         image = _image_bytes(k, "JPEG") if k != 2 else b"\xff\xd8 not a jpeg"
         members += [(f"part/{k:06d}.jpg", image), (f"part/{k:06d}.seg.png", _image_bytes(100 + k)),
                     (f"part/{k:06d}.txt", f"photo {k}".encode())]
-    _tar(tmp_path / "shard-000.tar", members)
+    write_tar(tmp_path / "shard-000.tar", members)
     spec = str(tmp_path / "shard-000.tar")
 
     train = WebDatasetSource(spec)

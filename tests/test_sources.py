@@ -28,6 +28,7 @@ from edgeclip.data.shards import WebDatasetSource, is_webdataset
 from edgeclip.data.spec import heldout_items, open_map_source, zero_shot_eval_spec
 from edgeclip.errors import ConfigError, DataError, ImageError, UnknownNameError
 from edgeclip.runtime.preprocess import load_image
+from tests.conftest import write_tar
 
 
 def _png(colour: tuple[int, int, int] = (200, 30, 30), size: int = 12, fmt: str = "PNG") -> bytes:
@@ -207,23 +208,15 @@ def test_errors_are_typed_and_say_what_to_do(tmp_path: Path) -> None:
 # --- WebDataset -----------------------------------------------------------------------------
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def _good_shard(path: Path, shard: int, n: int = 2) -> list[str]:
     captions = [f"shard {shard} sample {k}" for k in range(n)]
     pairs = [((f"s{k:03d}.jpg", _png(fmt="JPEG")), (f"s{k:03d}.txt", c.encode())) for k, c in enumerate(captions)]
-    _tar(path, [m for pair in pairs for m in pair])
+    write_tar(path, [m for pair in pairs for m in pair])
     return captions
 
 
 def test_webdataset_yields_good_samples_and_counts_bad_ones(tmp_path: Path) -> None:
-    _tar(tmp_path / "mixed-0.tar", [
+    write_tar(tmp_path / "mixed-0.tar", [
         ("a/000.png", _png()), ("a/000.txt", b"a good png"),
         ("a/001.jpg", _png(fmt="JPEG")), ("a/001.json", json.dumps({"text": "json caption"}).encode()),
         ("a/002.jpg", b"\xff\xd8 not really a jpeg"), ("a/002.txt", b"corrupt image"),
