@@ -145,12 +145,33 @@ def worker(side: str, model_name: str, batch: int, threads: int, device: str, pr
     sync()
     print(f"ready torch {torch.__version__}", flush=True)
     for line in sys.stdin:
+        if line.startswith("profile "):  # append where this side's step spends its time
+            path, _, row = line.split(" ", 1)[1].rstrip("\n").partition("\t")
+            _profile(step, sync, f"{side}{'+compile' if compiled else ''} {row}", path)
+            print("done", flush=True)
+            continue
         n = int(line)
         t0 = time.perf_counter()
         for _ in range(n):
             step()
         sync()
         print(f"{time.perf_counter() - t0:.6f}", flush=True)
+
+
+def _profile(step, sync, label: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    """Five steps under torch.profiler; the top operators by device time, appended to `path`."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(5):
+            step()
+        sync()
+    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    with open(path, "a") as f:
+        f.write(f"\n=== {label}: 5 steps ===\n")
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60))
 
 
 def ensure_open_clip_env(venv: Path) -> Path:
@@ -183,6 +204,8 @@ def main() -> None:
                     help="an interpreter that imports open_clip (e.g. this one on a GPU machine); "
                          "default: the --open-clip-venv, created if missing")
     ap.add_argument("--out", default=str(HERE / "results" / "train_throughput.json"))
+    ap.add_argument("--profile", default=None,
+                    help="after the timed rounds, append each side's torch.profiler table (5 steps) to this file")
     ap.add_argument("--worker", default=None)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
@@ -193,16 +216,18 @@ def main() -> None:
     oc_python = None
     if any(s.startswith("open_clip") for s in sides):
         oc_python = args.open_clip_python or str(ensure_open_clip_env(Path(args.open_clip_venv)))
-    results = []
-    for model in args.models.split(","):
-        for captions in args.captions.split(","):
-            results.append(_measure(args, model, captions, sides, oc_python))
+    results: list[dict[str, object]] = []
     report = {"benchmark": "train_throughput", "device": _device_name(args.device), "results": results,
               "note": "median over interleaved rounds; synthetic random-init model and batch on the device "
                       "(no data loading); torch versions per side in each row"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    for model in args.models.split(","):
+        for captions in args.captions.split(","):
+            results.append(_measure(args, model, captions, sides, oc_python))
+            tmp = out.with_suffix(".tmp")  # written after every row: a run cut short keeps what it measured
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.replace(out)
     print(json.dumps(report, indent=2))
 
 
@@ -238,6 +263,12 @@ def _measure(args: argparse.Namespace, model: str, captions: str, sides: list[st
             p.stdin.write(f"{args.steps_per_round}\n")
             p.stdin.flush()
             times[side].append(float(p.stdout.readline()))
+    if args.profile:
+        for side, p in procs.items():
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write(f"profile {Path(args.profile).resolve()}\t[{model}, {captions} captions]\n")
+            p.stdin.flush()
+            assert p.stdout.readline().strip() == "done"
     for p in procs.values():
         p.stdin.close()  # type: ignore[union-attr]
         p.wait()
