@@ -13,11 +13,16 @@ from edgeclip.runtime.labels import label_embeddings
 from edgeclip.runtime.preprocess import ImageInput
 
 
+def _device(model: CLIP) -> torch.device:
+    """Where the model's weights are: evaluation runs there (the trainer evaluates on its own device)."""
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def encode_texts(model: CLIP, tokenize: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
-    ids = torch.from_numpy(tokenize(texts))
+    ids = torch.from_numpy(tokenize(texts)).to(_device(model))
     feats = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
-    return feats.float().numpy()
+    return feats.float().cpu().numpy()
 
 
 @torch.no_grad()
@@ -26,8 +31,8 @@ def encode_images(
 ) -> np.ndarray:
     out = []
     for i in range(0, len(images), batch_size):
-        x = torch.stack([transform(im) for im in images[i : i + batch_size]])
-        out.append(torch.nn.functional.normalize(model.encode_image(x), dim=-1).float().numpy())
+        x = torch.stack([transform(im) for im in images[i : i + batch_size]]).to(_device(model))
+        out.append(torch.nn.functional.normalize(model.encode_image(x), dim=-1).float().cpu().numpy())
     return np.concatenate(out)
 
 
