@@ -1,4 +1,4 @@
-"""Run the reliability suite (tests/test_reliability_*.py, slow tests included) and write
+"""Run the reliability suite (tests/reliability/, slow tests included) and write
 docs/reliability.md with the figures: inputs tried, crashes, corrupt files, lost checkpoints.
 
     .venv/bin/python benchmarks/reliability.py              # full matrix, a few minutes
@@ -51,7 +51,7 @@ class Collector:
 
 
 def _area(nodeid: str) -> str:
-    return nodeid.split("test_reliability_")[1].split(".py")[0]
+    return nodeid.split("reliability/test_")[1].split(".py")[0]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -99,8 +99,8 @@ def render(rows: list[dict[str, Any]], fast: bool, wall: float) -> str:
         "## How to run",
         "",
         "```",
-        ".venv/bin/python -m pytest tests/test_reliability_*.py                     # default: fast subset",
-        ".venv/bin/python -m pytest -m 'slow or not slow' tests/test_reliability_*.py  # everything",
+        ".venv/bin/python -m pytest tests/reliability/                     # default: fast subset",
+        ".venv/bin/python -m pytest -m 'slow or not slow' tests/reliability/  # everything",
         ".venv/bin/python benchmarks/reliability.py                                 # everything + this page",
         "```",
         "",
@@ -154,7 +154,7 @@ def main() -> int:
     collector = Collector()
     t0 = time.perf_counter()
     marker = "not slow" if args.fast else "slow or not slow"
-    files = sorted(str(p) for p in (REPO / "tests").glob("test_reliability_*.py"))
+    files = sorted(str(p) for p in (REPO / "tests" / "reliability").glob("test_*.py"))
     code = pytest.main(["-q", "-p", "no:cacheprovider", "-m", marker, *files], plugins=[collector])
     wall = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,7 @@ def test_golden_file() -> None:
     """tests/golden/preprocess.npz (regenerate with tests/golden/make_preprocess_golden.py)."""
     from tests.golden.make_preprocess_golden import SIZE, inputs
 
-    golden = np.load(Path(__file__).parent / "golden" / "preprocess.npz", allow_pickle=False)
+    golden = np.load(Path(__file__).parents[1] / "golden" / "preprocess.npz", allow_pickle=False)
     cfg = PreprocessConfig(image_size=SIZE)
     for name, src in inputs().items():
         np.testing.assert_allclose(preprocess(src, cfg), golden[name], atol=1e-6, rtol=0)  # type: ignore[arg-type]

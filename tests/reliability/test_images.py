@@ -386,7 +386,7 @@ def test_atheris_coverage_guided_fuzz(tmp_path: Path, record_property: Any) -> N
     proc = subprocess.run(
         [sys.executable, str(tmp_path / "harness.py"), f"-runs={runs}", "-seed=1", "-max_len=8192",
          "-rss_limit_mb=4096", str(corpus)],
-        capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[2],
     )
     done = [line for line in proc.stderr.splitlines() if line.startswith("Done ")]
     record_property("inputs", int(done[-1].split()[1]) if done else 0)

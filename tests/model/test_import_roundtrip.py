@@ -11,7 +11,7 @@ import torch
 
 from edgeclip.model.hf_keys import hf_to_openai
 from tests.conftest import run_cli
-from tests.test_import_hf import make_hf_clip, save_hf
+from tests.model.test_import_hf import make_hf_clip, save_hf
 
 pytest.importorskip("onnxruntime")
 

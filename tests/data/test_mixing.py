@@ -97,7 +97,7 @@ def _batches_in_fresh_process(specs: list[str], start: int, workers: int) -> lis
     """Worker processes are forked in a fresh interpreter, as a training run forks them: forked
     inside the long-lived test process (which by then holds OpenVINO's and onnxruntime's thread
     pools from other tests) they left it to crash later in an unrelated test."""
-    code = ("import json, sys; from tests.test_data_mixing import _batch_digests; "
+    code = ("import json, sys; from tests.data.test_mixing import _batch_digests; "
             "print(json.dumps(_batch_digests(json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(specs), str(start), str(workers)],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
