@@ -48,6 +48,24 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, spec: EncoderSpe
             )
         except Exception as e:  # the exporter raises many internal types
             raise ExportError(f"torch.onnx.export failed for the {spec.name} encoder: {e}") from e
+    _drop_stack_traces(path)
+
+
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """The exporter records every node's Python stack, with the exporting machine's absolute paths.
+    A shipped artifact should not carry those, and with them the same code and weights exported
+    from two checkouts give different bytes (and different manifest hashes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 def reference_onnx(ctx: ExportContext, spec: EncoderSpec) -> Path:
