@@ -55,7 +55,26 @@ def export_all(checkout: Path, checkpoint: Path, out: Path) -> dict[str, Any]:
         _edgeclip(checkout, "export", str(checkpoint), "--target", target, "--precision", precisions, *calib,
                   "--labels", str(labels), "--out", str(out))
     manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    for artifact in manifest["artifacts"]:  # ONNX files: hash the graph without the exporter's stack traces
+        for rel in artifact["files"]:
+            if rel.endswith(".onnx"):
+                artifact["files"][rel] = "graph:" + _graph_hash(out / rel)
     return manifest
+
+
+def _graph_hash(path: Path) -> str:
+    """sha256 of an ONNX file without the per-node stack traces that older edgeclip versions kept
+    (they hold the exporting checkout's absolute path, so two checkouts always differed there)."""
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
 def normalise(obj: Any, path: str = "") -> dict[str, Any]:
