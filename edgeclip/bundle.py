@@ -27,6 +27,12 @@ import numpy as np
 from edgeclip import __version__
 from edgeclip._io import sha256_file, write_bytes, write_json
 from edgeclip.errors import BundleError, UnknownNameError
+from edgeclip.records import Calibration, Environment, Measured, Validation
+
+__all__ = [
+    "Artifact", "Bundle", "Calibration", "Environment", "LabelSet", "Manifest", "Measured", "PreprocessConfig",
+    "TensorSpec", "TokenizerConfig", "Validation",
+]
 
 FORMAT = "edgeclip-bundle"
 SCHEMA_VERSION = 1
@@ -107,9 +113,9 @@ class Artifact:
     files: dict[str, str]  # file path relative to the bundle root -> sha256
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    validation: dict[str, Any] = field(default_factory=dict)
-    environment: dict[str, Any] = field(default_factory=dict)
-    calibration: dict[str, Any] | None = None
+    validation: Validation = field(default_factory=Validation)
+    environment: Environment = field(default_factory=Environment)
+    calibration: Calibration | None = None  # INT8 only
 
     @classmethod
     def probe(cls, encoder: str, target: str, precision: str, inputs: list[TensorSpec],
@@ -128,20 +134,31 @@ class Artifact:
         return next(iter(self.files))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["inputs"] = [s.to_dict() for s in self.inputs]
-        d["outputs"] = [s.to_dict() for s in self.outputs]
-        return d
+        return {
+            "encoder": self.encoder, "target": self.target, "precision": self.precision, "path": self.path,
+            "files": self.files,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "validation": self.validation.to_dict(),
+            "environment": self.environment.to_dict(),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Artifact:
         d = dict(d)
+        name = f"artifact {d.get('encoder')}/{d.get('target')}-{d.get('precision')}"
         d["inputs"] = [TensorSpec.from_dict(s) for s in d.get("inputs", [])]
         d["outputs"] = [TensorSpec.from_dict(s) for s in d.get("outputs", [])]
         if not isinstance(d.get("files"), dict) or not d["files"]:
-            raise BundleError(f"artifact {d.get('encoder')}/{d.get('target')} lists no files")
+            raise BundleError(f"{name} lists no files")
         if not d["inputs"] or not d["outputs"]:
-            raise BundleError(f"artifact {d.get('encoder')}/{d.get('target')} lists no inputs or no outputs")
+            raise BundleError(f"{name} lists no inputs or no outputs")
+        where = f"{MANIFEST}: {name}"
+        d["validation"] = Validation.from_dict(d.get("validation", {}), f"{where} validation")
+        d["environment"] = Environment.from_dict(d.get("environment", {}), f"{where} environment")
+        if d.get("calibration") is not None:
+            d["calibration"] = Calibration.from_dict(d["calibration"], f"{where} calibration")
         return cls(**_known_fields(cls, d, "artifact"))
 
 
@@ -222,7 +239,18 @@ class Manifest:
             raise BundleError(f"{MANIFEST} is malformed: {type(e).__name__}: {e}") from e
         for a in manifest.artifacts:
             _check_shapes(a, manifest)
+        for owner, rel in manifest.paths():
+            check_path(rel, owner)
         return manifest
+
+    def paths(self) -> list[tuple[str, str]]:
+        """(owner, path) of every path the manifest names, used or not."""
+        out = [("tokenizer", self.tokenizer.file)]
+        for a in self.artifacts:
+            out += [(f"artifact {a.key}", rel) for rel in (a.path, *a.files)]
+        for name, ls in self.labels.items():
+            out += [(f"label set '{name}'", rel) for rel in (ls.embeddings, ls.meta, *ls.files)]
+        return out
 
     def find(self, encoder: str, target: str | None = None, precision: str | None = None) -> list[Artifact]:
         return [
@@ -242,6 +270,31 @@ def _check_shapes(a: Artifact, m: Manifest) -> None:
     if wrong or (outs and isinstance(outs[-1], int) and outs[-1] != m.embed_dim):
         raise BundleError(f"artifact {a.key} has shapes {list(ins)} -> {list(outs)}, which do not fit "
                           f"image_size {size} and embed_dim {m.embed_dim} in {MANIFEST}")
+
+
+def check_path(rel: Any, owner: str) -> PurePosixPath:
+    """A manifest path must stay inside the bundle: relative, POSIX separators, no '..'."""
+    if not isinstance(rel, str):
+        raise BundleError(f"{MANIFEST}: {owner} has a path that is not a string: {rel!r}")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in rel:
+        raise BundleError(f"{MANIFEST}: {owner} path '{rel}' escapes the bundle; refusing it",
+                          fix="re-export the bundle: a manifest names only relative paths inside its folder")
+    return p
+
+
+def _refuse_symlinks(root: Path, rel: str, owner: str) -> Path:
+    """root/rel, refused if any part of it is a symlink (which could point anywhere; bundles never
+    contain them). Parts that do not exist are left to the sha256 check."""
+    cur, parts = root, PurePosixPath(rel).parts
+    for i, part in enumerate(parts):
+        cur = cur / part
+        if cur.is_symlink():
+            link = "/".join(parts[: i + 1])
+            where = "is a symlink" if link == rel else f"goes through the symlink '{link}'"
+            raise BundleError(f"bundle path '{rel}' ({owner}) {where}; refusing it",
+                              fix="copy the bundle with its files, not links (cp -r, not cp -s)")
+    return cur
 
 
 def _optional_str(value: Any) -> str | None:
@@ -281,21 +334,16 @@ class Bundle:
             data = json.loads(mpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: [[[[...
             raise BundleError(f"{mpath} is not valid JSON: {type(e).__name__}: {e}") from e
-        return cls(root, Manifest.from_dict(data))
+        manifest = Manifest.from_dict(data)  # refuses paths that escape
+        for owner, rel in manifest.paths():
+            _refuse_symlinks(root, rel, owner)
+        return cls(root, manifest)
 
     def resolve(self, rel: str) -> Path:
-        """Map a manifest path to a file inside the bundle; refuse anything that escapes it."""
-        p = PurePosixPath(rel)
-        if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in rel:
-            raise BundleError(f"manifest path '{rel}' escapes the bundle; refusing it")
-        full = self.root.joinpath(*p.parts)
-        # a symlink could point anywhere; bundles never contain them
-        cur = self.root
-        for part in p.parts:
-            cur = cur / part
-            if cur.is_symlink():
-                raise BundleError(f"bundle file '{rel}' is a symlink; refusing it")
-        return full
+        """Map a manifest path to a file inside the bundle; refuse anything that escapes it (checked
+        again here: the manifest may have been edited in memory, a link made since `open`)."""
+        check_path(rel, "bundle")
+        return _refuse_symlinks(self.root, rel, "bundle")
 
     def verify_files(self, files: dict[str, str]) -> None:
         """Check existence and sha256 of each file (once per file per Bundle object)."""

@@ -76,7 +76,7 @@ def run_quickstart(root: Path, steps: int | None = None, seed: int | None = None
         "train": {k: v for k, v in asdict(result).items() if k != "zero_shot"},
         "zero_shot_heldout": _heldout_figures(result, runtime_acc, tasks),
         "export_seconds": round(export_s, 2),
-        "artifacts": {a.key: a.validation for a in exported.artifacts},
+        "artifacts": {a.key: a.validation.to_dict() for a in exported.artifacts},
         "examples": examples,
         "classified_with": f"{clf.image.artifact.key} on {clf.backend_name} ({clf.image.reason})",
         "bench": bench_rows,

@@ -50,11 +50,11 @@ class TargetTemplate:
             assert all((bundle.root / f).stat().st_size > 0 for f in a.files)
             assert [s.name for s in a.inputs] == (["pixel_values"] if a.encoder == "image" else ["input_ids"])
             assert [s.name for s in a.outputs] == (["image_embeds"] if a.encoder == "image" else ["text_embeds"])
-            assert a.environment, "the export environment is recorded"
-            assert a.validation.get("checked_with")
+            assert a.environment.to_dict(), "the export environment is recorded"
+            assert a.validation.checked_with
             if self.runs_here:
-                assert a.validation["passed"] is True
-                assert a.validation["cosine_min"] >= README_PARITY[a.precision]
+                assert a.validation.passed is True
+                assert a.validation.cosine_min is not None and a.validation.cosine_min >= README_PARITY[a.precision]
             self.check_target_specific(bundle, a)
         bundle.verify()
 

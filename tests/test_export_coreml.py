@@ -44,12 +44,12 @@ class TestCoreML(TargetTemplate):
         assert files[0] == f"{artifact.path}/model.mlpackage/Manifest.json"
         assert sorted(files) == sorted(p.relative_to(bundle.root).as_posix() for p in pkg.rglob("*") if p.is_file())
         env = artifact.environment
-        assert env["deployment_target"] == "iOS16" and env["conversion"] == "torch.export"
-        assert env["batch"] == "fixed" and env["compute_precision"] == "fp16"
-        assert (env["compression"] is None) == (artifact.precision == "fp16")
+        assert env.details["deployment_target"] == "iOS16" and env.details["conversion"] == "torch.export"
+        assert env.details["batch"] == "fixed" and env.details["compute_precision"] == "fp16"
+        assert (env.details["compression"] is None) == (artifact.precision == "fp16")
         if not MACOS:
-            assert artifact.validation["passed"] is None
-        facts = artifact.validation["spec"]
+            assert artifact.validation.passed is None
+        facts = artifact.validation.details["spec"]
         assert facts["model_type"] == "mlProgram" and facts["specification_version"] == 7
         assert facts["float_weights"]["FLOAT32"] == 0 and facts["weight_file_bytes"] > 0
         assert (facts["int8_weights"] > 0) == (artifact.precision == "int8w")
@@ -77,7 +77,7 @@ def test_fp32_and_palettized_weights(tiny_checkpoint: Path, tmp_path: Path) -> N
     out = tmp_path / "b"
     for precision in ("fp32", "palette6", "palette4"):
         export_bundle(tiny_checkpoint, out, targets=["coreml"], precision=precision, encoders=["image"])
-    facts = {a.precision: a.validation["spec"] for a in Bundle.open(out).manifest.artifacts}
+    facts = {a.precision: a.validation.details["spec"] for a in Bundle.open(out).manifest.artifacts}
     assert facts["fp32"]["float_weights"]["FLOAT16"] == 0 and facts["fp32"]["float_weights"]["FLOAT32"] > 0
     assert facts["palette6"]["palettized_weights"] > 0 and facts["palette6"]["palette_sizes"] == [64]
     assert facts["palette4"]["palette_sizes"] == [16]
@@ -89,9 +89,9 @@ def test_flexible_batch(tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = export_bundle(tiny_checkpoint, tmp_path / "b", targets=["coreml"], precision="fp16",
                            options={"coreml_flexible_batch": 8})
     for a in result.artifacts:
-        assert a.environment["batch"] == "flexible" and a.environment["max_batch"] == 8
+        assert a.environment.details["batch"] == "flexible" and a.environment.max_batch == 8
         assert a.inputs[0].shape[0] == "batch_size"
-        assert a.validation["spec"]["inputs"][0]["range"][0] == [1, 8]
+        assert a.validation.details["spec"]["inputs"][0]["range"][0] == [1, 8]
     on = parse_options({"coreml_flexible_batch": True})
     assert on.max_batch is not None and on.max_batch >= 2
 
@@ -100,10 +100,10 @@ def test_image_input(tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = export_bundle(tiny_checkpoint, tmp_path / "b", targets=["coreml"], precision="fp16",
                            encoders=["image"], options={"coreml_image_input": True})
     (a,) = result.artifacts
-    assert a.validation["spec"]["inputs"][0] == {
+    assert a.validation.details["spec"]["inputs"][0] == {
         "name": "pixel_values", "type": "image", "color": "RGB", "width": 32, "height": 32,
     }
-    image = a.environment["image_input"]
+    image = a.environment.image_input
     assert image["scale"] == pytest.approx(1 / 255) and image["bias"] == [0.0, 0.0, 0.0]
     assert len(image["mean"]) == len(image["std"]) == 3
 
@@ -139,7 +139,8 @@ def test_deployment_target(tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = export_bundle(tiny_checkpoint, tmp_path / "b", targets=["coreml"], precision="int8w",
                            encoders=["text"], options={"coreml_target": "ios17"})
     (a,) = result.artifacts
-    assert a.environment["deployment_target"] == "iOS17" and a.validation["spec"]["specification_version"] == 8
+    assert a.environment.details["deployment_target"] == "iOS17"
+    assert a.validation.details["spec"]["specification_version"] == 8
     assert parse_options({"coreml_target": "macOS13"}).spec_version == 7  # same Core ML as iOS16
 
 
@@ -186,7 +187,7 @@ def test_predictions_match_torch_on_macos(tiny_checkpoint: Path, tmp_path: Path,
     result = export_bundle(tiny_checkpoint, tmp_path / "b", targets=["coreml"], precision=precision,
                            encoders=["image"], options=options)
     (a,) = result.artifacts
-    assert a.validation["passed"] is True
+    assert a.validation.passed is True
     bundle = Bundle.open(tmp_path / "b")
     backend = CoreMLBackend(bundle.artifact_path(a), a)
     model, _ = load_checkpoint(tiny_checkpoint)

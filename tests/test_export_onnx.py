@@ -64,7 +64,8 @@ def test_graphs_are_split_opset_and_symbolic_batch(tiny_bundle: Path) -> None:
         assert "LayerNormalization" in {n.op_type for n in g.graph.node}
         assert not list(b.root.glob("**/*.onnx.data"))  # single file
         v = a.validation
-        assert v["passed"] and v["cosine_min"] >= 0.99999 and v["batch_sizes"][0] == 1 and v["batch_sizes"][1] > 1
+        assert v.passed and v.cosine_min is not None and v.cosine_min >= 0.99999
+        assert v.batch_sizes is not None and v.batch_sizes[0] == 1 and v.batch_sizes[1] > 1
         assert a.inputs[0].shape[0] == "batch_size"
 
 

@@ -21,7 +21,7 @@ class TestOpenVino(TargetTemplate):
 
     def check_target_specific(self, bundle: Bundle, artifact) -> None:  # type: ignore[no-untyped-def]
         assert sorted(Path(f).suffix for f in artifact.files) == [".bin", ".xml"]
-        assert "INFERENCE_PRECISION_HINT=f32" in artifact.validation["checked_with"]
+        assert "INFERENCE_PRECISION_HINT=f32" in artifact.validation.checked_with
         xml = (bundle.root / artifact.main_file).read_text()
         assert ('element_type="f16"' in xml) == (artifact.precision == "fp16")
 

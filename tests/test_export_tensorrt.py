@@ -56,15 +56,15 @@ class TestTensorRT(TargetTemplate):
         names = [Path(f).name for f in artifact.files]
         assert names[:2] == ["model.onnx", "build_engine.sh"]
         env = artifact.environment
-        assert env["tensorrt"] == TRT_VERSIONS and env["opset"] == 18
-        assert "NVIDIA GPU + TensorRT 10" in env["build"]
-        assert env["engine_built"] is HAS_TRT and (len(names) == 3) is HAS_TRT  # the .plan is listed when built
+        assert env.details["tensorrt"] == TRT_VERSIONS and env.details["opset"] == 18
+        assert "NVIDIA GPU + TensorRT 10" in env.details["build"]
+        assert env.details["engine_built"] is HAS_TRT and (len(names) == 3) is HAS_TRT  # the .plan is listed when built
 
         # build_engine.sh: the ONNX next to it, the manifest's profile, --fp16 iff fp16
         script = (bundle.root / artifact.path / "build_engine.sh").read_text()
         flags = _trtexec_flags(script)
         assert (bundle.root / artifact.path / flags["--onnx"]) == bundle.artifact_path(artifact)
-        p = env["profile"]
+        p = env.profile
         assert p["input"] == artifact.inputs[0].name
         assert (p["min_batch"], p["opt_batch"], p["max_batch"]) == PROFILE_DEFAULTS[artifact.encoder]
         for flag, batch in (("--minShapes", p["min_batch"]), ("--optShapes", p["opt_batch"]),
@@ -80,20 +80,21 @@ class TestTensorRT(TargetTemplate):
             assert flags["--layerOutputTypes"] == flags["--layerPrecisions"]
             graph = onnx.load(str(bundle.artifact_path(artifact))).graph
             norms = {n.name for n in graph.node if n.op_type == "LayerNormalization"}
-            assert norms and norms <= {name for name, _ in pinned} and env["fp32_layers"] == [n for n, _ in pinned]
+            assert norms and norms <= {name for name, _ in pinned}
+            assert env.details["fp32_layers"] == [n for n, _ in pinned]
             assert all(name.startswith(FP32_PREFIX) for name, _ in pinned)
         else:
             assert "--noTF32" in flags and "--layerPrecisions" not in flags
 
         # the op check and the numbers
-        check = artifact.validation["op_check"]
+        check = artifact.validation.details["op_check"]
         assert check["unsupported"] == [] and "LayerNormalization" in check["ops"]
         assert check["tensorrt_version"].startswith("10.") and check["source"].startswith("https://")
         if not HAS_TRT:
-            assert artifact.validation["checked_with"].startswith("polygraphy onnxruntime backend")
-            assert artifact.validation["passed"] is True  # the ONNX itself runs here, so it is checked
-            assert artifact.validation["cosine_min"] >= MIN_COSINE["fp32"]  # same fp32 graph for both
-            assert artifact.validation["batch_sizes"][0] == 1
+            assert artifact.validation.checked_with.startswith("polygraphy onnxruntime backend")
+            assert artifact.validation.passed is True  # the ONNX itself runs here, so it is checked
+            assert (artifact.validation.cosine_min or 0.0) >= MIN_COSINE["fp32"]  # same fp32 graph for both
+            assert (artifact.validation.batch_sizes or ())[:1] == (1,)
 
     def test_tensorrt_onnx_matches_torch_in_onnxruntime(self, bundle: Bundle, tiny_checkpoint: Path) -> None:
         model, info = load_checkpoint(tiny_checkpoint)
@@ -118,7 +119,8 @@ class TestTensorRT(TargetTemplate):
         mtime = first.plan_path.stat().st_mtime_ns
         second = TensorRTBackend(bundle.artifact_path(a), a)
         assert second.plan_path == first.plan_path and second.plan_path.stat().st_mtime_ns == mtime
-        assert a.environment["engine_built"] and first.plan_path.name.endswith("-fp16-" + first.plan_path.name[-17:])
+        assert a.environment.details["engine_built"]
+        assert first.plan_path.name.endswith("-fp16-" + first.plan_path.name[-17:])
 
     @pytest.mark.tensorrt
     @needs_trt

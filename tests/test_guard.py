@@ -163,7 +163,7 @@ def check_saved_graph(a: Artifact, path: Path) -> None:
     quantizes every other MatMul/Gemm/Conv (activation and weight)."""
     assert a.calibration is not None, a.key
     layers = _saved_layers(a, path)
-    kept = set(a.calibration["excluded_layers"])
+    kept = set(a.calibration.excluded_layers)
     assert kept <= set(layers), f"{a.key}: the manifest names layers the saved graph lacks"
     for name, (activation, weight) in layers.items():
         if name in kept:
@@ -177,7 +177,7 @@ def test_saved_graphs_keep_in_float_exactly_what_the_manifest_says(outlier_bundl
     assert {a.key for a in artifacts} == {f"image/{t}" for t in
                                           ("onnx-int8", "tensorrt-int8", "openvino-int8", "onnx-int8-dynamic")}
     for a in artifacts:
-        assert a.calibration is not None and a.calibration["excluded_by_guard"], f"{a.key}: the guard was meant to act"
+        assert a.calibration is not None and a.calibration.excluded_by_guard, f"{a.key}: the guard was meant to act"
         check_saved_graph(a, outlier_bundle.artifact_path(a))
 
 
@@ -225,7 +225,7 @@ def test_heldout_numbers_recomputed_from_the_saved_files_meet_the_budget(
         # the manifest reports this file, not some other attempt of the guard (int8-dynamic takes its
         # activation ranges per batch, and the guard ran smaller batches: a little looser there)
         tolerance = 1e-4 if a.precision == "int8-dynamic" else 1e-5
-        assert abs(cos.min() - a.calibration["measured"]["cosine_min"]) < tolerance, a.key  # type: ignore[index]
+        assert a.calibration is not None and abs(cos.min() - a.calibration.measured.cosine_min) < tolerance, a.key
         top1_fp32 = ((ref_held @ labels.T).argmax(1) == truth).mean()
         top1_int8 = ((got @ labels.T).argmax(1) == truth).mean()
         assert 100 * (top1_fp32 - top1_int8) <= README_MAX_DROP, a.key
@@ -245,13 +245,13 @@ def test_guard_keeps_the_layer_with_the_activation_outlier_in_float_first(
         a = next(a for a in outlier_bundle.manifest.artifacts if a.key == key)
         c = a.calibration
         assert c is not None
-        sensitivity = c["guard"]["sensitivity"]
+        sensitivity = c.guard["sensitivity"]
         ranked = sorted(sensitivity, key=lambda n: -sensitivity[n])
         assert ranked[0] == harmful_node, (key, ranked[:3])
         # by construction it is the only harmful layer: far ahead of the next, and enough on its own
         assert sensitivity[harmful_node] - sensitivity[ranked[1]] > 0.005, key
-        assert c["excluded_by_guard"] == [harmful_node], key
-        assert c["measured"]["cosine_min"] >= TIGHT_MIN_COSINE, key
+        assert c.excluded_by_guard == [harmful_node], key
+        assert c.measured.cosine_min >= TIGHT_MIN_COSINE, key
         assert not _saved_layers(a, outlier_bundle.artifact_path(a))[harmful_node][1], key  # float in the file
 
 
@@ -259,12 +259,12 @@ def test_int8_dynamic_ranks_only_layers_it_quantizes(outlier_bundle: Bundle, fp3
     """quantize_dynamic leaves activation x activation MatMuls (attention) in float: the guard
     ranks, and may keep in float, only MatMuls with a weight."""
     c = outlier_bundle.manifest.find("image", "onnx", "int8-dynamic")[0].calibration
-    assert c is not None and c["guard"]["sensitivity"]
+    assert c is not None and c.guard["sensitivity"]
     weights = {i.name for i in fp32_graph.initializer}
     with_weight = {n.name for n in fp32_graph.node if n.op_type == "MatMul" and n.input[1] in weights}
     attention = {n.name for n in fp32_graph.node if n.op_type == "MatMul"} - with_weight
     assert attention  # the tower has them, and they are not candidates
-    assert set(c["guard"]["sensitivity"]) == with_weight - set(c["excluded_by_default"])
+    assert set(c.guard["sensitivity"]) == with_weight - set(c.excluded_by_default)
 
 
 # ---------------------------------------------------------------------------------------------

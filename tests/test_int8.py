@@ -50,20 +50,21 @@ def test_every_int8_artifact_records_calibration_and_meets_the_budget(int8_bundl
     for a in int8_bundle.manifest.artifacts:
         c = a.calibration
         assert c is not None, a.key
-        m = c["measured"]
-        assert README_MIN_COSINE <= m["cosine_min"] <= m["cosine_p1"] <= m["cosine_mean"] <= 1 + 1e-9
-        assert c["method"] == ("dynamic" if a.precision == "int8-dynamic" else "minmax")
-        assert len(c["data_sha256"]) == 64 and c["heldout_size"] == m["heldout_size"] > 0
+        m = c.measured
+        assert README_MIN_COSINE <= m.cosine_min <= m.cosine_p1 <= m.cosine_mean <= 1 + 1e-9
+        assert c.method == ("dynamic" if a.precision == "int8-dynamic" else "minmax")
+        assert len(c.data_sha256) == 64 and c.heldout_size == m.heldout_size > 0
         # CLIP-aware float defaults: either kept float or measured safe and quantized
-        assert c["excluded_layers"] or c["float_defaults_measured_safe"]
-        assert c["guard"]["min_cosine"] == README_MIN_COSINE and c["guard"]["max_accuracy_drop"] == README_MAX_DROP
+        assert c.excluded_layers or c.float_defaults_measured_safe
+        assert c.guard["min_cosine"] == README_MIN_COSINE and c.guard["max_accuracy_drop"] == README_MAX_DROP
         if a.encoder == "image":  # builtin:shapes: true labels, a separate held-out split of 400 (README)
-            assert c["size"] == CALIB["calib_size"] and m["heldout_size"] == 400 and m["top1_drop"] <= README_MAX_DROP
-            assert m["top1_drop_measured_as"].startswith("accuracy against true labels")
-            assert any("fewer than 100" in w for w in c["warnings"])
+            assert c.size == CALIB["calib_size"] and m.heldout_size == 400
+            assert m.top1_drop is not None and m.top1_drop <= README_MAX_DROP
+            assert m.top1_drop_measured_as and m.top1_drop_measured_as.startswith("accuracy against true labels")
+            assert any("fewer than 100" in w for w in c.warnings)
         else:
-            assert c["inputs"] == "texts" and "top1_drop" not in m
-        assert a.validation["passed"]
+            assert c.inputs == "texts" and m.top1_drop is None
+        assert a.validation.passed
     int8_bundle.verify()
 
 
@@ -97,7 +98,7 @@ def test_graphs_are_quantized_as_each_target_needs(int8_bundle: Bundle, tmp_path
             assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)  # symmetric, zero point 0
             script = (int8_bundle.root / a.path / "build_engine.sh").read_text()
             assert "--int8" in script and "--fp16" in script
-            assert a.environment["fp32_layers"] and a.validation["op_check"]["unsupported"] == []
+            assert a.environment.details["fp32_layers"] and a.validation.details["op_check"]["unsupported"] == []
 
 
 def test_every_saved_int8_graph_keeps_in_float_exactly_what_its_manifest_says(int8_bundle: Bundle) -> None:
@@ -155,8 +156,8 @@ def test_guard_acts_through_export_with_a_tight_min_cosine(tiny_checkpoint: Path
     r = export_bundle(tiny_checkpoint, out, targets=["onnx"], precision="int8", encoders=["image"], labels=LABELS,
                       options={**CALIB, "min_cosine": 0.99999})
     c = r.artifacts[0].calibration
-    assert c is not None and c["excluded_by_guard"] and c["measured"]["cosine_min"] >= 0.99999
-    assert set(c["excluded_by_guard"]) <= set(c["guard"]["sensitivity"])
+    assert c is not None and c.excluded_by_guard and c.measured.cosine_min >= 0.99999
+    assert set(c.excluded_by_guard) <= set(c.guard["sensitivity"])
 
 
 def test_int8_refusals_are_typed_and_write_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:

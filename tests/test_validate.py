@@ -117,8 +117,9 @@ def test_int8_is_gated_on_held_out_images_and_probes_are_only_recorded(tiny_chec
     assert sorted(a.key for a in result.artifacts) == ["image/onnx-int8", "image/openvino-int8"]
     for a in Bundle.open(out).manifest.artifacts:
         v = a.validation
-        assert v["cosine_min"] < README_PROBE_COSINE_INT8, f"{a.key}: the probes would have vetoed ({v})"
-        assert v["probes_role"].startswith("informational") and "threshold_cosine" not in v
-        assert v["passed"] is True and v["heldout"]["cosine_min"] >= README_MIN_COSINE
-        assert v["heldout"]["heldout_size"] == a.calibration["measured"]["heldout_size"] == 12
+        assert v.cosine_min is not None
+        assert v.cosine_min < README_PROBE_COSINE_INT8, f"{a.key}: the probes would have vetoed ({v})"
+        assert v.probes_role and v.probes_role.startswith("informational") and v.threshold_cosine is None
+        assert v.passed is True and v.heldout is not None and v.heldout.cosine_min >= README_MIN_COSINE
+        assert a.calibration is not None and v.heldout.heldout_size == a.calibration.measured.heldout_size == 12
     Bundle.open(out).verify()

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import click
 
+from edgeclip.bundle import Calibration
 from edgeclip.cli._common import csv_list, read_lines
 from edgeclip.errors import ConfigError
 from edgeclip.export.capabilities import CAPABILITIES
 
 
-def _calibration_line(c: dict[str, object]) -> str:
-    m = c["measured"]
-    assert isinstance(m, dict)
-    drop = f", top-1 drop {m['top1_drop']:.2f} points" if "top1_drop" in m else ""
-    excluded = c.get("excluded_layers") or []
-    assert isinstance(excluded, list)
-    return (f"int8 {c['method']} on {c['size']} {c['inputs']}: held-out ({m['heldout_size']}) cosine min "
-            f"{m['cosine_min']:.5f} p1 {m['cosine_p1']:.5f} mean {m['cosine_mean']:.5f}{drop}; "
-            f"{len(excluded)} layer(s) kept float")
+def _calibration_line(c: Calibration) -> str:
+    m = c.measured
+    drop = f", top-1 drop {m.top1_drop:.2f} points" if m.top1_drop is not None else ""
+    return (f"int8 {c.method} on {c.size} {c.inputs}: held-out ({m.heldout_size}) cosine min "
+            f"{m.cosine_min:.5f} p1 {m.cosine_p1:.5f} mean {m.cosine_mean:.5f}{drop}; "
+            f"{len(c.excluded_layers)} layer(s) kept float")
 
 
 @click.command(epilog="Targets and precisions:\n\n\b\n" + "\n".join(
@@ -76,15 +74,15 @@ def export(
     )
     for a in result.artifacts:
         v = a.validation
-        numbers = (f"cosine_min {v['cosine_min']:.7f}  max_abs {v['max_abs']:.2e}" if "cosine_min" in v
-                   else "spec checked; numerics need its device")
-        if "heldout" in v:  # INT8: judged on held-out inputs; the probes are informational
-            numbers = (f"held-out cosine_min {v['heldout']['cosine_min']:.5f}  (probes, informational: "
-                       f"cosine_min {v['cosine_min']:.5f})")
-        click.echo(f"{a.key:<26} {numbers}  [{v.get('checked_with', '')}]")
+        numbers = (f"cosine_min {v.cosine_min:.7f}  max_abs {v.max_abs:.2e}"
+                   if v.cosine_min is not None and v.max_abs is not None else "spec checked; numerics need its device")
+        if v.heldout is not None:  # INT8: judged on held-out inputs; the probes are informational
+            numbers = (f"held-out cosine_min {v.heldout.cosine_min:.5f}  (probes, informational: "
+                       f"cosine_min {v.cosine_min:.5f})")
+        click.echo(f"{a.key:<26} {numbers}  [{v.checked_with}]")
         if a.calibration:
             click.echo(f"  {_calibration_line(a.calibration)}")
-            for w in a.calibration.get("warnings", []):
+            for w in a.calibration.warnings:
                 click.echo(f"  warning: {w}")
     for name in result.label_sets:
         click.echo(f"labels/{name}")

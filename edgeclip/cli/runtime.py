@@ -67,11 +67,12 @@ def inspect(bundle: str, verify: bool, as_json: bool) -> None:
     for a in m.artifacts:
         size = sum(b.resolve(f).stat().st_size for f in a.files)
         v = a.validation
-        cos = f"cos_min {v['cosine_min']:.7f} max_abs {v['max_abs']:.2e}" if "cosine_min" in v else "spec checked"
-        if "heldout" in v:  # INT8: gated on held-out inputs; the probe figures are informational
-            cos = f"held-out cos_min {v['heldout']['cosine_min']:.5f} (probes, informational: {cos})"
+        cos = ("spec checked" if v.cosine_min is None or v.max_abs is None
+               else f"cos_min {v.cosine_min:.7f} max_abs {v.max_abs:.2e}")
+        if v.heldout is not None:  # INT8: gated on held-out inputs; the probe figures are informational
+            cos = f"held-out cos_min {v.heldout.cosine_min:.5f} (probes, informational: {cos})"
         runs = CAPABILITIES[a.target].runs_on if a.target in CAPABILITIES else "?"
-        click.echo(f"  {a.key:<26} {size / 1e6:8.2f} MB  {cos}  [{v.get('checked_with', '?')}]")
+        click.echo(f"  {a.key:<26} {size / 1e6:8.2f} MB  {cos}  [{v.checked_with or '?'}]")
         click.echo(f"  {'':<26} runs on: {runs}")
     for name, ls in m.labels.items():
         click.echo(f"  labels/{name}: {ls.num_classes} classes")

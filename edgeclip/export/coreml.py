@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from edgeclip import _deps
-from edgeclip.bundle import Artifact, TensorSpec
+from edgeclip.bundle import Artifact, Environment, TensorSpec
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.encoders import BATCH, EncoderSpec, export_module
 from edgeclip.export.targets import ExportContext, validated_artifact
@@ -407,7 +407,7 @@ class CoreMLTarget:
             from edgeclip.runtime.backends.coreml import CoreMLBackend
 
             probe = Artifact.probe(spec.name, self.name, precision, list(iface.inputs), list(iface.outputs),
-                                   environment=environment)
+                                   environment=Environment.from_dict(environment))
             backend = CoreMLBackend(pkg / "Manifest.json", probe, BackendOptions(device="CPU"))
             run = lambda x: backend.infer({spec.input_name: x})[spec.output_name]  # noqa: E731
             checked_with = "CoreML prediction on macOS (CPU_ONLY) + spec check"
@@ -415,6 +415,6 @@ class CoreMLTarget:
             ctx, iface, self.name, precision, rel_dir, package_files(ctx.bundle_root, rel_dir),
             run=run, checked_with=checked_with, environment=environment,
         )
-        artifact.validation["spec"] = facts
+        artifact.validation.details["spec"] = facts
         return artifact
 

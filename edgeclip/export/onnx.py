@@ -77,6 +77,6 @@ class OnnxTarget:
             run=run_in_onnxruntime(path, spec),
             checked_with="onnxruntime CPU",
             environment=onnx_environment(),
+            calibration=calibration,
         )
-        artifact.calibration = calibration
         return artifact

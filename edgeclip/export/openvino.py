@@ -40,6 +40,6 @@ class OpenVinoTarget:
             run=lambda x: backend.infer({spec.input_name: x})[spec.output_name],
             checked_with=f"OpenVINO CPU (INFERENCE_PRECISION_HINT={VALIDATION_HINT})",
             environment={"openvino": ov.__version__, "source": "onnx", "weights": precision},
+            calibration=calibration,
         )
-        artifact.calibration = calibration
         return artifact

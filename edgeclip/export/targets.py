@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from edgeclip._io import sha256_file
-from edgeclip.bundle import Artifact
+from edgeclip.bundle import Artifact, Calibration, Environment, Validation
 from edgeclip.errors import UnknownNameError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.guard import Budget, HeldOut
@@ -69,9 +69,11 @@ def validated_artifact(
     run: Callable[[np.ndarray], np.ndarray] | None,
     checked_with: str,
     environment: dict[str, Any],
+    calibration: dict[str, Any] | None = None,
 ) -> Artifact:
     """Hash the files, validate against torch through `run` (None: cannot run here), and
     return the manifest entry. Raises ValidationError before anything is registered."""
+    key = f"{spec.name}/{target}-{precision}"
     artifact = Artifact(
         encoder=spec.name,
         target=target,
@@ -80,10 +82,11 @@ def validated_artifact(
         files={rel: sha256_file(ctx.bundle_root / rel) for rel in files},
         inputs=list(spec.inputs),
         outputs=list(spec.outputs),
-        environment=environment,
+        environment=Environment.from_dict(environment, f"{key} environment"),
+        calibration=Calibration.from_dict(calibration, f"{key} calibration") if calibration else None,
     )
     if run is None:
-        artifact.validation = {"passed": None, "checked_with": checked_with}
+        artifact.validation = Validation(passed=None, checked_with=checked_with)
         return artifact
     from edgeclip.export.encoders import encoder_module
 
@@ -91,7 +94,7 @@ def validated_artifact(
     if precision in GUARDED:
         assert ctx.int8_gate is not None, "the export driver sets the INT8 gate"
         gate = ctx.int8_gate(spec, precision)
-    artifact.validation = validate(
+    result = validate(
         encoder_module(spec.name, ctx.model),
         ctx.probes[spec.name],
         run,
@@ -100,7 +103,7 @@ def validated_artifact(
         label_embeddings=ctx.label_embeddings if spec.name == "image" else None,
         heldout=gate,
     )
-    artifact.validation["checked_with"] = checked_with
+    artifact.validation = Validation.from_dict({**result, "checked_with": checked_with}, f"{key} validation")
     return artifact
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from edgeclip import _deps
 from edgeclip._io import sha256_file
-from edgeclip.bundle import Artifact
+from edgeclip.bundle import Artifact, Environment
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.onnx import add_metadata
@@ -167,7 +167,7 @@ class TensorRTTarget:
             "build": BUILD_NEEDS, "engine_built": False,
         }
         probe = Artifact(spec.name, self.name, precision, rel_dir, {files[0]: sha256_file(onnx_file)},
-                         list(spec.inputs), list(spec.outputs), environment=env)
+                         list(spec.inputs), list(spec.outputs), environment=Environment.from_dict(env))
         if TensorRTBackend.available():  # build now, on this GPU, and validate the engine itself
             backend = TensorRTBackend(onnx_file, probe)
             files.append(backend.plan_path.relative_to(ctx.bundle_root).as_posix())
@@ -177,7 +177,7 @@ class TensorRTTarget:
                 ctx, spec, self.name, precision, rel_dir, files,
                 run=lambda x: backend.infer({spec.input_name: x})[spec.output_name],
                 checked_with=f"TensorRT {backend.tensorrt_version} engine on {backend.gpu} (TensorRTBackend)",
-                environment=env,
+                environment=env, calibration=calibration,
             )
         else:
             with _polygraphy_runner(onnx_file) as runner:
@@ -185,10 +185,9 @@ class TensorRTTarget:
                     ctx, spec, self.name, precision, rel_dir, files,
                     run=lambda x: runner.infer({spec.input_name: x})[spec.output_name],
                     checked_with="polygraphy onnxruntime backend (TensorRT-ready ONNX); engine not built here",
-                    environment=env,
+                    environment=env, calibration=calibration,
                 )
-        artifact.validation["op_check"] = op_check
-        artifact.calibration = calibration
+        artifact.validation.details["op_check"] = op_check
         return artifact
 
 

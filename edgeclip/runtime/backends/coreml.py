@@ -72,8 +72,8 @@ class CoreMLBackend:
         # a model exported at fixed batch 1 (the default, for the Neural Engine) takes one row a call;
         # a flexible one at most its range's upper bound
         fixed = artifact.inputs[0].shape[0] == 1
-        self.max_batch = 1 if fixed else int(artifact.environment.get("max_batch") or 1 << 30)
-        self.image_input = artifact.environment.get("image_input")
+        self.max_batch = 1 if fixed else artifact.environment.max_batch or 1 << 30
+        self.image_input = artifact.environment.image_input
         self._lock = threading.Lock()  # MLModel.predict is not documented as thread-safe
 
     def _feed(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 from edgeclip import _deps
 from edgeclip._io import atomic_path
 from edgeclip.bundle import Artifact
-from edgeclip.errors import ExportError
+from edgeclip.errors import BundleError, ExportError
 
 # bytes; enough for ViT-L/14 tactics at batch 64, and only an upper bound
 DEFAULT_WORKSPACE = 2 << 30
@@ -60,7 +60,7 @@ class Profile:
 def engine_name(artifact: Artifact, tensorrt_version: str, gpu: str) -> str:
     """Cache file name of an engine: TensorRT version + GPU + precision + what the engine depends on."""
     onnx_sha = artifact.files[artifact.main_file]
-    key = json.dumps([onnx_sha, artifact.environment.get("profile"), artifact.precision], sort_keys=True)
+    key = json.dumps([onnx_sha, artifact.environment.profile, artifact.precision], sort_keys=True)
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
     return f"{tensorrt_version}-{slug}-{artifact.precision}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.plan"
 
@@ -69,11 +69,14 @@ def build_artifact_engine(onnx_path: Path, plan_path: Path, artifact: Artifact) 
     """Build the engine of a `tensorrt` artifact with the profile and workspace its manifest entry
     records; the timing cache sits next to the plan, so later builds on this device start warm."""
     env = artifact.environment
-    profile = Profile.from_dict(env["profile"])
+    if env.profile is None:
+        raise BundleError(f"artifact {artifact.key} records no TensorRT profile in its environment",
+                          fix="re-export it with `edgeclip export --target tensorrt`")
+    profile = Profile.from_dict(env.profile)
     return build_engine(
         onnx_path, plan_path, fp16=artifact.precision == "fp16", min_batch=profile.min_batch,
         opt_batch=profile.opt_batch, max_batch=profile.max_batch,
-        workspace_bytes=int(env.get("workspace_bytes", DEFAULT_WORKSPACE)),
+        workspace_bytes=DEFAULT_WORKSPACE if env.workspace_bytes is None else env.workspace_bytes,
         timing_cache=plan_path.parent / TIMING_CACHE,
     )
 

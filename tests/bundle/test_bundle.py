@@ -11,17 +11,7 @@ import pytest
 
 from edgeclip.bundle import Bundle
 from edgeclip.errors import BundleError, UnknownNameError
-
-
-@pytest.fixture()
-def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_bundle, tmp_path / "b.edgeclip"))
-
-
-def _edit_manifest(root: Path, fn) -> None:  # type: ignore[no-untyped-def]
-    m = json.loads((root / "manifest.json").read_text())
-    fn(m)
-    (root / "manifest.json").write_text(json.dumps(m))
+from tests.bundle.conftest import edit_manifest
 
 
 def test_clean_bundle_verifies(tiny_bundle: Path) -> None:
@@ -44,7 +34,7 @@ def test_missing_file_is_named(bundle_copy: Path) -> None:
 
 
 def test_unknown_schema_version(bundle_copy: Path) -> None:
-    _edit_manifest(bundle_copy, lambda m: m.update(schema_version=99))
+    edit_manifest(bundle_copy, lambda m: m.update(schema_version=99))
     with pytest.raises(BundleError, match="schema_version 99 is not supported"):
         Bundle.open(bundle_copy)
 
@@ -64,10 +54,9 @@ def test_paths_escaping_the_bundle_are_refused(bundle_copy: Path, bad: str) -> N
         a = m["artifacts"][0]
         a["files"] = {bad: "0" * 64}
 
-    _edit_manifest(bundle_copy, point_elsewhere)
-    b = Bundle.open(bundle_copy)
+    edit_manifest(bundle_copy, point_elsewhere)
     with pytest.raises(BundleError, match="escapes the bundle"):
-        b.artifact_path(b.manifest.artifacts[0])
+        Bundle.open(bundle_copy)  # when the manifest is read, not when the file is used (tests/bundle/test_paths.py)
 
 
 def test_symlinked_file_is_refused(bundle_copy: Path, tmp_path: Path) -> None:
@@ -85,7 +74,7 @@ def test_pickled_label_file_is_refused(bundle_copy: Path) -> None:
     npy = bundle_copy / "labels/default.npy"
     np.save(npy, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     digest = sha256_file(npy)
-    _edit_manifest(bundle_copy, lambda m: m["labels"]["default"]["files"].update({"labels/default.npy": digest}))
+    edit_manifest(bundle_copy, lambda m: m["labels"]["default"]["files"].update({"labels/default.npy": digest}))
     with pytest.raises(BundleError, match="not a plain float array"):
         Bundle.open(bundle_copy).label_set("default")
 
@@ -106,11 +95,11 @@ def test_weights_hash_is_optional_for_older_bundles(bundle_copy: Path) -> None:
     recorded = Bundle.open(bundle_copy).manifest.source_weights_sha256
     assert recorded and len(recorded) == 64
     # a bundle written before the field existed still loads and runs; its weights are unknown
-    _edit_manifest(bundle_copy, lambda m: m.pop("source_weights_sha256"))
+    edit_manifest(bundle_copy, lambda m: m.pop("source_weights_sha256"))
     b = Bundle.open(bundle_copy)
     assert b.manifest.source_weights_sha256 is None
     assert "source_weights_sha256" not in b.manifest.to_dict()
     b.label_set("default")
-    _edit_manifest(bundle_copy, lambda m: m.update(source_weights_sha256=["not", "a", "hash"]))
+    edit_manifest(bundle_copy, lambda m: m.update(source_weights_sha256=["not", "a", "hash"]))
     with pytest.raises(BundleError, match="source_weights_sha256 must be a string"):
         Bundle.open(bundle_copy)
