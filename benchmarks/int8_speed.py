@@ -112,10 +112,10 @@ def accuracy(bundle: Bundle) -> dict[str, Any]:
     out = {}
     for a in bundle.manifest.artifacts:
         if a.calibration:
-            m = a.calibration["measured"]
+            m = a.calibration.measured.to_dict()
             out[a.key] = {k: m[k] for k in ("heldout_size", "cosine_min", "cosine_p1", "cosine_mean", "top1_fp32",
                                             "top1_int8", "top1_drop", "top1_agreement") if k in m}
-            out[a.key]["excluded_layers"] = a.calibration["excluded_layers"]
+            out[a.key]["excluded_layers"] = a.calibration.excluded_layers
     return out
 
 
