@@ -7,7 +7,12 @@ missing required field is refused the same way. Keys a record does not know are 
 and written back flat beside the known ones. That keeps two kinds of facts without a schema change:
 facts only one target records (TensorRT's `op_check`, CoreML's `spec`, package versions), and
 fields that a newer edgeclip writes, which survive a load and save by this version. Optional fields
-that are None are not written, so a record reads back as it was written.
+that are None are not written (an explicit null there reads as absent).
+
+Known fields are written first, in the order v1 writers used, then `details`; so a v1 manifest saves
+back byte for byte, except that the typed keys of a TensorRT or CoreML environment move to its front.
+Records are frozen; `details` is the one mutable part, where an exporter adds a target's facts
+before the artifact is registered.
 
 Standard library only: the device side imports this through `edgeclip.bundle`.
 """
