@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,8 @@ from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest
 from edgeclip.data.builtin import REFERENCE_SEED, shapes_heldout
 from edgeclip.errors import BundleError, ConfigError, ExportError
 from edgeclip.export.capabilities import plan_exports
-from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_spec
-from edgeclip.export.guard import Budget, HeldOut
-from edgeclip.export.int8 import Int8Options, check_int8_plan, encoder_data, preload_calibration
+from edgeclip.export.encoders import ENCODERS, encoder_spec
+from edgeclip.export.int8.common import check_int8_plan, preload_calibration
 from edgeclip.export.targets import ExportContext, Target, get_target
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
 from edgeclip.model.clip import CLIP, TextEncoder
@@ -102,7 +101,6 @@ def export_bundle(
             label_classes=first[0] if first else None,
             label_prompts=prompts(*first) if first else [],
         )
-        ctx.int8_gate = _int8_gate(ctx)
         preload_calibration(ctx, plan)
         artifacts = [_export_one(resolved[t], ctx, e, p) for t, p in plan for e in encoders]
         bundle = Bundle(staging, manifest)
@@ -129,16 +127,6 @@ def export_bundle(
 
 def _export_one(target: Target, ctx: ExportContext, encoder: str, precision: str) -> Artifact:
     return target.export(ctx, encoder_spec(encoder, ctx.info), precision)
-
-
-def _int8_gate(ctx: ExportContext) -> Callable[[EncoderSpec, str], tuple[HeldOut, Budget]]:
-    """What validation judges an INT8 artifact on: the guard's held-out data and budget."""
-    budget = Int8Options.from_options(ctx.options).budget
-
-    def gate(spec: EncoderSpec, precision: str) -> tuple[HeldOut, Budget]:
-        return encoder_data(ctx, spec, dynamic=precision == "int8-dynamic").heldout, budget
-
-    return gate
 
 
 REPLACE_FIX = "pass --overwrite (Python: overwrite=True) to replace the bundle, or choose a new --out path"

@@ -29,13 +29,14 @@ from edgeclip import _deps
 from edgeclip.bundle import Artifact, Environment, TensorSpec
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.encoders import BATCH, EncoderSpec, export_module
-from edgeclip.export.targets import ExportContext, validated_artifact
+from edgeclip.export.int8.coreml import PALETTE_BITS, compress_weights, compression_name
+from edgeclip.export.targets import ExportContext
+from edgeclip.export.validate import validated_artifact
 
 DEFAULT_TARGET = "iOS16"
 # compressed weights (constexpr_* ops) and the fp16 ML Program ops the towers use need iOS16
 MIN_SPEC_VERSION = 7
 DEFAULT_MAX_BATCH = 64  # upper bound of the batch range when coreml_flexible_batch is just "on"
-PALETTE_BITS = {"palette6": 6, "palette4": 4}
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def _convert(ctx: ExportContext, spec: EncoderSpec, precision: str, opts: CoreML
                 compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
                 skip_model_load=True,  # loading needs macOS; the backend loads the saved package
             )
-            compressed = _compress(model, precision)
+            compressed = compress_weights(model, precision)
             if compressed is not model:
                 _discard(model)
             return compressed
@@ -217,20 +218,6 @@ def _convert(ctx: ExportContext, spec: EncoderSpec, precision: str, opts: CoreML
             raise
         except Exception as e:  # torch.export and coremltools raise many internal types
             raise ExportError(f"CoreML conversion of the {spec.name} encoder failed: {type(e).__name__}: {e}") from e
-
-
-def _compress(model: Any, precision: str) -> Any:
-    """Weight-only compression; compute stays fp16. Weights under coremltools' default threshold
-    (2048 elements: biases, norms, small matrices) stay fp16 because compressing them saves nothing."""
-    if precision not in ("int8w", *PALETTE_BITS):
-        return model
-    import coremltools.optimize.coreml as cto
-
-    if precision == "int8w":
-        op: Any = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
-        return cto.linear_quantize_weights(model, config=cto.OptimizationConfig(global_config=op))
-    op = cto.OpPalettizerConfig(mode="kmeans", nbits=PALETTE_BITS[precision], granularity="per_tensor")
-    return cto.palettize_weights(model, config=cto.OptimizationConfig(global_config=op))
 
 
 # ---- spec check (works everywhere: reads the saved protobuf, needs no Core ML framework) -------
@@ -338,14 +325,6 @@ def _discard(model: Any) -> None:
     """Delete the temporary package coremltools keeps until interpreter exit (a model's size)."""
     if getattr(model, "is_temp_package", False) and getattr(model, "package_path", None):
         shutil.rmtree(model.package_path, ignore_errors=True)
-
-
-def compression_name(precision: str) -> str | None:
-    if precision == "int8w":
-        return "int8 linear symmetric per-channel (weights only)"
-    if precision in PALETTE_BITS:
-        return f"{PALETTE_BITS[precision]}-bit k-means palettization, per tensor (weights only)"
-    return None
 
 
 def package_files(root: Path, rel_dir: str, package: str = "model.mlpackage") -> list[str]:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from edgeclip.bundle import Artifact
 from edgeclip.export.encoders import EncoderSpec
-from edgeclip.export.onnx_int8 import quantize_onnx
+from edgeclip.export.int8.onnxruntime import quantize_onnx
 from edgeclip.export.reference import onnx_environment, reference_onnx, run_in_onnxruntime
-from edgeclip.export.targets import ExportContext, validated_artifact
+from edgeclip.export.targets import ExportContext
+from edgeclip.export.validate import validated_artifact
 
 # ops whose fp16 versions lose accuracy (variance, exp, norms); they stay fp32 in fp16 graphs
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquare", "Div", "Erf", "Pow", "Sqrt"]
@@ -68,7 +69,7 @@ class OnnxTarget:
         if precision == "fp16":
             to_fp16(src, path)
         elif precision.startswith("int8"):
-            calibration = quantize_onnx(ctx, spec, src, path, precision, target=self.name)
+            calibration = quantize_onnx(ctx, spec, src, path, precision, flavour=self.name)
         else:
             shutil.copyfile(src, path)
         add_metadata(path, ctx, spec, precision)

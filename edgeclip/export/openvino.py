@@ -7,8 +7,10 @@ from typing import Any
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.export.encoders import EncoderSpec
+from edgeclip.export.int8.openvino import quantize_openvino
 from edgeclip.export.reference import reference_onnx
-from edgeclip.export.targets import ExportContext, validated_artifact
+from edgeclip.export.targets import ExportContext
+from edgeclip.export.validate import validated_artifact
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.openvino import OpenVinoBackend
 
@@ -25,8 +27,6 @@ class OpenVinoTarget:
         rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
         calibration = None
         if precision == "int8":
-            from edgeclip.export.openvino_int8 import quantize_openvino
-
             calibration = quantize_openvino(ctx, spec, reference_onnx(ctx, spec), folder, VALIDATION_HINT)
         else:
             model = ov.convert_model(str(reference_onnx(ctx, spec)))

@@ -23,10 +23,11 @@ from edgeclip._io import sha256_file
 from edgeclip.bundle import Artifact, Environment
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.encoders import EncoderSpec
+from edgeclip.export.int8.onnxruntime import quantize_onnx
 from edgeclip.export.onnx import add_metadata
-from edgeclip.export.onnx_int8 import quantize_onnx
 from edgeclip.export.reference import OPSET, reference_onnx
-from edgeclip.export.targets import ExportContext, validated_artifact
+from edgeclip.export.targets import ExportContext
+from edgeclip.export.validate import validated_artifact
 from edgeclip.runtime.backends.tensorrt import TensorRTBackend
 from edgeclip.runtime.backends.tensorrt_engine import DEFAULT_WORKSPACE, FP32_PREFIX, TIMING_CACHE, USER_PLAN, Profile
 
@@ -150,7 +151,7 @@ class TensorRTTarget:
         if precision == "int8":  # Q/DQ on the prepared graph: the pinned names survive quantization
             prepared = ctx.workdir / f"tensorrt-{spec.name}-prepared.onnx"
             fp32_layers = prepare_onnx(reference_onnx(ctx, spec), prepared)
-            calibration = quantize_onnx(ctx, spec, prepared, onnx_file, precision, target=self.name)
+            calibration = quantize_onnx(ctx, spec, prepared, onnx_file, precision, flavour=self.name)
         else:
             fp32_layers = prepare_onnx(reference_onnx(ctx, spec), onnx_file)
         add_metadata(onnx_file, ctx, spec, precision)

@@ -1,4 +1,7 @@
-"""ONNX Runtime INT8: calibration ranges, static QDQ (onnx and TensorRT flavours) and dynamic.
+"""ONNX Runtime INT8, guarded: calibration ranges, static QDQ (onnx and TensorRT flavours) and dynamic.
+
+The TensorRT flavour is this quantizer with symmetric int8 activations (zero point 0) and float
+biases (`quantize_onnx(..., flavour="tensorrt")`); it has no logic of its own.
 
 Ranges are computed once per encoder with onnxruntime's calibrators (so entropy gets real bin
 counts: `quantize_static`'s own Entropy path silently equals MinMax) and saved as a calibration
@@ -18,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from edgeclip.errors import ExportError
-
-log = logging.getLogger("edgeclip.export.quantize")
+from edgeclip.export.encoders import EncoderSpec
+from edgeclip.export.int8.common import Int8Options, calibration_record, encoder_data
+from edgeclip.export.int8.guard import Run, guarded_quantize
+from edgeclip.export.reference import run_in_onnxruntime
+from edgeclip.export.targets import ExportContext
 
 OP_TYPES = ("MatMul", "Gemm", "Conv")  # all op types cost accuracy and break on -inf masks
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm")  # ConvInteger has no int8-weight CPU kernel
-METHODS = ("minmax", "percentile", "entropy")
 # CLIP-aware defaults: the patch embedding / conv stem and the final projections stay float
 FLOAT_WEIGHT_PREFIXES = ("visual.conv1", "visual.stem")
 FLOAT_PROJECTIONS = ("visual.proj", "text_projection")
@@ -171,3 +176,54 @@ def quantize_dynamic_int8(src: Path, dst: Path, excluded: Sequence[str]) -> None
     with _quiet():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(DYNAMIC_OP_TYPES), per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded))
+
+
+def quantize_onnx(
+    ctx: ExportContext, spec: EncoderSpec, src: Path, dst: Path, precision: str, *, flavour: str
+) -> dict[str, Any]:
+    """Write the guarded INT8 graph of `src` to `dst`; returns the manifest's calibration record.
+
+    flavour "onnx": QDQ for onnxruntime's CPU kernels (uint8 activations with zero points) after
+    quant_pre_process, or dynamic. flavour "tensorrt": symmetric int8 activations and weights (zero
+    point 0), float biases, on the graph as exported so TensorRT parses what was checked here.
+    """
+    opts = Int8Options.from_options(ctx.options)
+    dynamic = precision == "int8-dynamic"
+    data = encoder_data(ctx, spec, dynamic=dynamic)
+    work = ctx.workdir / f"int8-{flavour}-{spec.name}"
+    work.mkdir(parents=True, exist_ok=True)
+    # The graph is quantized as exported (no quant_pre_process: it made the ViT-B/32 INT8 graph
+    # slower in a probe here), and TensorRT must parse what was checked.
+    graph = src
+    defaults = clip_float_defaults(graph)
+
+    def run() -> Run:
+        return run_in_onnxruntime(dst, spec)
+
+    if dynamic:
+        method, candidates = "dynamic", weight_nodes(graph, DYNAMIC_OP_TYPES)
+
+        def quantize(excluded: list[str]) -> Run:
+            quantize_dynamic_int8(graph, dst, excluded)
+            return run()
+    else:
+        method, candidates = opts.method, quantizable_nodes(graph, OP_TYPES)
+        ranges = compute_ranges(graph, spec.input_name, data.calibration, opts.method, OP_TYPES,
+                                work / f"ranges-{opts.method}.json")
+
+        def quantize(excluded: list[str]) -> Run:
+            quantize_static_qdq(graph, dst, ranges, opts.method, excluded, symmetric_activations=flavour == "tensorrt")
+            return run()
+
+    # a default the scheme never quantizes (the Conv stem under int8-dynamic) is not "kept in float"
+    defaults = [d for d in defaults if d in candidates]
+    result = guarded_quantize(quantize, candidates, defaults, data.heldout, opts.budget,
+                              what=f"{spec.name}/{flavour}-{precision}")
+    scheme = ("int8 weights per channel (symmetric), activations quantized per batch at run time" if dynamic else
+              "QDQ: int8 weights per channel (symmetric), activations per tensor "
+              + ("int8 symmetric (zero point 0), biases float" if flavour == "tensorrt" else "uint8 asymmetric"))
+    return calibration_record(
+        method, data, result, opts.budget, defaults, scheme=scheme,
+        op_types=list(DYNAMIC_OP_TYPES if dynamic else OP_TYPES), graph_preprocessing="none (quantized as exported)",
+        quantizer="onnxruntime.quantization",
+    )

@@ -26,8 +26,8 @@ from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ExportError
 from edgeclip.export.api import export_bundle
 from edgeclip.export.encoders import encoder_module, encoder_spec, example_input, export_module
-from edgeclip.export.guard import Budget, HeldOut, guarded_quantize
-from edgeclip.export.quantize import OP_TYPES, compute_ranges, quantizable_nodes, quantize_static_qdq
+from edgeclip.export.int8.guard import Budget, HeldOut, guarded_quantize
+from edgeclip.export.int8.onnxruntime import OP_TYPES, compute_ranges, quantizable_nodes, quantize_static_qdq
 from edgeclip.export.reference import export_onnx, run_in_onnxruntime
 from edgeclip.model.checkpoint import load_checkpoint, save_checkpoint
 from edgeclip.runtime.preprocess import preprocess

@@ -1,4 +1,4 @@
-"""What every INT8 target shares: options, calibration inputs per encoder, held-out data with fp32
+"""What every INT8 quantizer shares: options, calibration inputs per encoder, held-out data with fp32
 references, and the manifest's calibration record.
 
 A target calls `encoder_data(ctx, spec)` and hands the guard a `quantize(excluded) -> run`.
@@ -16,14 +16,15 @@ from edgeclip.calibration.cache import DEFAULT_SIZE, FEW_IMAGES, HELDOUT_FRACTIO
 from edgeclip.calibration.listing import SELECTION_SEED
 from edgeclip.errors import ConfigError
 from edgeclip.export.encoders import EncoderSpec
-from edgeclip.export.guard import Budget, GuardResult, HeldOut
-from edgeclip.export.quantize import METHODS
+from edgeclip.export.int8.guard import Budget, GuardResult, HeldOut
 from edgeclip.export.reference import reference_onnx, run_in_onnxruntime
 from edgeclip.export.targets import ExportContext
+from edgeclip.runtime.tokenizer import TextTokenizer
 
 INT8_PRECISIONS = ("int8", "int8-dynamic")
 DYNAMIC_HELDOUT_SOURCE = "builtin:shapes"  # what the guard measures int8-dynamic on without --calib
 CALIB_BATCH = 8
+METHODS = ("minmax", "percentile", "entropy")  # --calib-method: every quantizer maps each of them
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,6 @@ def _image_data(ctx: ExportContext, spec: EncoderSpec, calib: CalibrationSet) ->
 
 def _text_data(ctx: ExportContext, spec: EncoderSpec, calib: CalibrationSet) -> EncoderData:
     """Label-set prompts plus the source's captions; a seeded 20 % of them held out."""
-    from edgeclip.runtime.tokenizer import TextTokenizer
-
     texts = list(dict.fromkeys([*ctx.label_prompts, *calib.captions]))
     if len(texts) < 2:
         raise ConfigError(

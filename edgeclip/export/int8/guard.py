@@ -17,7 +17,7 @@ import numpy as np
 from edgeclip.errors import ExportError
 from edgeclip.runtime.similarity import cosine_rows
 
-log = logging.getLogger("edgeclip.export.guard")
+log = logging.getLogger(__name__)
 
 Run = Callable[[np.ndarray], np.ndarray]
 Quantize = Callable[[list[str]], Run]

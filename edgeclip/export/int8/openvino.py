@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.export.encoders import EncoderSpec
-from edgeclip.export.guard import Run, guarded_quantize
-from edgeclip.export.int8 import Int8Options, calibration_record, encoder_data
-from edgeclip.export.quantize import clip_float_defaults
+from edgeclip.export.int8.common import Int8Options, calibration_record, encoder_data
+from edgeclip.export.int8.guard import Run, guarded_quantize
+from edgeclip.export.int8.onnxruntime import clip_float_defaults
 from edgeclip.export.targets import ExportContext
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.openvino import OpenVinoBackend
@@ -79,13 +80,7 @@ def quantize_openvino(
     result = guarded_quantize(quantize, candidates, defaults, data.heldout, opts.budget,
                               what=f"{spec.name}/openvino-int8")
     return calibration_record(
-        opts.method, data, result, opts.budget, defaults, quantizer=f"nncf {_version('nncf')}",
+        opts.method, data, result, opts.budget, defaults, quantizer=f"nncf {version('nncf')}",
         scheme="NNCF ModelType.TRANSFORMER (SmoothQuant + fast bias correction), int8 weights and activations",
         range_estimator=RANGE_ESTIMATORS[opts.method], measured_with=f"OpenVINO CPU (INFERENCE_PRECISION_HINT={hint})",
     )
-
-
-def _version(module: str) -> str:
-    from importlib.metadata import version
-
-    return version(module)

@@ -14,14 +14,14 @@ from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ConfigError, DataError
 from edgeclip.export.api import export_bundle
 from edgeclip.export.encoders import encoder_module, encoder_spec, example_input
-from edgeclip.export.guard import Budget, HeldOut, guarded_quantize
-from edgeclip.export.quantize import compute_ranges, quantizable_nodes, quantize_static_qdq
+from edgeclip.export.int8.guard import Budget, HeldOut, guarded_quantize
+from edgeclip.export.int8.onnxruntime import compute_ranges, quantizable_nodes, quantize_static_qdq
 from edgeclip.export.reference import export_onnx, run_in_onnxruntime
 from edgeclip.export.tensorrt import check_ops
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.runtime import ZeroShotClassifier
 from tests.conftest import TINY_CLASSES, ort_optimized_graph, run_cli
-from tests.test_guard import README_MAX_DROP, README_MIN_COSINE, check_saved_graph
+from tests.export.test_guard import README_MAX_DROP, README_MIN_COSINE, check_saved_graph
 
 CALIB = {"calib": "builtin:shapes", "calib_size": 64}
 LABELS = {"default": (TINY_CLASSES, None)}
