@@ -61,7 +61,7 @@ def vit_b32_checkpoint(out: Path) -> Path:
 
 
 def export(ckpt: Path, out: Path, labels: dict[str, Any] | None, calib_size: int) -> tuple[Bundle, float]:
-    from edgeclip.export.api import export_bundle  # here: the timing subprocesses never import torch
+    from edgeclip.export.driver import export_bundle  # here: the timing subprocesses never import torch
 
     t = time.perf_counter()
     export_bundle(ckpt, out, targets=["onnx", "openvino"], precision=["fp32", "int8"], encoders=["image"],

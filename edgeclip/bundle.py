@@ -117,13 +117,6 @@ class Artifact:
     environment: Environment = field(default_factory=Environment)
     calibration: Calibration | None = None  # INT8 only
 
-    @classmethod
-    def probe(cls, encoder: str, target: str, precision: str, inputs: list[TensorSpec],
-              outputs: list[TensorSpec], **kw: Any) -> Artifact:
-        """An entry for an artifact still being validated (no files registered yet), so that a
-        runtime backend can run it before it enters the manifest."""
-        return cls(encoder, target, precision, "", {"(unregistered)": ""}, inputs, outputs, **kw)
-
     @property
     def key(self) -> str:
         return f"{self.encoder}/{self.target}-{self.precision}"

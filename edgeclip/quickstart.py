@@ -23,7 +23,7 @@ from edgeclip.bench.run import BenchConfig, run_bench
 from edgeclip.data.shapes import COLOURS, SHAPES, ZERO_SHOT_TEMPLATES
 from edgeclip.data.tasks import ZeroShotTask, zero_shot_tasks
 from edgeclip.errors import ConfigError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.train.config import DEFAULT_MODEL, TrainConfig, default
 from edgeclip.train.loop import TrainResult, train

@@ -38,7 +38,7 @@ TINY_CLASSES = ["circle", "square", "triangle", "star", "cross", "heart"]
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "tiny.edgeclip"
     export_bundle(tiny_checkpoint, out, targets=["onnx"], labels={"default": (TINY_CLASSES, None)})

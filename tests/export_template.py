@@ -16,7 +16,7 @@ import torch
 
 from edgeclip.bundle import Bundle
 from edgeclip.errors import BundleError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.export.encoders import ENCODERS
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.clip import ImageEncoder, TextEncoder

@@ -13,9 +13,8 @@ import torch
 
 from edgeclip.bundle import Bundle
 from edgeclip.errors import ConfigError
-from edgeclip.export.api import export_bundle
-from edgeclip.export.capabilities import CAPABILITIES
-from edgeclip.export.coreml import CoreMLTarget, parse_options
+from edgeclip.export.coreml import parse_options
+from edgeclip.export.driver import export_bundle
 from edgeclip.runtime.backends.coreml import CoreMLBackend
 from tests.conftest import README_PARITY, README_WEIGHT_ONLY_PARITY
 from tests.export_template import TargetTemplate
@@ -67,10 +66,6 @@ class TestCoreML(TargetTemplate):
             assert list(array.shape) == [1, 3, 32, 32] and artifact.inputs[0].shape == (1, 3, 32, 32)
         (out,) = spec.description.output
         assert out.name == artifact.outputs[0].name and out.type.multiArrayType.dataType == array.FLOAT32
-
-
-def test_precisions_match_the_capability_table() -> None:
-    assert CoreMLTarget.precisions == CAPABILITIES["coreml"].precisions
 
 
 def test_fp32_and_palettized_weights(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 from edgeclip.bundle import MANIFEST, Bundle
 from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ExportError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.model.checkpoint import load_checkpoint, save_checkpoint
 from edgeclip.model.clip import CLIP
 from edgeclip.runtime import ZeroShotClassifier

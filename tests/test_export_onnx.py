@@ -12,7 +12,7 @@ import torch
 
 from edgeclip.bundle import Bundle
 from edgeclip.errors import CheckpointError, ConfigError, ExportError, UnknownNameError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.export.targets import TARGETS, list_targets
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.clip import ImageEncoder, TextEncoder

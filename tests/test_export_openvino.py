@@ -33,7 +33,7 @@ class TestOpenVino(TargetTemplate):
         assert default.precision_hint in ("f32", "bf16", "f16")  # the device's own default
 
     def test_same_top1_as_onnx_on_held_out_images(self, bundle: Bundle, tiny_checkpoint: Path) -> None:
-        from edgeclip.export.api import export_bundle
+        from edgeclip.export.driver import export_bundle
         from tests.conftest import TINY_CLASSES
 
         export_bundle(tiny_checkpoint, bundle.root, targets=["onnx"], labels={"default": (TINY_CLASSES, None)})
@@ -48,7 +48,7 @@ class TestOpenVino(TargetTemplate):
 def test_openvino_backend_is_thread_safe(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
     from tests.conftest import TINY_CLASSES
 
     out = tmp_path / "b"

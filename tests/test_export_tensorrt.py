@@ -205,7 +205,7 @@ def test_runtime_side_of_tensorrt_pulls_no_torch() -> None:
 @pytest.mark.tensorrt
 @needs_trt
 def test_build_engine_writes_a_plan_and_timing_cache(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
 
     out = tmp_path / "b"
     export_bundle(tiny_checkpoint, out, targets=["tensorrt"], precision="fp16", encoders=["text"])

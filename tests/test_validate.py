@@ -18,7 +18,7 @@ import edgeclip.export.onnx as onnx_target
 from edgeclip.bundle import Bundle
 from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ValidationError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.runtime import ZeroShotClassifier
 from tests.conftest import TINY_CLASSES
 

@@ -55,7 +55,7 @@ def export(
     templates_file: str | None, label_name: str, out: str, overwrite: bool, **options: object,
 ) -> None:
     """Export the split image/text encoders of CHECKPOINT into a bundle, validated against torch."""
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
 
     classes = read_lines(labels_file, "labels") if labels_file else None
     if classes is not None and not classes:

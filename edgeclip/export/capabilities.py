@@ -63,6 +63,13 @@ CAPABILITIES: dict[str, Capability] = {
 }
 
 
+def register_capability(cap: Capability) -> None:
+    """Add a target's row (its builder and backend are registered with their own registries)."""
+    if cap.target in CAPABILITIES:
+        raise ConfigError(f"target '{cap.target}' already has a capability row", fix="choose another name")
+    CAPABILITIES[cap.target] = cap
+
+
 def capability(target: str) -> Capability:
     if target not in CAPABILITIES:
         raise UnknownNameError("target", target, CAPABILITIES)

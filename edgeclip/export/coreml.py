@@ -15,7 +15,6 @@ import contextlib
 import io
 import logging
 import shutil
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ import numpy as np
 import torch
 
 from edgeclip import _deps
-from edgeclip.bundle import Artifact, Environment, TensorSpec
+from edgeclip.bundle import TensorSpec
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.encoders import BATCH, EncoderSpec, export_module
 from edgeclip.export.int8.coreml import PALETTE_BITS, compress_weights, compression_name
-from edgeclip.export.targets import ExportContext
-from edgeclip.export.validate import validated_artifact
+from edgeclip.export.targets import Built, ExportContext, Fallback
+from edgeclip.runtime.backends.base import BackendOptions
 
 DEFAULT_TARGET = "iOS16"
 # compressed weights (constexpr_* ops) and the fp16 ML Program ops the towers use need iOS16
@@ -224,33 +223,40 @@ def _convert(ctx: ExportContext, spec: EncoderSpec, precision: str, opts: CoreML
 def inspect_package(pkg: Path) -> dict[str, Any]:
     """Facts about a saved .mlpackage: model type, spec version, I/O, and how weights are stored."""
     ct = _coremltools()
-    from coremltools.proto import FeatureTypes_pb2, MIL_pb2
-
     with _quiet():
         spec = ct.utils.load_spec(str(pkg))
-    array_dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name
     weight_bin = pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
-
-    def feature(f: Any) -> dict[str, Any]:
-        kind = f.type.WhichOneof("Type")
-        if kind == "imageType":
-            t = f.type.imageType
-            color = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(t.colorSpace)
-            return {"name": f.name, "type": "image", "color": color, "width": t.width, "height": t.height}
-        a = f.type.multiArrayType
-        return {"name": f.name, "type": "tensor", "dtype": array_dtype(a.dataType), "shape": list(a.shape),
-                "range": [[r.lowerBound, r.upperBound] for r in a.shapeRange.sizeRanges]}
-
     facts: dict[str, Any] = {
         "model_type": spec.WhichOneof("Type"),
         "specification_version": spec.specificationVersion,
-        "inputs": [feature(f) for f in spec.description.input],
-        "outputs": [feature(f) for f in spec.description.output],
+        "inputs": [_feature(f) for f in spec.description.input],
+        "outputs": [_feature(f) for f in spec.description.output],
         "weight_file_bytes": weight_bin.stat().st_size if weight_bin.is_file() else 0,
     }
-    if facts["model_type"] != "mlProgram":
-        return facts
-    fn = spec.mlProgram.functions["main"]
+    if facts["model_type"] == "mlProgram":
+        facts.update(_weight_storage(spec.mlProgram.functions["main"]))
+    return facts
+
+
+def _feature(f: Any) -> dict[str, Any]:
+    """One input/output of the spec: an image (color, size) or a tensor (dtype, shape, batch range)."""
+    from coremltools.proto import FeatureTypes_pb2
+
+    kind = f.type.WhichOneof("Type")
+    if kind == "imageType":
+        t = f.type.imageType
+        color = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(t.colorSpace)
+        return {"name": f.name, "type": "image", "color": color, "width": t.width, "height": t.height}
+    a = f.type.multiArrayType
+    return {"name": f.name, "type": "tensor", "dtype": FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(a.dataType),
+            "shape": list(a.shape), "range": [[r.lowerBound, r.upperBound] for r in a.shapeRange.sizeRanges]}
+
+
+def _weight_storage(fn: Any) -> dict[str, Any]:
+    """How the ML Program's main function stores its weights: float consts by dtype, int8-quantized
+    and palettized tensors, and the largest offset into the weights file."""
+    from coremltools.proto import MIL_pb2
+
     floats = {"FLOAT16": 0, "FLOAT32": 0}
     quantized, palettes, max_offset = 0, [], -1
     for op in fn.block_specializations[fn.opset].operations:
@@ -272,9 +278,8 @@ def inspect_package(pkg: Path) -> dict[str, Any]:
             elif op.type == "constexpr_lut_to_dense" and role == "lut":
                 # iOS16/17: lut [2^n]; iOS18: [..., 2^n, vector size]
                 palettes.append(dims[0] if len(dims) == 1 else dims[-2])
-    facts.update(opset=fn.opset, float_weights=floats, int8_weights=quantized,
-                 palettized_weights=len(palettes), palette_sizes=sorted(set(palettes)), max_blob_offset=max_offset)
-    return facts
+    return {"opset": fn.opset, "float_weights": floats, "int8_weights": quantized, "palettized_weights": len(palettes),
+            "palette_sizes": sorted(set(palettes)), "max_blob_offset": max_offset}
 
 
 def verify_package(facts: dict[str, Any], iface: EncoderSpec, precision: str, spec_version: int, *,
@@ -327,73 +332,65 @@ def _discard(model: Any) -> None:
         shutil.rmtree(model.package_path, ignore_errors=True)
 
 
-def package_files(root: Path, rel_dir: str, package: str = "model.mlpackage") -> list[str]:
-    """Every regular file of the package, relative to the bundle root; Manifest.json first, so
+def package_files(folder: Path, package: str = "model.mlpackage") -> list[str]:
+    """Every regular file of the package, relative to the artifact folder; Manifest.json first, so
     Artifact.main_file points into the package and a backend opens its parent directory."""
-    pkg = root / rel_dir / package
-    rest = sorted(p.relative_to(root).as_posix() for p in pkg.rglob("*") if p.is_file() and p.name != "Manifest.json")
-    return [f"{rel_dir}/{package}/Manifest.json", *rest]
+    pkg = folder / package
+    rest = sorted(p.relative_to(folder).as_posix() for p in pkg.rglob("*") if p.is_file() and p.name != "Manifest.json")
+    return [f"{package}/Manifest.json", *rest]
 
 
 class CoreMLTarget:
     name = "coreml"
-    precisions: tuple[str, ...] = ("fp16", "fp32", "int8w", "palette6", "palette4")
 
-    def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
+    def build(self, ctx: ExportContext, spec: EncoderSpec, precision: str, folder: Path) -> Built:
         opts = parse_options(ctx.options)
-        if spec.name == "image" and opts.image_input and opts.max_batch:
+        image_input = spec.name == "image" and opts.image_input
+        if image_input and opts.max_batch:
             # an image feature is one picture; Core ML batches images only through batch predictions
             raise ConfigError(
                 "--coreml-image-input and --coreml-flexible-batch cannot be combined for the image encoder",
                 fix="drop one of them (an image input is fed one picture per prediction)",
             )
-        ct = _coremltools()
-        rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
         iface = _interface(spec, opts)
-        model = _convert(ctx, iface, precision, opts)
-        pkg = folder / "model.mlpackage"
-        with _quiet():
-            model.save(str(pkg))
-            _discard(model)
-        for item in pkg.rglob("*"):  # coremltools writes model.mlmodel 0600; a bundle is shared read-only data
-            item.chmod(0o755 if item.is_dir() else 0o644)
+        pkg = _save(_convert(ctx, iface, precision, opts), folder / "model.mlpackage")
         facts = inspect_package(pkg)
-        image_input = spec.name == "image" and opts.image_input
         verify_package(facts, iface, precision, opts.spec_version, max_batch=opts.max_batch,
                        image_input=image_input, palette_bits=PALETTE_BITS.get(precision))
-        environment: dict[str, Any] = {
-            "coremltools": ct.__version__,
-            "torch": torch.__version__,
-            "deployment_target": opts.target,
-            "specification_version": opts.spec_version,
-            "compute_precision": "fp32" if precision == "fp32" else "fp16",
-            "batch": "flexible" if opts.max_batch else "fixed",
-            "max_batch": opts.max_batch or 1,
-            "conversion": "torch.export",
-            "compression": compression_name(precision),
-        }
-        if image_input:
-            p = ctx.info.preprocess
-            environment["image_input"] = {
-                "color_layout": "RGB", "scale": 1 / 255.0, "bias": [0.0, 0.0, 0.0],
-                "mean": list(p.mean), "std": list(p.std), "normalization": "inside the model (exact)",
-            }
-        run = None
-        checked_with = f"CoreML spec check ({facts['model_type']}, spec v{facts['specification_version']}); " \
-                       "prediction needs macOS"
-        if sys.platform == "darwin":
-            from edgeclip.runtime.backends.base import BackendOptions
-            from edgeclip.runtime.backends.coreml import CoreMLBackend
-
-            probe = Artifact.probe(spec.name, self.name, precision, list(iface.inputs), list(iface.outputs),
-                                   environment=Environment.from_dict(environment))
-            backend = CoreMLBackend(pkg / "Manifest.json", probe, BackendOptions(device="CPU"))
-            run = lambda x: backend.infer({spec.input_name: x})[spec.output_name]  # noqa: E731
-            checked_with = "CoreML prediction on macOS (CPU_ONLY) + spec check"
-        artifact = validated_artifact(
-            ctx, iface, self.name, precision, rel_dir, package_files(ctx.bundle_root, rel_dir),
-            run=run, checked_with=checked_with, environment=environment,
+        spec_check = f"CoreML spec check ({facts['model_type']}, spec v{facts['specification_version']}); " \
+                     "prediction needs macOS"
+        return Built(
+            package_files(folder), _environment(ctx, precision, opts, image_input), interface=iface,
+            checked_with="CoreML prediction on macOS (CPU_ONLY) + spec check", options=BackendOptions(device="CPU"),
+            fallback=Fallback(spec_check), records={"spec": facts},
         )
-        artifact.validation.details["spec"] = facts
-        return artifact
 
+
+def _save(model: Any, pkg: Path) -> Path:
+    with _quiet():
+        model.save(str(pkg))
+        _discard(model)
+    for item in pkg.rglob("*"):  # coremltools writes model.mlmodel 0600; a bundle is shared read-only data
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    return pkg
+
+
+def _environment(ctx: ExportContext, precision: str, opts: CoreMLOptions, image_input: bool) -> dict[str, Any]:
+    environment: dict[str, Any] = {
+        "coremltools": _coremltools().__version__,
+        "torch": torch.__version__,
+        "deployment_target": opts.target,
+        "specification_version": opts.spec_version,
+        "compute_precision": "fp32" if precision == "fp32" else "fp16",
+        "batch": "flexible" if opts.max_batch else "fixed",
+        "max_batch": opts.max_batch or 1,
+        "conversion": "torch.export",
+        "compression": compression_name(precision),
+    }
+    if image_input:
+        p = ctx.info.preprocess
+        environment["image_input"] = {
+            "color_layout": "RGB", "scale": 1 / 255.0, "bias": [0.0, 0.0, 0.0],
+            "mean": list(p.mean), "std": list(p.std), "normalization": "inside the model (exact)",
+        }
+    return environment

@@ -8,6 +8,7 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgeclip.bundle import TensorSpec
 from edgeclip.model.checkpoint import CheckpointInfo
@@ -68,8 +69,6 @@ def export_module(encoder: str, model: CLIP) -> torch.nn.Module:
 def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     """Fold each eval-mode BatchNorm2d into the Conv2d that feeds it, in place: consecutive
     (Conv2d, BatchNorm2d) in a Sequential, and ModifiedResNet's convN -> bnN attributes."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     for m in list(module.modules()):
         pairs: list[tuple[str, str]] = []
         if isinstance(m, torch.nn.Sequential):

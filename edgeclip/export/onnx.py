@@ -10,12 +10,11 @@ import shutil
 import warnings
 from pathlib import Path
 
-from edgeclip.bundle import Artifact
+from edgeclip import __version__
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.int8.onnxruntime import quantize_onnx
-from edgeclip.export.reference import onnx_environment, reference_onnx, run_in_onnxruntime
-from edgeclip.export.targets import ExportContext
-from edgeclip.export.validate import validated_artifact
+from edgeclip.export.reference import onnx_environment, reference_onnx
+from edgeclip.export.targets import Built, ExportContext
 
 # ops whose fp16 versions lose accuracy (variance, exp, norms); they stay fp32 in fp16 graphs
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquare", "Div", "Erf", "Pow", "Sqrt"]
@@ -35,8 +34,6 @@ def to_fp16(src: Path, dst: Path) -> None:
 def add_metadata(path: Path, ctx: ExportContext, spec: EncoderSpec, precision: str) -> None:
     """Mirror key manifest fields into the graph's metadata_props (readable by any ONNX tool)."""
     import onnx
-
-    from edgeclip import __version__
 
     model = onnx.load(str(path))
     p = ctx.info.preprocess
@@ -59,10 +56,8 @@ def add_metadata(path: Path, ctx: ExportContext, spec: EncoderSpec, precision: s
 
 class OnnxTarget:
     name = "onnx"
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-dynamic")
 
-    def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
-        rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
+    def build(self, ctx: ExportContext, spec: EncoderSpec, precision: str, folder: Path) -> Built:
         path = folder / "model.onnx"
         src = reference_onnx(ctx, spec)
         calibration = None
@@ -73,11 +68,4 @@ class OnnxTarget:
         else:
             shutil.copyfile(src, path)
         add_metadata(path, ctx, spec, precision)
-        artifact = validated_artifact(
-            ctx, spec, self.name, precision, rel_dir, [f"{rel_dir}/model.onnx"],
-            run=run_in_onnxruntime(path, spec),
-            checked_with="onnxruntime CPU",
-            environment=onnx_environment(),
-            calibration=calibration,
-        )
-        return artifact
+        return Built([path.name], onnx_environment(), calibration, checked_with="onnxruntime CPU")

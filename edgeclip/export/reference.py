@@ -13,15 +13,14 @@ from typing import Any
 import torch
 
 from edgeclip import _deps
-from edgeclip.bundle import Artifact
 from edgeclip.errors import ExportError
 from edgeclip.export.encoders import BATCH, EncoderSpec, example_input, export_module
-from edgeclip.export.targets import ExportContext
-from edgeclip.runtime.backends.base import BackendOptions
-from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from edgeclip.export.targets import ExportContext, load_file
+from edgeclip.runtime.classifier import Encoder
 
 OPSET = 18  # >= 17 gives one LayerNormalization op instead of a decomposed mean/var chain
 MAX_BATCH = 4096
+
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, spec: EncoderSpec, path: Path) -> None:
     """torch.onnx.export (dynamo) to a single file with a symbolic batch dimension."""
@@ -89,8 +88,6 @@ def onnx_environment() -> dict[str, Any]:
     }
 
 
-def run_in_onnxruntime(path: Path, spec: EncoderSpec) -> Any:
-    """A callable x -> embeddings through the runtime's own onnxruntime backend."""
-    probe = Artifact.probe(spec.name, "onnx", "probe", list(spec.inputs), list(spec.outputs))
-    backend = OnnxRuntimeBackend(path, probe, BackendOptions())
-    return lambda x: backend.infer({spec.input_name: x})[spec.output_name]
+def run_in_onnxruntime(path: Path, spec: EncoderSpec, precision: str = "fp32") -> Encoder:
+    """The ONNX graph at `path` as a callable x -> embeddings, through the runtime's onnxruntime backend."""
+    return load_file(path, spec, "onnx", precision)

@@ -14,21 +14,19 @@ import importlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from edgeclip import _deps
-from edgeclip._io import sha256_file
-from edgeclip.bundle import Artifact, Environment
+from edgeclip.bundle import Artifact
 from edgeclip.errors import ConfigError, ExportError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.int8.onnxruntime import quantize_onnx
 from edgeclip.export.onnx import add_metadata
 from edgeclip.export.reference import OPSET, reference_onnx
-from edgeclip.export.targets import ExportContext
-from edgeclip.export.validate import validated_artifact
-from edgeclip.runtime.backends.tensorrt import TensorRTBackend
+from edgeclip.export.targets import Built, ExportContext, Fallback, Run
 from edgeclip.runtime.backends.tensorrt_engine import DEFAULT_WORKSPACE, FP32_PREFIX, TIMING_CACHE, USER_PLAN, Profile
 
 TRT_VERSIONS = ">=10.0,<11"
@@ -141,11 +139,9 @@ def trtexec_script(
 
 class TensorRTTarget:
     name = "tensorrt"
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
 
-    def export(self, ctx: ExportContext, spec: EncoderSpec, precision: str) -> Artifact:
+    def build(self, ctx: ExportContext, spec: EncoderSpec, precision: str, folder: Path) -> Built:
         onnx: Any = _deps.require("onnx", extra="export", purpose="the tensorrt export target")
-        rel_dir, folder = ctx.artifact_dir(spec.name, self.name, precision)
         onnx_file = folder / ONNX_FILE
         calibration = None
         if precision == "int8":  # Q/DQ on the prepared graph: the pinned names survive quantization
@@ -161,40 +157,31 @@ class TensorRTTarget:
         script.write_text(trtexec_script(profile, precision == "fp16", fp32_layers, DEFAULT_WORKSPACE,
                                          int8=precision == "int8"))
         script.chmod(0o755)
-        files = [f"{rel_dir}/{ONNX_FILE}", f"{rel_dir}/{SCRIPT_FILE}"]
         env: dict[str, Any] = {
             "tensorrt": TRT_VERSIONS, "opset": OPSET, "onnx": onnx.__version__, "profile": profile.to_dict(),
             "workspace_bytes": DEFAULT_WORKSPACE, "fp32_layers": fp32_layers if precision in ("fp16", "int8") else [],
             "build": BUILD_NEEDS, "engine_built": False,
         }
-        probe = Artifact(spec.name, self.name, precision, rel_dir, {files[0]: sha256_file(onnx_file)},
-                         list(spec.inputs), list(spec.outputs), environment=Environment.from_dict(env))
-        if TensorRTBackend.available():  # build now, on this GPU, and validate the engine itself
-            backend = TensorRTBackend(onnx_file, probe)
-            files.append(backend.plan_path.relative_to(ctx.bundle_root).as_posix())
-            env.update(engine_built=True, engine={"tensorrt_version": backend.tensorrt_version, "gpu": backend.gpu,
-                                                  "file": files[-1]})
-            artifact = validated_artifact(
-                ctx, spec, self.name, precision, rel_dir, files,
-                run=lambda x: backend.infer({spec.input_name: x})[spec.output_name],
-                checked_with=f"TensorRT {backend.tensorrt_version} engine on {backend.gpu} (TensorRTBackend)",
-                environment=env, calibration=calibration,
-            )
-        else:
-            with _polygraphy_runner(onnx_file) as runner:
-                artifact = validated_artifact(
-                    ctx, spec, self.name, precision, rel_dir, files,
-                    run=lambda x: runner.infer({spec.input_name: x})[spec.output_name],
-                    checked_with="polygraphy onnxruntime backend (TensorRT-ready ONNX); engine not built here",
-                    environment=env, calibration=calibration,
-                )
-        artifact.validation.details["op_check"] = op_check
-        return artifact
+        fallback = Fallback("polygraphy onnxruntime backend (TensorRT-ready ONNX); engine not built here",
+                            _polygraphy_runner)
+        return Built([ONNX_FILE, SCRIPT_FILE], env, calibration, fallback=fallback, records={"op_check": op_check},
+                     loaded=partial(_engine_built, root=ctx.bundle_root, folder=folder))
+
+
+def _engine_built(built: Built, backend: Any, *, root: Path, folder: Path) -> None:
+    """With TensorRT and an NVIDIA GPU here, loading built the engine on this GPU (backend: the
+    runtime's TensorRTBackend): list it, and say the engine itself is what was validated."""
+    plan = Path(backend.plan_path)
+    built.files.append(plan.relative_to(folder).as_posix())
+    built.environment.update(engine_built=True, engine={
+        "tensorrt_version": backend.tensorrt_version, "gpu": backend.gpu, "file": plan.relative_to(root).as_posix()})
+    built.checked_with = f"TensorRT {backend.tensorrt_version} engine on {backend.gpu} (TensorRTBackend)"
 
 
 @contextmanager
-def _polygraphy_runner(path: Path) -> Iterator[Any]:
-    """polygraphy's OnnxrtRunner on CPU, activated, with its info log lines silenced."""
+def _polygraphy_runner(path: Path, artifact: Artifact) -> Iterator[Run]:
+    """The ONNX through polygraphy's OnnxrtRunner on CPU (not a runtime backend: the TensorRT check
+    where no engine can be built), with its info log lines silenced."""
     _deps.require("polygraphy", extra="export", purpose="checking the TensorRT-ready ONNX")
     logger = importlib.import_module("polygraphy.logger").G_LOGGER
     onnxrt = importlib.import_module("polygraphy.backend.onnxrt")
@@ -202,4 +189,4 @@ def _polygraphy_runner(path: Path) -> Iterator[Any]:
     with logger.verbosity(logger.ERROR):
         runner = onnxrt.OnnxrtRunner(onnxrt.SessionFromOnnx(str(path), providers=["cpu"]))
         with runner:
-            yield runner
+            yield lambda x: runner.infer({artifact.inputs[0].name: x})[artifact.outputs[0].name]

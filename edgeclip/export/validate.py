@@ -9,13 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeclip._io import sha256_file
-from edgeclip.bundle import Artifact, Calibration, Environment, Validation
 from edgeclip.errors import ValidationError
-from edgeclip.export.encoders import EncoderSpec, encoder_module
-from edgeclip.export.int8.common import Int8Options, encoder_data
 from edgeclip.export.int8.guard import Budget, HeldOut, measure, within
-from edgeclip.export.targets import ExportContext
 from edgeclip.runtime.similarity import cosine_rows
 
 # minimum cosine between artifact and torch embeddings on the probes, per precision
@@ -109,49 +104,3 @@ def _fix(precision: str) -> str:
                 "--target, or upgrade its SDK (the manifest's environment names the versions used)")
     return ("this model loses too much accuracy at " + precision + ": export --precision fp32 for this target, "
             "or upgrade its SDK")
-
-
-def validated_artifact(
-    ctx: ExportContext,
-    spec: EncoderSpec,
-    target: str,
-    precision: str,
-    rel_dir: str,
-    files: list[str],
-    run: Callable[[np.ndarray], np.ndarray] | None,
-    checked_with: str,
-    environment: dict[str, Any],
-    calibration: dict[str, Any] | None = None,
-) -> Artifact:
-    """Hash the files, validate against torch through `run` (None: cannot run here), and
-    return the manifest entry. Raises ValidationError before anything is registered."""
-    key = f"{spec.name}/{target}-{precision}"
-    artifact = Artifact(
-        encoder=spec.name,
-        target=target,
-        precision=precision,
-        path=rel_dir,
-        files={rel: sha256_file(ctx.bundle_root / rel) for rel in files},
-        inputs=list(spec.inputs),
-        outputs=list(spec.outputs),
-        environment=Environment.from_dict(environment, f"{key} environment"),
-        calibration=Calibration.from_dict(calibration, f"{key} calibration") if calibration else None,
-    )
-    if run is None:
-        artifact.validation = Validation(passed=None, checked_with=checked_with)
-        return artifact
-    gate = None
-    if precision in GUARDED:  # judged on the guard's held-out data and budget
-        budget = Int8Options.from_options(ctx.options).budget
-        gate = encoder_data(ctx, spec, dynamic=precision == "int8-dynamic").heldout, budget
-    result = validate(
-        encoder_module(spec.name, ctx.model),
-        ctx.probes[spec.name],
-        run,
-        precision,
-        what=f"{artifact.key} ({checked_with})",
-        label_embeddings=ctx.label_embeddings if spec.name == "image" else None,
-        heldout=gate,
-    )
-    artifact.validation = Validation.from_dict({**result, "checked_with": checked_with}, f"{key} validation")
-    return artifact

@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,19 @@ class Encoder:
     @property
     def backend_name(self) -> str:
         return type(self.backend).name
+
+    @classmethod
+    def open(cls, path: Path, artifact: Artifact, backend: str, options: BackendOptions, reason: str = "") -> Encoder:
+        """Load `artifact`, whose main file is at `path`, in `backend`. The caller vouches for the
+        files (a bundle verifies their hashes first; the export driver has just written them)."""
+        try:
+            impl = backend_class(backend)(path, artifact, options)
+        except EdgeclipError:
+            raise
+        except Exception as e:  # a file that hashes right but is not a model this SDK can load
+            raise BundleError(f"{artifact.key} cannot be loaded by {backend}: {type(e).__name__}: {e}",
+                              fix="re-export the bundle") from e
+        return cls(impl, artifact, reason)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         try:
@@ -250,14 +264,7 @@ def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | No
                  options: BackendOptions) -> Encoder:
     name, artifact, reason = choose_artifact(bundle, encoder, backend, precision)
     path = bundle.artifact_path(artifact)  # verifies the sha256 before anything runs it
-    try:
-        impl = backend_class(name)(path, artifact, options)
-    except EdgeclipError:
-        raise
-    except Exception as e:  # a file that hashes right but is not a model this SDK can load
-        raise BundleError(f"{artifact.key} cannot be loaded by {name}: {type(e).__name__}: {e}",
-                          fix="re-export the bundle") from e
-    return Encoder(impl, artifact, reason)
+    return Encoder.open(path, artifact, name, options, reason)
 
 
 def choose_artifact(

@@ -21,7 +21,7 @@ EVAL_SIZE = 120
 @pytest.fixture(scope="module")
 def reversed_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny bundle's model, with its default label set listing the classes in reverse order."""
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
 
     out = tmp_path_factory.mktemp("reversed") / "reversed.edgeclip"
     export_bundle(tiny_checkpoint, out, targets=["onnx"], labels={"default": (TINY_CLASSES[::-1], None)})

@@ -22,7 +22,7 @@ pytest.importorskip("openvino")
 
 @pytest.fixture(scope="module")
 def ov_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
 
     out = tmp_path_factory.mktemp("ovbundle") / "ov.edgeclip"
     export_bundle(tiny_checkpoint, out, targets=["openvino"], precision="fp32", encoders=["image"])

@@ -128,7 +128,7 @@ def test_shapes_has_one_heldout_split_for_every_user(tiny_bundle: Path, tmp_path
 def test_export_probes_are_heldout_shapes_of_the_reference_seed(tiny_checkpoint: Path) -> None:
     """The images every artifact is validated on come from the same held-out split (at an odd size,
     so the resize and crop are exercised)."""
-    from edgeclip.export.api import _probes
+    from edgeclip.export.driver import _probes
     from edgeclip.model.checkpoint import read_checkpoint_info
     from edgeclip.train.config import TrainConfig
 

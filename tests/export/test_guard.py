@@ -24,7 +24,7 @@ from edgeclip.bundle import Artifact, Bundle
 from edgeclip.calibration.cache import CalibrationSet, load_calibration_set
 from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ExportError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.export.encoders import encoder_module, encoder_spec, example_input, export_module
 from edgeclip.export.int8.guard import Budget, HeldOut, guarded_quantize
 from edgeclip.export.int8.onnxruntime import OP_TYPES, compute_ranges, quantizable_nodes, quantize_static_qdq

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from edgeclip.bundle import Artifact, Bundle
 from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import ConfigError, DataError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.export.encoders import encoder_module, encoder_spec, example_input
 from edgeclip.export.int8.guard import Budget, HeldOut, guarded_quantize
 from edgeclip.export.int8.onnxruntime import compute_ranges, quantizable_nodes, quantize_static_qdq

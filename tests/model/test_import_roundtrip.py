@@ -74,7 +74,7 @@ def test_hf_directory_import_export_onnx_openvino_runtime(hf_model: Any, tmp_pat
 
 def test_openai_state_dict_from_own_converter_round_trips(hf_model: Any, tmp_path: Path) -> None:
     """HF -> OpenAI names (our converter) -> torch.save -> import (QuickGELU assumed) -> onnx."""
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
     from edgeclip.model.importer import import_weights
 
     state = hf_to_openai({k: v.clone() for k, v in hf_model.state_dict().items()})

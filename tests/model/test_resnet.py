@@ -95,7 +95,7 @@ def _imported_resnet(tmp_path: Path, cfg: ModelConfig) -> Path:
 
 def test_tiny_resnet_imports_and_exports_to_onnx(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
 
     ckpt = _imported_resnet(tmp_path, TINY_RN)
     result = export_bundle(ckpt, tmp_path / "rn.edgeclip", targets=["onnx"], encoders=["image"])
@@ -105,7 +105,7 @@ def test_tiny_resnet_imports_and_exports_to_onnx(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_rn50_exports_to_onnx(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from edgeclip.export.api import export_bundle
+    from edgeclip.export.driver import export_bundle
 
     ckpt = _imported_resnet(tmp_path, get_config("RN50-quickgelu"))
     result = export_bundle(ckpt, tmp_path / "rn50.edgeclip", targets=["onnx"])

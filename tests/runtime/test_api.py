@@ -14,7 +14,7 @@ import torch
 from edgeclip.bundle import Bundle
 from edgeclip.data.shapes import ShapesDataset
 from edgeclip.errors import BundleError, ConfigError, PlatformError, UnknownNameError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.clip import TextEncoder
 from edgeclip.runtime import ZeroShotClassifier

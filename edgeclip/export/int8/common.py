@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeclip.bundle import Calibration
 from edgeclip.calibration.cache import DEFAULT_SIZE, FEW_IMAGES, HELDOUT_FRACTION, CalibrationSet, load_calibration_set
 from edgeclip.calibration.listing import SELECTION_SEED
 from edgeclip.errors import ConfigError
@@ -151,10 +152,11 @@ def _text_data(ctx: ExportContext, spec: EncoderSpec, calib: CalibrationSet) -> 
 
 def calibration_record(
     method: str, data: EncoderData, result: GuardResult, budget: Budget, defaults: list[str], **extra: Any
-) -> dict[str, Any]:
-    """Artifact.calibration: what was calibrated on, what stayed float, what the guard measured."""
+) -> Calibration:
+    """Artifact.calibration: what was calibrated on, what stayed float, what the guard measured;
+    `extra` (quantizer, scheme, ...) goes into its details."""
     src = data.source
-    return {
+    return Calibration.from_dict({
         "method": method,
         "size": src["size"],
         "data_sha256": src["data_sha256"],
@@ -171,4 +173,4 @@ def calibration_record(
         "measured": result.metrics,
         "warnings": data.warnings,
         **extra,
-    }
+    }, f"the {method} calibration record")

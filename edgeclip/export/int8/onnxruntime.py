@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeclip.bundle import Calibration
 from edgeclip.errors import ExportError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.int8.common import Int8Options, calibration_record, encoder_data
@@ -180,50 +182,44 @@ def quantize_dynamic_int8(src: Path, dst: Path, excluded: Sequence[str]) -> None
 
 def quantize_onnx(
     ctx: ExportContext, spec: EncoderSpec, src: Path, dst: Path, precision: str, *, flavour: str
-) -> dict[str, Any]:
+) -> Calibration:
     """Write the guarded INT8 graph of `src` to `dst`; returns the manifest's calibration record.
 
-    flavour "onnx": QDQ for onnxruntime's CPU kernels (uint8 activations with zero points) after
-    quant_pre_process, or dynamic. flavour "tensorrt": symmetric int8 activations and weights (zero
-    point 0), float biases, on the graph as exported so TensorRT parses what was checked here.
+    The graph is quantized as exported (no quant_pre_process: it made the ViT-B/32 INT8 graph slower,
+    see benchmarks/results/), so TensorRT parses what was checked here. flavour "onnx": QDQ for
+    onnxruntime's CPU kernels (uint8 activations with zero points), or dynamic. flavour "tensorrt":
+    symmetric int8 activations and weights (zero point 0), float biases.
     """
     opts = Int8Options.from_options(ctx.options)
     dynamic = precision == "int8-dynamic"
     data = encoder_data(ctx, spec, dynamic=dynamic)
-    work = ctx.workdir / f"int8-{flavour}-{spec.name}"
-    work.mkdir(parents=True, exist_ok=True)
-    # The graph is quantized as exported (no quant_pre_process: it made the ViT-B/32 INT8 graph
-    # slower in a probe here), and TensorRT must parse what was checked.
-    graph = src
-    defaults = clip_float_defaults(graph)
-
-    def run() -> Run:
-        return run_in_onnxruntime(dst, spec)
-
     if dynamic:
-        method, candidates = "dynamic", weight_nodes(graph, DYNAMIC_OP_TYPES)
-
-        def quantize(excluded: list[str]) -> Run:
-            quantize_dynamic_int8(graph, dst, excluded)
-            return run()
+        method, candidates = "dynamic", weight_nodes(src, DYNAMIC_OP_TYPES)
+        write: Callable[[list[str]], None] = partial(quantize_dynamic_int8, src, dst)
     else:
-        method, candidates = opts.method, quantizable_nodes(graph, OP_TYPES)
-        ranges = compute_ranges(graph, spec.input_name, data.calibration, opts.method, OP_TYPES,
-                                work / f"ranges-{opts.method}.json")
+        method, candidates = opts.method, quantizable_nodes(src, OP_TYPES)
+        ranges = compute_ranges(src, spec.input_name, data.calibration, opts.method, OP_TYPES,
+                                ctx.workdir / f"int8-{flavour}-{spec.name}" / f"ranges-{opts.method}.json")
+        write = partial(quantize_static_qdq, src, dst, ranges, opts.method,
+                        symmetric_activations=flavour == "tensorrt")
 
-        def quantize(excluded: list[str]) -> Run:
-            quantize_static_qdq(graph, dst, ranges, opts.method, excluded, symmetric_activations=flavour == "tensorrt")
-            return run()
+    def quantize(excluded: list[str]) -> Run:
+        write(excluded)
+        return run_in_onnxruntime(dst, spec, precision)
 
     # a default the scheme never quantizes (the Conv stem under int8-dynamic) is not "kept in float"
-    defaults = [d for d in defaults if d in candidates]
+    defaults = [d for d in clip_float_defaults(src) if d in candidates]
     result = guarded_quantize(quantize, candidates, defaults, data.heldout, opts.budget,
                               what=f"{spec.name}/{flavour}-{precision}")
-    scheme = ("int8 weights per channel (symmetric), activations quantized per batch at run time" if dynamic else
-              "QDQ: int8 weights per channel (symmetric), activations per tensor "
-              + ("int8 symmetric (zero point 0), biases float" if flavour == "tensorrt" else "uint8 asymmetric"))
     return calibration_record(
-        method, data, result, opts.budget, defaults, scheme=scheme,
+        method, data, result, opts.budget, defaults, scheme=_scheme(dynamic, flavour),
         op_types=list(DYNAMIC_OP_TYPES if dynamic else OP_TYPES), graph_preprocessing="none (quantized as exported)",
         quantizer="onnxruntime.quantization",
     )
+
+
+def _scheme(dynamic: bool, flavour: str) -> str:
+    if dynamic:
+        return "int8 weights per channel (symmetric), activations quantized per batch at run time"
+    return "QDQ: int8 weights per channel (symmetric), activations per tensor " + (
+        "int8 symmetric (zero point 0), biases float" if flavour == "tensorrt" else "uint8 asymmetric")

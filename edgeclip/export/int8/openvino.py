@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 
 from edgeclip import _deps
-from edgeclip.bundle import Artifact
+from edgeclip.bundle import Calibration
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.int8.common import Int8Options, calibration_record, encoder_data
 from edgeclip.export.int8.guard import Run, guarded_quantize
 from edgeclip.export.int8.onnxruntime import clip_float_defaults
-from edgeclip.export.targets import ExportContext
+from edgeclip.export.targets import ExportContext, load_file
 from edgeclip.runtime.backends.base import BackendOptions
-from edgeclip.runtime.backends.openvino import OpenVinoBackend
 
 QUANTIZABLE = ("MatMul", "Convolution")
 # NNCF's range estimators for our method names; it has no KL-entropy estimator: its histogram
@@ -59,7 +58,7 @@ def _nncf_quantize(fp32: Any, samples: list[np.ndarray], method: str, excluded: 
 
 def quantize_openvino(
     ctx: ExportContext, spec: EncoderSpec, onnx_path: Path, folder: Path, hint: str
-) -> dict[str, Any]:
+) -> Calibration:
     """Write the guarded INT8 IR to folder/model.xml; returns the manifest's calibration record."""
     ov: Any = _deps.require("openvino", extra="openvino", purpose="the openvino export target")
     opts = Int8Options.from_options(ctx.options)
@@ -67,15 +66,13 @@ def quantize_openvino(
     fp32 = ov.convert_model(str(onnx_path))
     candidates = ov_layer_names(fp32, [op.get_friendly_name() for op in fp32.get_ordered_ops()])
     defaults = ov_layer_names(fp32, clip_float_defaults(onnx_path))
-    probe = Artifact.probe(spec.name, "openvino", "int8", list(spec.inputs), list(spec.outputs))
 
     samples = [b[i : i + 1] for b in data.calibration for i in range(len(b))]  # NNCF collects per sample
 
     def quantize(excluded: list[str]) -> Run:
         model = _nncf_quantize(fp32, samples, opts.method, excluded)
         ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
-        backend = OpenVinoBackend(folder / "model.xml", probe, BackendOptions(precision_hint=hint))
-        return lambda x: backend.infer({spec.input_name: x})[spec.output_name]
+        return load_file(folder / "model.xml", spec, "openvino", "int8", BackendOptions(precision_hint=hint))
 
     result = guarded_quantize(quantize, candidates, defaults, data.heldout, opts.budget,
                               what=f"{spec.name}/openvino-int8")

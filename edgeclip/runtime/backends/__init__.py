@@ -10,7 +10,7 @@ import importlib
 import platform
 from typing import Any, NamedTuple
 
-from edgeclip.errors import UnknownNameError
+from edgeclip.errors import ConfigError, UnknownNameError
 from edgeclip.runtime.backends.base import has_nvidia_gpu
 
 
@@ -29,6 +29,13 @@ BACKENDS: dict[str, Registration] = {
 # Without a preference of its own, a backend picks the artifact precision in this order:
 # quantized artifacts passed the accuracy guard at export, so they are what a device wants.
 DEFAULT_PRECISION_ORDER: tuple[str, ...] = ("int8", "fp16", "fp32")
+
+
+def register_backend(name: str, target: str, path: str) -> None:
+    """Add a backend: it runs `target`'s artifacts and is imported from `path` ("module:Class")."""
+    if name in BACKENDS:
+        raise ConfigError(f"backend '{name}' is already registered", fix="choose another name")
+    BACKENDS[name] = Registration(target, path)
 
 
 def _registration(name: str) -> Registration:

@@ -110,17 +110,7 @@ def build_engine(
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}",
                           fix="check the op check in the manifest and the TensorRT version (needs 10.x)")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if int8 is None:
-        int8 = _has_qdq(trt, network)
-    if int8:
-        config.set_flag(trt.BuilderFlag.INT8)
-    if fp16 or int8:
-        config.set_flag(trt.BuilderFlag.FP16)
-        _pin_fp32(trt, network, config)
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would miss the fp32 parity threshold
+    config = _precision_config(trt, builder, network, fp16, int8, workspace_bytes)
     config.add_optimization_profile(_batch_profile(builder, network, min_batch, opt_batch, max_batch))
     cache_file = Path(timing_cache) if timing_cache else None
     cache = config.create_timing_cache(cache_file.read_bytes() if cache_file and cache_file.is_file() else b"")
@@ -135,6 +125,22 @@ def build_engine(
         with atomic_path(cache_file) as tmp:
             tmp.write_bytes(memoryview(cache.serialize()))
     return Path(plan_path)
+
+
+def _precision_config(trt: Any, builder: Any, network: Any, fp16: bool, int8: bool | None, workspace_bytes: int) -> Any:
+    """The builder config: workspace limit and precision flags (int8 None: when the graph has Q/DQ)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if int8 is None:
+        int8 = _has_qdq(trt, network)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+    if fp16 or int8:
+        config.set_flag(trt.BuilderFlag.FP16)
+        _pin_fp32(trt, network, config)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would miss the fp32 parity threshold
+    return config
 
 
 def _batch_profile(builder: Any, network: Any, min_batch: int, opt_batch: int, max_batch: int) -> Any:

@@ -1,4 +1,9 @@
-"""`export_bundle`: checkpoint -> validated split encoders + label embeddings -> bundle.
+"""The export driver. `export_bundle`: checkpoint -> validated split encoders + label embeddings -> bundle.
+
+Targets only build files (`Target.build -> Built`); the driver owns each artifact's life after that:
+it hashes the files, loads them through the runtime's `Encoder` in the backend the capability table
+names (the code a device runs), validates them against the torch fp32 reference and assembles the
+manifest entry.
 
 Everything is built in a staging directory next to the output and moved into place only
 after every artifact passed validation, so a failed export leaves nothing half-written. Adding to an
@@ -24,15 +29,18 @@ import numpy as np
 import torch
 
 from edgeclip._io import sha256_file
-from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest
+from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest, Validation
 from edgeclip.data.builtin import REFERENCE_SEED, shapes_heldout
-from edgeclip.errors import BundleError, ConfigError, ExportError
-from edgeclip.export.capabilities import plan_exports
-from edgeclip.export.encoders import ENCODERS, encoder_spec
-from edgeclip.export.int8.common import check_int8_plan, preload_calibration
-from edgeclip.export.targets import ExportContext, Target, get_target
+from edgeclip.errors import BundleError, ConfigError, ExportError, ValidationError
+from edgeclip.export.capabilities import capability, plan_exports
+from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_module, encoder_spec
+from edgeclip.export.int8.common import Int8Options, check_int8_plan, encoder_data, preload_calibration
+from edgeclip.export.targets import Built, ExportContext, Run, artifact_entry, get_target, load_built
+from edgeclip.export.validate import GUARDED, validate
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
 from edgeclip.model.clip import CLIP, TextEncoder
+from edgeclip.runtime.backends import backend_class
+from edgeclip.runtime.classifier import Encoder
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, check_classes, label_embeddings, prompts
 from edgeclip.runtime.preprocess import preprocess
 from edgeclip.runtime.tokenizer import TextTokenizer
@@ -68,65 +76,132 @@ def export_bundle(
     `labels` maps a label-set name to (class names, prompt templates or None for defaults).
     An existing bundle is extended only with artifacts of the same weights and configuration.
     """
-    out = Path(out)
+    out, options = Path(out), dict(options or {})
     # check every argument before any work, so bad input fails fast and writes nothing
-    asked = [precision] if isinstance(precision, str) else list(precision) if precision else None
-    plan = plan_exports(list(targets), asked, dict(options or {}))
-    check_int8_plan(plan, dict(options or {}))
-    resolved = {name: get_target(name) for name, _ in plan}
-    for e in encoders:
-        if e not in ENCODERS:
-            raise ConfigError(f"unknown encoder '{e}'", fix="use image, text or image,text")
-    label_sets = {
-        name: (check_classes(classes), list(templates or DEFAULT_TEMPLATES))
-        for name, (classes, templates) in (labels or {}).items()
-    }
+    plan = _plan(targets, precision, encoders, options)
+    label_sets = {name: (check_classes(classes), list(templates or DEFAULT_TEMPLATES))
+                  for name, (classes, templates) in (labels or {}).items()}
     existing = _existing_bundle(out, overwrite)
     model, info = load_checkpoint(checkpoint)
     manifest = _new_manifest(model, info)
     if existing is not None:
         _check_same_source(existing.manifest, manifest, out)
         manifest = existing.manifest
-
     out.parent.mkdir(parents=True, exist_ok=True)
     # the whole new bundle is built here and swapped in at the end: the old one is never half-changed
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary directory
     workdir = Path(tempfile.mkdtemp(prefix="edgeclip-export-"))
     try:
-        first = next(iter(label_sets.values())) if label_sets else None
-        ctx = ExportContext(
-            model, info, staging, _probes(info, first[0] if first else None), workdir, dict(options or {}),
-            label_embeddings=_label_embeddings(model, info, *first) if first else None,
-            label_classes=first[0] if first else None,
-            label_prompts=prompts(*first) if first else [],
-        )
+        ctx = _context(model, info, staging, workdir, options, next(iter(label_sets.values()), None))
         preload_calibration(ctx, plan)
-        artifacts = [_export_one(resolved[t], ctx, e, p) for t, p in plan for e in encoders]
-        bundle = Bundle(staging, manifest)
-        result = ExportResult(bundle=out)
-        for a in artifacts:
-            bundle.add_artifact(a)
-            result.artifacts.append(a)
-        for name, (classes, templates) in label_sets.items():
-            emb = _label_embeddings(model, info, classes, templates)
-            bundle.write_label_set(name, emb, _label_meta(model, classes, templates))
-            result.label_sets.append(name)
-        if existing is None:
-            shutil.copyfile(info.tokenizer_path, staging / info.tokenizer.file)
-        else:
-            _link_unchanged(out, staging, replaced=[a.path for a in artifacts])
-        bundle.save_manifest()
-        Bundle.open(staging).verify()  # what is swapped in opens and every file matches its hash
+        artifacts = [export_artifact(ctx, t, e, p) for t, p in plan for e in encoders]
+        _stage(Bundle(staging, manifest), ctx, artifacts, label_sets, old=out if existing else None)
         _swap_in(staging, out)
-        return result
+        return ExportResult(out, artifacts, list(label_sets))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _export_one(target: Target, ctx: ExportContext, encoder: str, precision: str) -> Artifact:
-    return target.export(ctx, encoder_spec(encoder, ctx.info), precision)
+def _plan(targets: Sequence[str], precision: str | Sequence[str] | None, encoders: Sequence[str],
+          options: dict[str, Any]) -> list[tuple[str, str]]:
+    """(target, precision) pairs to export, after refusing anything unsupported."""
+    asked = [precision] if isinstance(precision, str) else list(precision) if precision else None
+    plan = plan_exports(list(targets), asked, options)
+    check_int8_plan(plan, options)
+    for name, _ in plan:
+        get_target(name)  # every builder imports before any work
+    for e in encoders:
+        if e not in ENCODERS:
+            raise ConfigError(f"unknown encoder '{e}'", fix="use image, text or image,text")
+    return plan
+
+
+def _context(model: CLIP, info: CheckpointInfo, staging: Path, workdir: Path, options: dict[str, Any],
+             labels: tuple[list[str], list[str]] | None) -> ExportContext:
+    """The context every builder gets; the first label set measures top-1 and calibrates INT8 text."""
+    classes = labels[0] if labels else None
+    return ExportContext(
+        model, info, staging, _probes(info, classes), workdir, options,
+        label_embeddings=_label_embeddings(model, info, *labels) if labels else None,
+        label_classes=classes, label_prompts=prompts(*labels) if labels else [],
+    )
+
+
+def _stage(bundle: Bundle, ctx: ExportContext, artifacts: list[Artifact],
+           label_sets: dict[str, tuple[list[str], list[str]]], old: Path | None) -> None:
+    """Register the artifacts and label sets in the staged bundle, carry over what an `old` bundle
+    keeps (or copy the tokenizer into a new one), save the manifest and verify the whole of it."""
+    for a in artifacts:
+        bundle.add_artifact(a)
+    for name, (classes, templates) in label_sets.items():
+        emb = _label_embeddings(ctx.model, ctx.info, classes, templates)
+        bundle.write_label_set(name, emb, _label_meta(ctx.model, classes, templates))
+    if old is None:
+        shutil.copyfile(ctx.info.tokenizer_path, bundle.root / ctx.info.tokenizer.file)
+    else:
+        _link_unchanged(old, bundle.root, replaced=[a.path for a in artifacts])
+    bundle.save_manifest()
+    Bundle.open(bundle.root).verify()  # what is swapped in opens and every file matches its hash
+
+
+# ---- one artifact's life: build, hash, load through the runtime, validate, register --------------
+def export_artifact(ctx: ExportContext, target: str, encoder: str, precision: str) -> Artifact:
+    """Build one artifact with `target`'s builder and return its validated manifest entry; raises
+    ValidationError (and registers nothing) when it disagrees with the torch reference."""
+    spec = encoder_spec(encoder, ctx.info)
+    rel_dir = f"{encoder}/{target}-{precision}"
+    folder = ctx.bundle_root / rel_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    built = get_target(target).build(ctx, spec, precision, folder)
+    iface = built.interface or spec
+
+    def entry() -> Artifact:
+        return artifact_entry(iface, target, precision, ctx.bundle_root, rel_dir, built.files, built.environment)
+
+    artifact = entry()
+    backend = backend_class(capability(target).backend)
+    if backend.available():
+        loaded = _load(ctx, artifact, built)
+        if built.loaded is not None:  # loading may add files (TensorRT: the engine built on this GPU)
+            built.loaded(built, loaded.backend)
+            artifact = entry()
+        artifact.validation = _validate(ctx, spec, artifact, loaded, built.checked_with)
+    elif built.fallback is not None and built.fallback.runner is not None:
+        with built.fallback.runner(ctx.bundle_root / artifact.main_file, artifact) as run:
+            artifact.validation = _validate(ctx, spec, artifact, run, built.fallback.checked_with)
+    elif built.fallback is not None:  # nothing here can run it: only the builder's own checks
+        artifact.validation = Validation(passed=None, checked_with=built.fallback.checked_with)
+    else:
+        raise backend.unavailable() or ExportError(f"the {target} backend cannot run here")
+    artifact.validation.details.update(built.records)
+    artifact.calibration = built.calibration
+    return artifact
+
+
+def _load(ctx: ExportContext, artifact: Artifact, built: Built) -> Encoder:
+    """The staged artifact through the runtime's Encoder; a file its backend cannot load is refused."""
+    try:
+        return load_built(ctx.bundle_root, artifact, built.options)
+    except BundleError as e:
+        raise ValidationError(f"{e.message}; the artifact was not registered",
+                              fix="export another --target, or upgrade its SDK") from e
+
+
+def _validate(ctx: ExportContext, spec: EncoderSpec, artifact: Artifact, run: Run, checked_with: str) -> Validation:
+    """Validation against torch fp32 on the probes; activation-quantized INT8 on the guard's
+    held-out data and budget."""
+    gate = None
+    if artifact.precision in GUARDED:
+        budget = Int8Options.from_options(ctx.options).budget
+        gate = encoder_data(ctx, spec, dynamic=artifact.precision == "int8-dynamic").heldout, budget
+    result = validate(
+        encoder_module(spec.name, ctx.model), ctx.probes[spec.name], run, artifact.precision,
+        what=f"{artifact.key} ({checked_with})",
+        label_embeddings=ctx.label_embeddings if spec.name == "image" else None, heldout=gate,
+    )
+    return Validation.from_dict({**result, "checked_with": checked_with}, f"{artifact.key} validation")
 
 
 REPLACE_FIX = "pass --overwrite (Python: overwrite=True) to replace the bundle, or choose a new --out path"
