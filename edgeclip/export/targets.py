@@ -50,9 +50,8 @@ class ExportContext:
 @dataclass(frozen=True)
 class Fallback:
     """How an artifact is checked where its runtime backend cannot run (TensorRT without an NVIDIA
-    GPU, CoreML off macOS): through `runner` (given the main file and the artifact's entry, it yields
-    inputs -> embeddings),
-    or, with no runner, not numerically at all (validation "passed" stays None)."""
+    GPU, CoreML off macOS): through `runner` (given the main file and the artifact's entry, it
+    yields inputs -> embeddings), or, with no runner, not numerically at all ("passed" stays None)."""
 
     checked_with: str
     runner: Callable[[Path, Artifact], AbstractContextManager[Run]] | None = None

@@ -1,4 +1,4 @@
-"""A cross-target export test, written once and subclassed per target (test_export_<target>.py).
+"""A cross-target export test, written once and subclassed per target (tests/export/test_<target>.py).
 
 A subclass sets `target`, `precisions`, and `runs_here` (can the artifact be executed on this
 machine?), and may override `check_target_specific` for what only that target has.

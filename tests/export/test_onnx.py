@@ -20,7 +20,7 @@ from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgeclip.runtime.tokenizer import TextTokenizer
 from tests.conftest import ort_optimized_graph
-from tests.export_template import TargetTemplate
+from tests.export.target_template import TargetTemplate
 
 
 def _backend(bundle: Bundle, encoder: str) -> OnnxRuntimeBackend:
@@ -120,12 +120,12 @@ def test_int32_token_ids_are_accepted(tiny_bundle: Path) -> None:
 
 
 def test_every_registered_target_has_a_template_test() -> None:
-    """A target without a TargetTemplate subclass in tests/test_export_<target>.py fails here."""
+    """A target without a TargetTemplate subclass in tests/export/test_<target>.py fails here."""
     import importlib
 
     tested = set()
-    for path in sorted(Path(__file__).parent.glob("test_export_*.py")):
-        module = importlib.import_module(f"tests.{path.stem}")
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        module = importlib.import_module(f"tests.export.{path.stem}")
         tested |= {
             obj.target for obj in vars(module).values()
             if isinstance(obj, type) and issubclass(obj, TargetTemplate) and obj is not TargetTemplate

@@ -17,7 +17,7 @@ from edgeclip.export.coreml import parse_options
 from edgeclip.export.driver import export_bundle
 from edgeclip.runtime.backends.coreml import CoreMLBackend
 from tests.conftest import README_PARITY, README_WEIGHT_ONLY_PARITY
-from tests.export_template import TargetTemplate
+from tests.export.target_template import TargetTemplate
 
 MACOS = sys.platform == "darwin"
 

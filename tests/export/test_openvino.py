@@ -10,7 +10,7 @@ from edgeclip.data.shapes import ShapesDataset
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.openvino import OpenVinoBackend
-from tests.export_template import TargetTemplate
+from tests.export.target_template import TargetTemplate
 
 
 class TestOpenVino(TargetTemplate):

@@ -68,6 +68,6 @@ def test_int8_precisions_and_options() -> None:
 def test_readme_table_is_generated_from_the_capability_table() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = readme.split("<!-- capabilities:start -->")[1].split("<!-- capabilities:end -->")[0]
     assert block.strip() == markdown_table().strip(), "README is stale: paste markdown_table() output"

@@ -29,7 +29,7 @@ from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgeclip.runtime.backends.tensorrt import TensorRTBackend
 from edgeclip.runtime.backends.tensorrt_engine import FP32_PREFIX, build_engine
 from edgeclip.runtime.tokenizer import TextTokenizer
-from tests.export_template import TargetTemplate
+from tests.export.target_template import TargetTemplate
 
 HAS_TRT = TensorRTBackend.available()
 needs_trt = pytest.mark.skipif(not HAS_TRT, reason="needs TensorRT 10, cuda-python and an NVIDIA GPU")
