@@ -1,7 +1,7 @@
 """Regenerate tests/golden/bundle_v1/: a schema-v1 bundle written by edgeclip before the manifest
 records were typed (commit 422ddf9), so that tests/bundle/test_records.py proves old bundles load.
 
-    PYTHONPATH=. .venv/bin/python tests/golden/make_bundle_v1.py
+    git worktree add /tmp/v1 422ddf9 && PYTHONPATH=/tmp/v1 .venv/bin/python tests/golden/make_bundle_v1.py
 
 Trains the test-tiny model (the conftest recipe) and exports onnx fp32 + int8 (calibrated on
 builtin:shapes) and openvino fp32 with a `default` label set. Never regenerate it with a newer
@@ -24,8 +24,12 @@ from conftest import TINY_CLASSES  # noqa: E402
 
 
 def main() -> None:
-    from edgeclip.export.api import export_bundle
+    import importlib
+
     from edgeclip.train.loop import TrainConfig, train
+
+    # at 422ddf9 the export driver was edgeclip.export.api (now edgeclip.export.driver)
+    export_bundle = importlib.import_module("edgeclip.export.api").export_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "tiny"
