@@ -264,7 +264,7 @@ def _measure(args: argparse.Namespace, model: str, captions: str, sides: list[st
             p.stdin.flush()
             times[side].append(float(p.stdout.readline()))
     if args.profile:
-        for side, p in procs.items():
+        for p in procs.values():
             assert p.stdin is not None and p.stdout is not None
             p.stdin.write(f"profile {Path(args.profile).resolve()}\t[{model}, {captions} captions]\n")
             p.stdin.flush()
