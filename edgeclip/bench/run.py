@@ -168,8 +168,35 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     tok = TextTokenizer(bundle.tokenizer_path(), bundle.manifest.tokenizer)
     texts = [PROBE_TEXTS[i % len(PROBE_TEXTS)] for i in range(max(cfg.batch_sizes))]
     probes = {"image": pixels, "text": tok(texts)}
+    cands, skipped = _candidates(cfg, bundle, options, probes, log)
+    baseline = _torch_baseline(cfg, bundle, options, probes) if cfg.baseline == "torch" else {}
+    all_cands = list(baseline.values()) + cands
+    if not all_cands:
+        raise ConfigError("nothing to benchmark: no usable artifact matched", fix="check --backends/--precisions")
+    # accuracy: embedding cosine against torch fp32 (or the fp32 artifact when torch is absent)
+    accuracy = _accuracy(cfg, bundle, all_cands, baseline, probes, tok)
+    rows = [row for bs in cfg.batch_sizes
+            for row in _latency_rows(cfg, bs, all_cands, probes, jpegs, bundle, accuracy, log)]
+    _ratios(rows)
+    report = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(cfg.threads),
+        "bundle": {"path": str(bundle.root), "model": bundle.manifest.model_name,
+                   "image_size": bundle.manifest.preprocess.image_size, "embed_dim": bundle.manifest.embed_dim},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "rows": rows, "skipped": skipped, "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    if accuracy.get("eval"):
+        report["eval"] = accuracy["eval"]
+    report["warnings"] = warnings_for(report, cfg.max_accuracy_drop)
+    return report
 
-    # --- which rows: every artifact the bundle has for the requested encoders/backends/precisions
+
+def _candidates(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, probes: dict[str, np.ndarray],
+                log: Callable[[str], None]) -> tuple[list[Candidate], list[dict[str, str]]]:
+    """The rows to time: every artifact the bundle has for the requested encoders, backends and
+    precisions that this machine can run; the rest are listed as skipped, with the reason."""
     skipped: list[dict[str, str]] = []
     cands: list[Candidate] = []
     for a in bundle.manifest.artifacts:
@@ -188,50 +215,34 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             if not any(c.backend == b and (p is None or c.precision == p) for c in cands):
                 skipped.append({"row": f"{b}" + (f"-{p}" if p else ""),
                                 "reason": "the bundle has no artifact for it, or its SDK is missing"})
-    baseline = _torch_baseline(cfg, bundle, options, probes) if cfg.baseline == "torch" else {}
-    all_cands = list(baseline.values()) + cands
-    if not all_cands:
-        raise ConfigError("nothing to benchmark: no usable artifact matched", fix="check --backends/--precisions")
+    return cands, skipped
 
-    # --- accuracy: embedding cosine against torch fp32 (or the fp32 artifact when torch is absent)
-    accuracy = _accuracy(cfg, bundle, all_cands, baseline, probes, tok)
 
-    # --- latency, interleaved across rows per batch size
-    rows: list[dict[str, Any]] = []
-    for bs in cfg.batch_sizes:
-        calls: dict[str, Callable[[], object]] = {}
-        of: dict[str, tuple[Candidate, str]] = {}
-        for c in all_cands:
-            name = f"{c.encoder}/{c.label}/b{bs}"
-            calls[f"{name}/model"], of[f"{name}/model"] = partial(c.run, probes[c.encoder][:bs]), (c, "model")
-            if cfg.end_to_end and c.encoder == "image":
-                calls[f"{name}/end_to_end"] = partial(_end_to_end, c, jpegs[:bs], bundle, accuracy.get("labels"))
-                of[f"{name}/end_to_end"] = (c, "end_to_end")
-        log(f"timing batch size {bs}: {len(calls)} rows interleaved")
-        timings = interleave(calls, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s)
-        for key, t in timings.items():
-            c, mode = of[key]
-            rows.append({
-                "key": key, "encoder": c.encoder, "backend": c.backend, "precision": c.precision,
-                "label": c.label, "inference_precision": c.inference_precision, "batch_size": bs,
-                "mode": mode, **t.summary(bs), "cold_start_ms": round(c.cold_start_ms, 2),
-                "size_mb": round(c.size_mb, 3), "rss_delta_mb": round(c.rss_delta_mb, 1),
-                **accuracy["rows"].get(f"{c.encoder}/{c.label}", {}),
-            })
-    _ratios(rows)
-    report = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(cfg.threads),
-        "bundle": {"path": str(bundle.root), "model": bundle.manifest.model_name,
-                   "image_size": bundle.manifest.preprocess.image_size, "embed_dim": bundle.manifest.embed_dim},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "rows": rows, "skipped": skipped, "peak_rss_mb": round(peak_rss_mb(), 1),
-    }
-    if accuracy.get("eval"):
-        report["eval"] = accuracy["eval"]
-    report["warnings"] = warnings_for(report, cfg.max_accuracy_drop)
-    return report
+def _latency_rows(cfg: BenchConfig, bs: int, cands: list[Candidate], probes: dict[str, np.ndarray],
+                  jpegs: list[bytes], bundle: Bundle, accuracy: dict[str, Any],
+                  log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One batch size: every row timed interleaved with the others (machine drift hits all alike)."""
+    calls: dict[str, Callable[[], object]] = {}
+    of: dict[str, tuple[Candidate, str]] = {}
+    for c in cands:
+        name = f"{c.encoder}/{c.label}/b{bs}"
+        calls[f"{name}/model"], of[f"{name}/model"] = partial(c.run, probes[c.encoder][:bs]), (c, "model")
+        if cfg.end_to_end and c.encoder == "image":
+            calls[f"{name}/end_to_end"] = partial(_end_to_end, c, jpegs[:bs], bundle, accuracy.get("labels"))
+            of[f"{name}/end_to_end"] = (c, "end_to_end")
+    log(f"timing batch size {bs}: {len(calls)} rows interleaved")
+    timings = interleave(calls, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s)
+    rows = []
+    for key, t in timings.items():
+        c, mode = of[key]
+        rows.append({
+            "key": key, "encoder": c.encoder, "backend": c.backend, "precision": c.precision,
+            "label": c.label, "inference_precision": c.inference_precision, "batch_size": bs,
+            "mode": mode, **t.summary(bs), "cold_start_ms": round(c.cold_start_ms, 2),
+            "size_mb": round(c.size_mb, 3), "rss_delta_mb": round(c.rss_delta_mb, 1),
+            **accuracy["rows"].get(f"{c.encoder}/{c.label}", {}),
+        })
+    return rows
 
 
 def _end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.ndarray | None) -> object:
