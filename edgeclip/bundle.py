@@ -45,13 +45,16 @@ class PreprocessConfig:
     """How pixels reach the image encoder; the trainer's eval transform and the runtime share it."""
 
     image_size: int = 224
-    resize: str = "shortest"  # resize the shortest side to image_size, keep the aspect ratio
+    # "shortest": the shortest side to image_size (aspect kept), then crop; "squash": straight to
+    # image_size x image_size, aspect not kept, nothing cropped (SigLIP's processor)
+    resize: str = "shortest"
     interpolation: str = "bicubic"
-    crop: str = "center"
+    crop: str = "center"  # "center" after "shortest"; "none" after "squash"
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     channel_order: str = "RGB"
     layout: str = "NCHW"
+    rescale_factor: float = 1 / 255  # uint8 -> [0, 1] before (x - mean) / std
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
@@ -66,6 +69,11 @@ class PreprocessConfig:
             raise BundleError(f"preprocess image_size must be a positive integer, got {size!r}")
         if cfg.interpolation not in ("bicubic", "bilinear"):
             raise BundleError(f"preprocess interpolation {cfg.interpolation!r} is not 'bicubic' or 'bilinear'")
+        if (cfg.resize, cfg.crop) not in (("shortest", "center"), ("squash", "none")):
+            raise BundleError(f"preprocess resize {cfg.resize!r} with crop {cfg.crop!r} is not supported",
+                              fix="use resize 'shortest' with crop 'center', or resize 'squash' with crop 'none'")
+        if not cfg.rescale_factor > 0:
+            raise BundleError(f"preprocess rescale_factor must be > 0, got {cfg.rescale_factor!r}")
         if len(cfg.mean) != 3 or len(cfg.std) != 3 or not all(v > 0 for v in cfg.std):
             raise BundleError(f"preprocess mean/std must be 3 values each (std > 0), got {cfg.mean}, {cfg.std}")
         return cfg
@@ -79,13 +87,24 @@ class TokenizerConfig:
     sot_id: int = 0
     eot_id: int = 1
     pad_id: int = 0
-    pooling: str = "eot"  # the text embedding is read at the end-of-text token
+    pooling: str = "eot"  # "eot": read at the end-of-text token; "last": at the last position (SigLIP)
     lowercase: bool = True
     file: str = "tokenizer.json"
+    # where padding goes ("right" or "left"), as the model's tokenizer config says
+    padding_side: str = "right"
+    # text rewriting before tokenizer.json: "none"; "lower" (str.lower); "canonicalize" (SigLIP's
+    # SentencePiece tokenizer: lower-case, drop ASCII punctuation, collapse and strip whitespace)
+    text_clean: str = "none"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
-        return cls(**_known_fields(cls, d, "tokenizer"))
+        cfg = cls(**_known_fields(cls, d, "tokenizer"))
+        for name, allowed in (("pooling", ("eot", "last")), ("padding_side", ("right", "left")),
+                              ("text_clean", ("none", "lower", "canonicalize"))):
+            if getattr(cfg, name) not in allowed:
+                raise BundleError(f"tokenizer {name} {getattr(cfg, name)!r} is not one of {list(allowed)}",
+                                  fix="re-export the bundle with this edgeclip version")
+        return cfg
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_module, enco
 from edgeclip.export.int8.common import Int8Options, check_int8_plan, encoder_data, preload_calibration
 from edgeclip.export.targets import Built, ExportContext, Run, artifact_entry, get_target, load_built
 from edgeclip.export.validate import GUARDED, validate
+from edgeclip.model.build import Model, encoder_of
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
-from edgeclip.model.clip import CLIP, TextEncoder
 from edgeclip.runtime.backends import backend_class
 from edgeclip.runtime.classifier import Encoder
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, check_classes, label_embeddings, prompts
@@ -118,7 +118,7 @@ def _plan(targets: Sequence[str], precision: str | Sequence[str] | None, encoder
     return plan
 
 
-def _context(model: CLIP, info: CheckpointInfo, staging: Path, workdir: Path, options: dict[str, Any],
+def _context(model: Model, info: CheckpointInfo, staging: Path, workdir: Path, options: dict[str, Any],
              labels: tuple[list[str], list[str]] | None) -> ExportContext:
     """The context every builder gets; the first label set measures top-1 and calibrates INT8 text."""
     classes = labels[0] if labels else None
@@ -304,7 +304,7 @@ def _exchange(a: Path, b: Path) -> bool:
     return bool(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0)
 
 
-def _new_manifest(model: CLIP, info: CheckpointInfo) -> Manifest:
+def _new_manifest(model: Model, info: CheckpointInfo) -> Manifest:
     return Manifest(
         model_name=info.model.name,
         model_config=info.model.to_dict(),
@@ -329,7 +329,7 @@ def _probes(info: CheckpointInfo, classes: list[str] | None) -> dict[str, torch.
     return {"image": torch.from_numpy(np.stack(images)), "text": torch.from_numpy(ids)}
 
 
-def weights_hash(model: CLIP) -> str:
+def weights_hash(model: Model) -> str:
     """sha256 over every tensor (name, dtype, shape, bytes) of the loaded model: which weights a
     bundle was exported from, however the checkpoint file was written."""
     h = hashlib.sha256()
@@ -339,9 +339,9 @@ def weights_hash(model: CLIP) -> str:
     return h.hexdigest()
 
 
-def text_tower_hash(model: CLIP) -> str:
+def text_tower_hash(model: Model) -> str:
     """sha256 over the text tower's tensors: label embeddings are only valid for this tower."""
-    enc = TextEncoder(model)
+    enc = encoder_of("text", model)
     h = hashlib.sha256()
     for name, t in sorted(enc.state_dict().items()):
         h.update(name.encode())
@@ -350,11 +350,11 @@ def text_tower_hash(model: CLIP) -> str:
 
 
 @torch.no_grad()
-def _label_embeddings(model: CLIP, info: CheckpointInfo, classes: list[str], templates: Sequence[str]) -> np.ndarray:
-    enc = TextEncoder(model).eval()
+def _label_embeddings(model: Model, info: CheckpointInfo, classes: list[str], templates: Sequence[str]) -> np.ndarray:
+    enc = encoder_of("text", model).eval()
     tokenize = TextTokenizer(info.tokenizer_path, info.tokenizer)
     return label_embeddings(classes, templates, lambda t: enc(torch.from_numpy(tokenize(t))).numpy())
 
 
-def _label_meta(model: CLIP, classes: list[str], templates: Sequence[str]) -> dict[str, object]:
+def _label_meta(model: Model, classes: list[str], templates: Sequence[str]) -> dict[str, object]:
     return {"classes": classes, "templates": list(templates), "text_tower_sha256": text_tower_hash(model)}

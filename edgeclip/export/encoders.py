@@ -11,8 +11,9 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgeclip.bundle import TensorSpec
+from edgeclip.model.build import Model, encoder_of
 from edgeclip.model.checkpoint import CheckpointInfo
-from edgeclip.model.clip import CLIP, ImageEncoder, TextEncoder
+from edgeclip.model.clip import ImageEncoder
 
 BATCH = "batch_size"
 ENCODERS = ("image", "text")
@@ -50,11 +51,11 @@ def encoder_spec(encoder: str, info: CheckpointInfo) -> EncoderSpec:
     )
 
 
-def encoder_module(encoder: str, model: CLIP) -> torch.nn.Module:
-    return (ImageEncoder(model) if encoder == "image" else TextEncoder(model)).eval()
+def encoder_module(encoder: str, model: Model) -> torch.nn.Module:
+    return encoder_of(encoder, model).eval()
 
 
-def export_module(encoder: str, model: CLIP) -> torch.nn.Module:
+def export_module(encoder: str, model: Model) -> torch.nn.Module:
     """The module that gets exported: `encoder_module` with every BatchNorm folded into the conv
     before it (on a copy). Runtimes fold Conv+BN in float graphs themselves, but not once the conv
     is quantized: the int8 edge stem ran BatchNorm as separate Mul/Add ops around QLinearConv, and

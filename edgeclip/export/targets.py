@@ -23,8 +23,8 @@ from edgeclip.bundle import Artifact, Calibration, Environment
 from edgeclip.errors import ConfigError, UnknownNameError
 from edgeclip.export.capabilities import capability
 from edgeclip.export.encoders import EncoderSpec
+from edgeclip.model.build import Model
 from edgeclip.model.checkpoint import CheckpointInfo
-from edgeclip.model.clip import CLIP
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.classifier import Encoder
 
@@ -35,7 +35,7 @@ Run = Callable[[np.ndarray], np.ndarray]
 class ExportContext:
     """Everything a target needs to build one artifact."""
 
-    model: CLIP
+    model: Model
     info: CheckpointInfo
     bundle_root: Path  # artifacts are written below it (a staging copy of the bundle)
     probes: dict[str, torch.Tensor]  # encoder -> fixed probe inputs for validation

@@ -18,7 +18,7 @@ from edgeclip import __version__
 from edgeclip._io import atomic_path, write_json
 from edgeclip.bundle import PreprocessConfig, TokenizerConfig
 from edgeclip.errors import CheckpointError, ConfigError
-from edgeclip.model.clip import CLIP
+from edgeclip.model.build import Model, build_model
 from edgeclip.model.config import ModelConfig
 from edgeclip.model.hf_keys import short_list
 
@@ -40,7 +40,7 @@ class CheckpointInfo:
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    model: CLIP,
+    model: Model,
     tokenizer_file: str | os.PathLike[str],
     preprocess: PreprocessConfig,
     tokenizer: TokenizerConfig,
@@ -94,10 +94,10 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         raise CheckpointError(f"{path / CONFIG} is invalid: {e}") from e
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[CLIP, CheckpointInfo]:
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Model, CheckpointInfo]:
     """Build the model from config.json and load the weights; mismatches name the tensor."""
     info = read_checkpoint_info(path)
-    model = CLIP(info.model)
+    model = build_model(info.model)
     try:
         state = load_file(str(info.path / WEIGHTS))
     except (SafetensorError, OSError) as e:

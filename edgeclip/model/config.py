@@ -14,6 +14,8 @@ from typing import Any
 
 from edgeclip.errors import ConfigError, UnknownNameError
 
+FAMILIES = ("clip", "siglip")
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -43,8 +45,9 @@ class VisionConfig:
                 raise ConfigError("vision_cfg.stem 'conv' needs stem_channels, e.g. [32, 64, 128]")
             if self.patch_size != 2 ** (len(self.stem_channels) + 1):
                 raise ConfigError("a conv stem with n stem_channels has n + 1 stride-2 convs: patch_size 2**(n+1)")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        # checked per family in ModelConfig: SigLIP's patch conv drops a remainder (So400m/14 at 384 px)
+        if self.image_size < self.patch_size:
+            raise ConfigError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.width % self.heads:
             raise ConfigError(f"vision width {self.width} is not divisible by heads {self.heads}")
 
@@ -88,6 +91,17 @@ class ModelConfig:
     vision_cfg: VisionConfig = field(default_factory=VisionConfig)
     text_cfg: TextConfig = field(default_factory=TextConfig)
     quick_gelu: bool = False  # OpenAI's original weights were trained with QuickGELU
+    # "clip": OpenAI's architecture (model/clip.py); "siglip": SigLIP / fixed-resolution SigLIP 2
+    # (model/siglip.py: MAP head, bidirectional text pooled at its last position, logit bias)
+    family: str = "clip"
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"unknown model family {self.family!r}", fix=f"use one of {list(FAMILIES)}")
+        v = self.vision_cfg
+        # SigLIP's patch conv drops a remainder, as So400m/14 at 384 px does (27 patches, 6 px unused)
+        if not v.is_resnet and v.image_size % v.patch_size and self.family != "siglip":
+            raise ConfigError(f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -110,6 +124,7 @@ class ModelConfig:
                 vision_cfg=VisionConfig(**v),
                 text_cfg=TextConfig(**d.get("text_cfg", {})),
                 quick_gelu=bool(d.get("quick_gelu", False)),
+                family=str(d.get("family", "clip")),
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"invalid model config: {type(e).__name__}: {e}") from e

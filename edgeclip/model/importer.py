@@ -34,6 +34,7 @@ from edgeclip.model.clip import CLIP
 from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig, get_config, list_models
 from edgeclip.model.hf_keys import short_list
 from edgeclip.model.openai_tokenizer import VOCAB_SIZE, openai_clip_tokenizer
+from edgeclip.model.siglip_import import import_siglip, is_siglip_dir
 from edgeclip.model.sources import Source, read_source
 
 NOT_A_CLIP = "the file is not a complete CLIP state dict of one of the supported layouts"
@@ -65,6 +66,9 @@ def import_weights(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output {out} already exists", fix="choose a new --out directory")
+    if is_siglip_dir(src):  # SigLIP's activation is fixed, its tokenizer is its own
+        path, cfg, notes = import_siglip(src, out, model)
+        return ImportResult(path, cfg, "hugging_face_siglip", "gelu_tanh", "SigLIP (config.json)", notes)
     named = get_config(model) if model else None
     tokenizer, tok_cfg = openai_clip_tokenizer(vocab)  # fail on a missing vocabulary before heavy work
     source = read_source(src)

@@ -104,10 +104,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """Resize the shortest side to image_size (keeping aspect), then center-crop a square."""
+    """"shortest": resize the shortest side to image_size (keeping aspect), then center-crop a
+    square. "squash": resize to image_size x image_size, aspect not kept, nothing cropped."""
+    size = cfg.image_size
+    if (cfg.resize, cfg.crop) == ("squash", "none"):
+        return img if img.size == (size, size) else img.resize((size, size), _RESAMPLE[cfg.interpolation])
     if cfg.resize != "shortest" or cfg.crop != "center":
         raise ConfigError(f"unsupported preprocess resize={cfg.resize!r} crop={cfg.crop!r}")
-    size = cfg.image_size
     w, h = img.size
     if (w, h) != (size, size):
         # the long side is floored, as in transformers' CLIPImageProcessor and torchvision's Resize
@@ -131,7 +134,7 @@ def normalize(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     # most of the end-to-end overhead at batch 1); the arithmetic, and so every bit, is unchanged
     x = np.empty((3, rgb.shape[0], rgb.shape[1]), dtype=np.float32)
     x[...] = rgb.transpose(2, 0, 1)
-    x /= np.float32(255.0)
+    x /= np.float32(1.0 / cfg.rescale_factor)  # 255 exactly for the default 1 / 255
     x -= np.asarray(cfg.mean, dtype=np.float32).reshape(3, 1, 1)
     x /= np.asarray(cfg.std, dtype=np.float32).reshape(3, 1, 1)
     return x

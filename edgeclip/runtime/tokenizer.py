@@ -6,6 +6,8 @@ The same file drives training, export and the runtime, so ids are identical ever
 from __future__ import annotations
 
 import os
+import re
+import string
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,15 +32,31 @@ class TextTokenizer:
         self.cfg = cfg
         # enforce the contract even if the file's own settings were edited
         self._tok.enable_truncation(max_length=cfg.context_length)
-        self._tok.enable_padding(length=cfg.context_length, pad_id=cfg.pad_id)
+        self._tok.enable_padding(length=cfg.context_length, pad_id=cfg.pad_id, direction=cfg.padding_side)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]
-        encs = self._tok.encode_batch(list(texts))
+        encs = self._tok.encode_batch([clean_text(t, self.cfg.text_clean) for t in texts])
         ids = np.array([e.ids for e in encs], dtype=np.int64).reshape(len(texts), self.cfg.context_length)
         return ids
 
     @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_SPACES = re.compile(r"\s+")
+
+
+def clean_text(text: str, rule: str) -> str:
+    """The text rewriting a tokenizer applies before its tokenizer.json (TokenizerConfig.text_clean).
+    "canonicalize" is big_vision's, which SigLIP's SentencePiece tokenizer applies: lower-case,
+    ASCII punctuation removed, whitespace runs collapsed to one space, ends stripped."""
+    if rule == "none":
+        return text
+    text = text.lower()
+    if rule == "lower":
+        return text
+    return _SPACES.sub(" ", text.translate(_PUNCTUATION)).strip()

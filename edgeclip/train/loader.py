@@ -129,7 +129,7 @@ def normalize_batch(images: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor
     """uint8 [B, H, W, 3] -> float32 [B, 3, H, W], (x/255 - mean)/std; same arithmetic as the
     runtime's numpy path. Runs where `images` is: the trainer moves the uint8 batch (4x fewer
     bytes) to the GPU first."""
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    x = images.permute(0, 3, 1, 2).float().div_(1.0 / pre.rescale_factor)  # 255 for the default
     mean, std = _channel_stats(tuple(pre.mean), tuple(pre.std), images.device)
     return (x - mean) / std
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from edgeclip.errors import ConfigError, TrainingError
+from edgeclip.model.build import Model
 from edgeclip.model.checkpoint import save_checkpoint
-from edgeclip.model.clip import CLIP
 from edgeclip.train import zeroshot
 from edgeclip.train.config import TrainConfig
 from edgeclip.train.distributed import World, all_agree, barrier, init_world, shutdown
@@ -192,7 +192,7 @@ def contrastive_loss(run: RunState, img: torch.Tensor, txt: torch.Tensor, scale:
 
 
 def apply_gradients(
-    model: CLIP, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, skipper: NonFiniteSkipper,
+    model: Model, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, skipper: NonFiniteSkipper,
     loss: torch.Tensor, params: list[torch.Tensor], grad_clip: float | None,
 ) -> torch.Tensor:
     """The second half of a training step, after backward: unscale, clip, step unless the loss or

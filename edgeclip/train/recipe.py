@@ -22,9 +22,10 @@ from edgeclip.data.shards import is_webdataset
 from edgeclip.data.spec import open_source, open_stream
 from edgeclip.data.tasks import retrieval_pairs, zero_shot_tasks
 from edgeclip.errors import CheckpointError, ConfigError
+from edgeclip.model.build import Model, build_model
 from edgeclip.model.checkpoint import load_checkpoint
-from edgeclip.model.clip import CLIP
 from edgeclip.model.config import get_config
+from edgeclip.model.siglip import SigLIP
 from edgeclip.model.tokenizer import train_tokenizer
 from edgeclip.runtime.tokenizer import TextTokenizer
 from edgeclip.train.config import DEFAULT_MODEL, TrainConfig
@@ -43,7 +44,7 @@ __all__ = ["EvalSet", "ModelSetup", "RunState", "lr_at", "param_groups", "setup_
 class ModelSetup:
     """The model and tokenizer a run starts from, and where it starts."""
 
-    model: CLIP
+    model: Model
     preprocess: PreprocessConfig
     tokenizer_file: Path
     tokenizer: TokenizerConfig
@@ -60,7 +61,7 @@ class RunState:
 
     cfg: TrainConfig
     world: World
-    model: CLIP
+    model: Model
     preprocess: PreprocessConfig
     tokenizer_file: Path
     tokenizer: TokenizerConfig
@@ -125,7 +126,7 @@ def setup_model(cfg: TrainConfig, scratch: Path) -> ModelSetup:
     tok, tok_cfg = train_tokenizer(captions, model_cfg.text_cfg.vocab_size, model_cfg.text_cfg.context_length)
     tok_file = scratch / "tokenizer.json"
     tok.save(str(tok_file))
-    return ModelSetup(CLIP(model_cfg).train(), pre, tok_file, tok_cfg, 0, None)
+    return ModelSetup(build_model(model_cfg).train(), pre, tok_file, tok_cfg, 0, None)
 
 
 def _resumed(cfg: TrainConfig, scratch: Path) -> ModelSetup:
@@ -211,9 +212,14 @@ def setup_optimizer(cfg: TrainConfig, world: World, m: ModelSetup) -> RunState:
     )
 
 
-def _freeze_locked_towers(cfg: TrainConfig, model: CLIP) -> None:
+def _freeze_locked_towers(cfg: TrainConfig, model: Model) -> None:
     """LiT: a locked tower gets no gradient (the loop also keeps a locked image tower in eval
     mode, so its BatchNorm statistics stay frozen)."""
+    if isinstance(model, SigLIP):  # each tower is one module there
+        for locked, half in ((cfg.lock_image, model.vision_model), (cfg.lock_text, model.text_model)):
+            if locked:
+                half.requires_grad_(False)
+        return
     for locked, tower in ((cfg.lock_image, model.visual), (cfg.lock_text, model.transformer)):
         if locked:
             tower.requires_grad_(False)

@@ -8,18 +8,18 @@ import numpy as np
 import torch
 
 from edgeclip.data.tasks import ZeroShotTask
-from edgeclip.model.clip import CLIP
+from edgeclip.model.build import Model
 from edgeclip.runtime.labels import label_embeddings
 from edgeclip.runtime.preprocess import ImageInput
 
 
-def _device(model: CLIP) -> torch.device:
+def _device(model: Model) -> torch.device:
     """Where the model's weights are: evaluation runs there (the trainer evaluates on its own device)."""
     return next(model.parameters()).device
 
 
 @torch.no_grad()
-def encode_texts(model: CLIP, tokenize: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
+def encode_texts(model: Model, tokenize: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
     ids = torch.from_numpy(tokenize(texts)).to(_device(model))
     feats = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
     return feats.float().cpu().numpy()
@@ -27,7 +27,7 @@ def encode_texts(model: CLIP, tokenize: Callable[[list[str]], np.ndarray], texts
 
 @torch.no_grad()
 def encode_images(
-    model: CLIP, transform: Callable[[ImageInput], torch.Tensor], images: list[ImageInput], batch_size: int = 128
+    model: Model, transform: Callable[[ImageInput], torch.Tensor], images: list[ImageInput], batch_size: int = 128
 ) -> np.ndarray:
     out = []
     for i in range(0, len(images), batch_size):
@@ -37,7 +37,7 @@ def encode_images(
 
 
 def evaluate(
-    model: CLIP,
+    model: Model,
     tokenize: Callable[[list[str]], np.ndarray],
     transform: Callable[[ImageInput], torch.Tensor],
     tasks: list[ZeroShotTask],
@@ -62,7 +62,7 @@ def evaluate(
 
 
 def retrieval(
-    model: CLIP,
+    model: Model,
     tokenize: Callable[[list[str]], np.ndarray],
     transform: Callable[[ImageInput], torch.Tensor],
     images: list[ImageInput],
