@@ -2,9 +2,9 @@
 transformers' ids with the `tokenizers` package alone (recorded in the bundle's TokenizerConfig).
 
 What transformers adds to a tokenizer.json, and this module therefore reads:
-- BOS/EOS: when tokenizer_config.json sets `add_bos_token` / `add_eos_token`, transformers rebuilds
-  the post-processor from them (`$A` framed by the tokens asked for); otherwise the file's own
-  post-processor stands. SigLIP's SentencePiece tokenizer always appends EOS.
+- BOS/EOS: the file's own post-processor. transformers 5 (5.24 measured) does not rebuild it from
+  `add_bos_token` / `add_eos_token` in tokenizer_config.json when loading (only when they are passed
+  to the constructor); SigLIP's SentencePiece tokenizer class always appends EOS.
 - padding side: tokenizer_config.json's `padding_side`, else the file's padding section, else the
   class default (Gemma's is left; SigLIP's and the base class's right). SigLIP was trained
   with the text padded to a fixed length (64): the runtime always pads to the context length.
@@ -95,12 +95,8 @@ def hf_siglip_tokenizer(src: Path) -> tuple[str, SiglipTokenizerRules]:
     pad = token_id("pad_token")
     if pad is None:
         raise ConfigError(f"{src}: the tokenizer has no pad_token", fix="SigLIP pads every text to a fixed length")
-    bos, eos = token_id("bos_token"), token_id("eos_token")
-    if cls in CANONICALIZING_CLASSES:  # its EOS is appended by the class, not by a post-processor
-        conf.setdefault("add_eos_token", True)
-    if "add_bos_token" in conf or "add_eos_token" in conf or tok.post_processor is None:
-        bos = bos if conf.get("add_bos_token") else None
-        eos = eos if conf.get("add_eos_token") else None
+    if cls in CANONICALIZING_CLASSES:  # the class appends EOS itself, whatever the file says
+        bos, eos = None, token_id("eos_token")
         tok.post_processor = _template(tok, bos, eos)
     else:
         bos, eos = _framing(tok)
