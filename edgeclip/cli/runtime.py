@@ -21,9 +21,13 @@ from edgeclip.errors import ImageError
 @click.option("--labels", default="default", show_default=True, help="Label set name in the bundle.")
 @click.option("--threads", default=None, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+@click.option("--multi-label", is_flag=True,
+              help="Every label whose probability reaches --threshold (SigLIP bundles: independent sigmoids).")
+@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="With --multi-label: the probability a label needs.")
 def classify(
     bundle: str, images: tuple[str, ...], top_k: int, backend: str, precision: str | None, labels: str,
-    threads: int | None, as_json: bool,
+    threads: int | None, as_json: bool, multi_label: bool, threshold: float,
 ) -> None:
     """Zero-shot classify IMAGES with a bundle. Exit code 1 if any image failed."""
     from edgeclip.runtime import ZeroShotClassifier
@@ -31,7 +35,7 @@ def classify(
     clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=labels, threads=threads)
     if not as_json:
         click.echo(f"# {clf.image.artifact.key} on {clf.backend_name} ({clf.image.reason})", err=True)
-    results = clf.classify(list(images), top_k=top_k)
+    results = clf.classify(list(images), top_k=top_k, threshold=threshold if multi_label else None)
     for r in results:
         if as_json:
             click.echo(json.dumps(r.to_dict()))

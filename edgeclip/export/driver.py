@@ -37,7 +37,7 @@ from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_module, enco
 from edgeclip.export.int8.common import Int8Options, check_int8_plan, encoder_data, preload_calibration
 from edgeclip.export.targets import Built, ExportContext, Run, artifact_entry, get_target, load_built
 from edgeclip.export.validate import GUARDED, validate
-from edgeclip.model.build import Model, encoder_of
+from edgeclip.model.build import Model, encoder_of, scoring_of
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
 from edgeclip.runtime.backends import backend_class
 from edgeclip.runtime.classifier import Encoder
@@ -307,9 +307,9 @@ def _exchange(a: Path, b: Path) -> bool:
 def _new_manifest(model: Model, info: CheckpointInfo) -> Manifest:
     return Manifest(
         model_name=info.model.name,
-        model_config=info.model.to_dict(),
+        model_config={**info.model.to_dict(), "scoring": scoring_of(model).to_dict()},
         embed_dim=info.model.embed_dim,
-        logit_scale=float(model.logit_scale.detach().exp()),
+        logit_scale=scoring_of(model).logit_scale,
         preprocess=info.preprocess,
         tokenizer=info.tokenizer,
         tokenizer_sha256=sha256_file(info.tokenizer_path),

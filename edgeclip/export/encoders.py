@@ -91,7 +91,9 @@ def example_input(encoder: str, info: CheckpointInfo, batch: int = 2) -> torch.T
         s = info.preprocess.image_size
         return torch.randn(batch, 3, s, s, generator=g)
     t = info.tokenizer
-    ids = torch.randint(1, t.sot_id, (batch, t.context_length), generator=g)
-    ids[:, 0] = t.sot_id
-    ids[:, -1] = t.eot_id
+    # argmax (eot) pooling needs every other id below the end token; last-position pooling does not
+    high = t.sot_id if t.pooling == "eot" else info.model.text_cfg.vocab_size
+    ids = torch.randint(1, high, (batch, t.context_length), generator=g)
+    ids[:, 0] = t.sot_id if t.sot_id >= 0 else ids[:, 0]
+    ids[:, -1] = t.eot_id if t.eot_id >= 0 else ids[:, -1]
     return ids

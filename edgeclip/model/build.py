@@ -9,6 +9,7 @@ from torch import nn
 from edgeclip.model.clip import CLIP, ImageEncoder, TextEncoder
 from edgeclip.model.config import ModelConfig, get_config
 from edgeclip.model.siglip import SigLIP, SiglipImageEncoder, SiglipTextEncoder
+from edgeclip.runtime.scoring import Scoring
 
 Model: TypeAlias = CLIP | SigLIP
 
@@ -25,3 +26,11 @@ def encoder_of(encoder: str, model: Model) -> nn.Module:
     if isinstance(model, SigLIP):
         return SiglipImageEncoder(model) if encoder == "image" else SiglipTextEncoder(model)
     return ImageEncoder(model) if encoder == "image" else TextEncoder(model)
+
+
+def scoring_of(model: Model) -> Scoring:
+    """The rule the model was trained for: SigLIP's sigmoid with its learnt bias, CLIP's softmax."""
+    scale = float(model.logit_scale.detach().exp().reshape(-1)[0])
+    if isinstance(model, SigLIP):
+        return Scoring("sigmoid", scale, float(model.logit_bias.detach().reshape(-1)[0]))
+    return Scoring("softmax", scale)

@@ -25,6 +25,7 @@ from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_or
 from edgeclip.runtime.backends.base import Backend, BackendOptions
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, label_embeddings
 from edgeclip.runtime.preprocess import ImageInput, preprocess
+from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 log = logging.getLogger("edgeclip.runtime")
@@ -37,6 +38,7 @@ class Classification:
     source: str
     predictions: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    scoring: str = "softmax"  # the rule the probabilities follow (runtime/scoring.py)
 
     @property
     def ok(self) -> bool:
@@ -49,7 +51,8 @@ class Classification:
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
             return {"image": self.source, "error": self.error}
-        return {"image": self.source, "predictions": [{"label": k, "probability": p} for k, p in self.predictions]}
+        return {"image": self.source, "scoring": self.scoring,
+                "predictions": [{"label": k, "probability": p} for k, p in self.predictions]}
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class ZeroShotClassifier:
         self.max_batch = max_batch
         self.preprocess_cfg = bundle.manifest.preprocess
         self.logit_scale = float(bundle.manifest.logit_scale)
+        self.scoring = scoring_from_manifest(bundle.manifest.model_config, self.logit_scale)
         self._labels = labels  # swapped as a whole by set_labels, never mutated
         self._text: Encoder | None = None
         self._tokenizer: TextTokenizer | None = None
@@ -214,8 +218,15 @@ class ZeroShotClassifier:
             self.bundle.save_manifest()
 
     # ---- classification ------------------------------------------------------------------
-    def classify(self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5) -> list[Classification]:
-        """Rank the label set for each image; probabilities are softmax(logit_scale * cosine)."""
+    def classify(self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5,
+                 threshold: float | None = None) -> list[Classification]:
+        """Rank the label set for each image, with probabilities under the bundle's scoring rule:
+        softmax(logit_scale * cos) for CLIP, sigmoid(logit_scale * cos + logit_bias) per label for
+        SigLIP. `threshold` (multi-label, sigmoid bundles only): every label at or above it, not top_k."""
+        if threshold is not None and self.scoring.rule != "sigmoid":
+            raise ConfigError(f"multi-label needs independent per-label scores; this bundle scores by "
+                              f"{self.scoring.rule}, whose probabilities compete",
+                              fix="use top-k for this bundle; multi-label works with SigLIP bundles")
         single = isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(images, Sequence)
         batch: list[ImageInput] = [images] if single else list(images)  # type: ignore[list-item,arg-type]
         if not batch:
@@ -229,11 +240,11 @@ class ZeroShotClassifier:
             if err is not None:
                 results.append(Classification(name, error=err))
                 continue
-            logits = self.logit_scale * (labels.embeddings @ e)
-            p = np.exp(logits - logits.max())
-            p /= p.sum()
-            top = np.argsort(-p, kind="stable")[:k]
-            results.append(Classification(name, [(labels.classes[i], float(p[i])) for i in top]))
+            p = self.scoring.probabilities(labels.embeddings @ e)
+            top = np.argsort(-p, kind="stable")
+            top = top[p[top] >= threshold] if threshold is not None else top[:k]
+            preds = [(labels.classes[i], float(p[i])) for i in top]
+            results.append(Classification(name, preds, scoring=self.scoring.rule))
         return results
 
 
