@@ -163,7 +163,9 @@ def train_step(run: RunState, batch: dict[str, Any], step: int) -> tuple[torch.T
     if cfg.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
     ids_np = run.tokenize(batch["captions"])
-    ids = torch.from_numpy(np.ascontiguousarray(ids_np[:, : int(ids_np.argmax(1).max()) + 1]))  # no padding
+    if run.tokenizer.pooling == "eot":  # trailing padding is unread: trim it (last-position pooling reads it)
+        ids_np = ids_np[:, : int(ids_np.argmax(1).max()) + 1]
+    ids = torch.from_numpy(np.ascontiguousarray(ids_np))
     # from pageable memory a copy to the GPU waits for the queued work: pin it first
     ids = (ids.pin_memory() if run.device.type == "cuda" else ids).to(run.device, non_blocking=True)
     if cfg.lock_image:

@@ -5,6 +5,7 @@ object), and the held-out evaluation sets (`setup_eval`). train/loop.py runs the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import shutil
@@ -124,6 +125,8 @@ def setup_model(cfg: TrainConfig, scratch: Path) -> ModelSetup:
         first = open_source(cfg.data[0], image_size=pre.image_size, seed=cfg.seed)
         captions = (first[i][1] for i in range(min(cfg.tokenizer_samples, len(first))))
     tok, tok_cfg = train_tokenizer(captions, model_cfg.text_cfg.vocab_size, model_cfg.text_cfg.context_length)
+    if model_cfg.family == "siglip":  # its text tower reads the last position of the padded ids
+        tok_cfg = dataclasses.replace(tok_cfg, pooling="last")
     tok_file = scratch / "tokenizer.json"
     tok.save(str(tok_file))
     return ModelSetup(build_model(model_cfg).train(), pre, tok_file, tok_cfg, 0, None)
@@ -181,6 +184,9 @@ def setup_optimizer(cfg: TrainConfig, world: World, m: ModelSetup) -> RunState:
     model, dev = m.model, world.device
     _freeze_locked_towers(cfg, model)
     siglip = SigLipLoss() if cfg.loss == "siglip" else None
+    own_bias = siglip is not None and isinstance(model, SigLIP)
+    if own_bias:  # a SigLIP model holds its bias: the loss learns that one, and the export records it
+        siglip.logit_bias = model.logit_bias  # type: ignore[union-attr]
     if siglip is not None and m.state is None and not cfg.init:
         with torch.no_grad():
             model.logit_scale.fill_(SIGLIP_LOGIT_SCALE_INIT)
@@ -190,7 +196,7 @@ def setup_optimizer(cfg: TrainConfig, world: World, m: ModelSetup) -> RunState:
     if siglip is not None:
         siglip.to(dev)
     groups = param_groups(model, cfg.weight_decay)
-    if siglip is not None:
+    if siglip is not None and not own_bias:
         groups[1]["params"] = [*groups[1]["params"], siglip.logit_bias]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=dev.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
