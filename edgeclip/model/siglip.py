@@ -252,7 +252,7 @@ class SiglipImageEncoder(nn.Module):
         self.vision_model = model.vision_model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.vision_model(pixel_values), dim=-1)
+        return l2_normalize(self.vision_model(pixel_values))
 
 
 class SiglipTextEncoder(nn.Module):
@@ -263,7 +263,13 @@ class SiglipTextEncoder(nn.Module):
         self.text_model = model.text_model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_model(input_ids), dim=-1)
+        return l2_normalize(self.text_model(input_ids))
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """F.normalize(x, dim=-1) with a broadcasting divide: F.normalize exports as an Expand of the
+    norm to x's shape, read at run time through Shape + Concat; this form has no such chain."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def check_siglip_config(cfg: ModelConfig) -> None:
