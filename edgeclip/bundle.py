@@ -56,6 +56,9 @@ class PreprocessConfig:
     layout: str = "NCHW"
     rescale_factor: float = 1 / 255  # uint8 -> [0, 1] before (x - mean) / std
 
+    def to_dict(self) -> dict[str, Any]:
+        return _v1_compatible(self, ("rescale_factor",))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         d = dict(d)
@@ -95,6 +98,9 @@ class TokenizerConfig:
     # text rewriting before tokenizer.json: "none"; "lower" (str.lower); "canonicalize" (SigLIP's
     # SentencePiece tokenizer: lower-case, drop ASCII punctuation, collapse and strip whitespace)
     text_clean: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _v1_compatible(self, ("padding_side", "text_clean"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
@@ -213,8 +219,8 @@ class Manifest:
             **({"source_weights_sha256": self.source_weights_sha256} if self.source_weights_sha256 else {}),
             "embed_dim": self.embed_dim,
             "logit_scale": self.logit_scale,
-            "preprocess": dataclasses.asdict(self.preprocess),
-            "tokenizer": {**dataclasses.asdict(self.tokenizer), "sha256": self.tokenizer_sha256},
+            "preprocess": self.preprocess.to_dict(),
+            "tokenizer": {**self.tokenizer.to_dict(), "sha256": self.tokenizer_sha256},
             "artifacts": [a.to_dict() for a in self.artifacts],
             "labels": {k: dataclasses.asdict(v) for k, v in self.labels.items()},
         }
@@ -313,6 +319,15 @@ def _optional_str(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BundleError(f"{MANIFEST}: source_weights_sha256 must be a string, got {type(value).__name__}")
     return value
+
+
+def _v1_compatible(config: Any, added: tuple[str, ...]) -> dict[str, Any]:
+    """asdict, leaving out the fields added for SigLIP while they hold their defaults: a CLIP
+    manifest then reads, and re-saves byte for byte, as schema v1 wrote it (and older readers,
+    which refuse unknown fields, still open it)."""
+    d = dataclasses.asdict(config)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return {k: v for k, v in d.items() if k not in added or v != defaults[k]}
 
 
 def _known_fields(cls: Any, d: dict[str, Any], what: str) -> dict[str, Any]:

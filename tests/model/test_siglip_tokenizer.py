@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from edgeclip.bundle import TokenizerConfig
+from edgeclip.errors import BundleError
 from edgeclip.model.siglip_tokenizer import hf_siglip_tokenizer
 from edgeclip.runtime.tokenizer import TextTokenizer
 from tests.model.siglip_fixtures import gemma_tokenizer, write_siglip_tokenizer
@@ -113,3 +114,10 @@ def test_rules_are_recorded(tmp_path: Path) -> None:
     cfg = hf_siglip_tokenizer(tmp_path / "v1")[1].to_bundle(CONTEXT)
     assert (cfg.padding_side, cfg.pad_id, cfg.eot_id, cfg.text_clean) == ("right", 1, 1, "canonicalize")
     assert json.loads(json.dumps(vars(cfg))) == vars(cfg)
+
+
+@pytest.mark.parametrize("field,value", [("padding_side", "middle"), ("pooling", "mean"), ("text_clean", "upper")])
+def test_unknown_tokenizer_rules_are_refused_when_the_manifest_is_read(field: str, value: str) -> None:
+    d = vars(TokenizerConfig(pooling="last"))
+    with pytest.raises(BundleError, match=field):
+        TokenizerConfig.from_dict({**d, field: value})
