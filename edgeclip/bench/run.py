@@ -25,6 +25,7 @@ from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.classifier import Encoder
 from edgeclip.runtime.labels import label_embeddings
 from edgeclip.runtime.preprocess import preprocess
+from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.similarity import cosine_rows
 from edgeclip.runtime.tokenizer import TextTokenizer
 
@@ -246,14 +247,14 @@ def _latency_rows(cfg: BenchConfig, bs: int, cands: list[Candidate], probes: dic
 
 
 def _end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.ndarray | None) -> object:
-    """Decode + preprocess + infer + postprocess (softmax over labels), as an app would do."""
+    """Decode + preprocess + infer + postprocess (the bundle's scoring rule over labels), as an app would do."""
     x = np.stack([preprocess(j, bundle.manifest.preprocess) for j in jpegs])
     emb = c.run(x)
     if labels is None:
         return emb
-    logits = bundle.manifest.logit_scale * emb @ labels.T
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    return np.argsort(-p / p.sum(1, keepdims=True), axis=1)[:, :5]
+    m = bundle.manifest
+    p = scoring_from_manifest(m.model_config, m.logit_scale).probabilities(emb @ labels.T)
+    return np.argsort(-p, axis=1)[:, :5]
 
 
 def _reference(encoder: str, cands: list[Candidate], baseline: dict[str, Candidate]) -> Candidate | None:
