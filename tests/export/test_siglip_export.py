@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgeclip.bundle import Bundle
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.model.importer import import_weights
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.classifier import load_encoder

@@ -11,7 +11,7 @@ import torch
 
 from edgeclip.bundle import Bundle
 from edgeclip.errors import BundleError, ConfigError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.model.checkpoint import load_checkpoint, save_checkpoint
 from edgeclip.model.importer import import_weights
 from edgeclip.runtime import ZeroShotClassifier
