@@ -36,6 +36,9 @@ def _calibration_line(c: Calibration) -> str:
 @click.option("--trt-min-batch", type=click.IntRange(min=1), default=None)
 @click.option("--trt-opt-batch", type=click.IntRange(min=1), default=None)
 @click.option("--trt-max-batch", type=click.IntRange(min=1), default=None)
+@click.option("--rknn-platform", default=None, help="RKNN: the board's chip (rk3588|rk3576|rk3568|rk3566|rk3562).")
+@click.option("--toolkit-python", default=None, help="RKNN: the Python of an rknn-toolkit2 environment "
+              "[$EDGECLIP_RKNN_PYTHON, else edgeclip's cached one].")
 @click.option("--calib", default=None,
               help="INT8 calibration images: a folder (recursive), a .csv/.tsv with a filepath column, a webdataset "
                    ".tar or builtin:shapes. Required for --precision int8.")

@@ -59,6 +59,18 @@ CAPABILITIES: dict[str, Capability] = {
             runs_on="macOS / iOS (CPU, GPU, Neural Engine)",
             numerics_here="spec only; prediction needs macOS",
         ),
+        Capability(
+            "litert", ("fp32", "fp16", "int8-dynamic", "int8"), INT8_OPTIONS,
+            builds_on="anywhere (litert-torch, ai-edge-quantizer)",
+            runs_on="LiteRT: Android, ARM Linux boards (XNNPACK), any CPU; static batch 1 for NNAPI/GPU delegates",
+            numerics_here="yes: LiteRT Interpreter (XNNPACK) vs torch",
+        ),
+        Capability(
+            "rknn", ("fp16", "int8"), ("rknn_platform", "toolkit_python", *INT8_OPTIONS),
+            builds_on="anywhere x86 (rknn-toolkit2 in its own environment); one .rknn per --rknn-platform",
+            runs_on="Rockchip NPUs: rk3588, rk3576, rk3568, rk3566, rk3562 (rknn-toolkit-lite2 on the board)",
+            numerics_here="simulator only: rknn-toolkit2's PC simulator vs torch (accuracy, not NPU speed)",
+        ),
     )
 }
 

@@ -109,6 +109,8 @@ TARGETS: dict[str, str] = {
     "openvino": "edgeclip.export.openvino:OpenVinoTarget",
     "tensorrt": "edgeclip.export.tensorrt:TensorRTTarget",
     "coreml": "edgeclip.export.coreml:CoreMLTarget",
+    "litert": "edgeclip.export.litert:LiteRTTarget",
+    "rknn": "edgeclip.export.rknn:RknnTarget",
 }
 
 

@@ -18,7 +18,8 @@ def test_table_covers_every_target_and_backend() -> None:
 
 
 def test_target_to_backend_map_is_one_fact_shared_by_export_and_runtime() -> None:
-    expected = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coreml"}
+    expected = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coreml",
+                "litert": "litert", "rknn": "rknn"}
     assert {t: c.backend for t, c in CAPABILITIES.items()} == expected
     # the runtime picks artifacts by the same map, read in the other direction
     assert {backend_target(b): b for b in BACKENDS} == expected
@@ -56,7 +57,8 @@ def test_int8_precisions_and_options() -> None:
     assert plan_exports(["onnx"], ["int8", "int8-dynamic"], {"calib": "builtin:shapes"}) == [
         ("onnx", "int8"), ("onnx", "int8-dynamic")]
     assert plan_exports(["all"], ["int8"], {"calib": "x", "min_cosine": 0.99}) == [
-        ("onnx", "int8"), ("openvino", "int8"), ("tensorrt", "int8"), ("coreml", "fp16")]
+        ("onnx", "int8"), ("openvino", "int8"), ("tensorrt", "int8"), ("coreml", "fp16"), ("litert", "int8"),
+        ("rknn", "int8")]
     with pytest.raises(ConfigError, match="target 'coreml' does not support precision 'int8'"):
         plan_exports(["coreml"], ["int8"])
     with pytest.raises(ConfigError, match="target 'openvino' does not support precision 'int8-dynamic'"):

@@ -73,6 +73,6 @@ def test_list_backends_reports_installed_sdks() -> None:
     import sys
 
     found = list_backends()
-    assert set(found) == {"onnxruntime", "openvino", "tensorrt", "coreml"}
-    assert found["onnxruntime"] and found["openvino"]  # both installed by the [all] extra
+    assert set(found) == {"onnxruntime", "openvino", "tensorrt", "coreml", "litert", "rknn"}
+    assert found["onnxruntime"] and found["openvino"] and found["litert"]  # all installed by the [all] extra
     assert found["coreml"] == (sys.platform == "darwin")

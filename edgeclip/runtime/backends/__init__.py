@@ -11,7 +11,7 @@ import platform
 from typing import Any, NamedTuple
 
 from edgeclip.errors import ConfigError, UnknownNameError
-from edgeclip.runtime.backends.base import has_nvidia_gpu
+from edgeclip.runtime.backends.base import has_nvidia_gpu, is_rockchip
 
 
 class Registration(NamedTuple):
@@ -24,7 +24,10 @@ BACKENDS: dict[str, Registration] = {
     "openvino": Registration("openvino", "edgeclip.runtime.backends.openvino:OpenVinoBackend"),
     "tensorrt": Registration("tensorrt", "edgeclip.runtime.backends.tensorrt:TensorRTBackend"),
     "coreml": Registration("coreml", "edgeclip.runtime.backends.coreml:CoreMLBackend"),
+    "litert": Registration("litert", "edgeclip.runtime.backends.litert:LiteRTBackend"),
+    "rknn": Registration("rknn", "edgeclip.runtime.backends.rknn:RknnBackend"),
 }
+ARM = ("aarch64", "arm64", "armv7l", "armv8l")
 
 # Without a preference of its own, a backend picks the artifact precision in this order:
 # quantized artifacts passed the accuracy guard at export, so they are what a device wants.
@@ -70,8 +73,8 @@ def list_backends() -> dict[str, bool]:
 def auto_order() -> tuple[list[str], str]:
     """Backends in the order `backend="auto"` tries them on this machine, and why.
 
-    TensorRT on NVIDIA GPUs and Jetson, CoreML on Apple, OpenVINO on x86 CPUs, onnxruntime
-    everywhere; the rest follow as fallbacks.
+    TensorRT on NVIDIA GPUs and Jetson, CoreML on Apple, RKNN on Rockchip boards, LiteRT (XNNPACK)
+    on ARM Linux, OpenVINO on x86 CPUs, onnxruntime everywhere; the rest follow as fallbacks.
     """
     order: list[str] = []
     why: list[str] = []
@@ -81,8 +84,14 @@ def auto_order() -> tuple[list[str], str]:
     if platform.system() == "Darwin":
         order.append("coreml")
         why.append("Apple device")
+    if is_rockchip():
+        order.append("rknn")
+        why.append("Rockchip board")
+    if platform.system() == "Linux" and platform.machine().lower() in ARM:
+        order.append("litert")
+        why.append("ARM Linux")
     if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
         order.append("openvino")
         why.append("x86 CPU")
-    order += [b for b in ("onnxruntime", "openvino", "tensorrt", "coreml") if b not in order]
+    order += [b for b in ("onnxruntime", "openvino", "tensorrt", "coreml", "litert", "rknn") if b not in order]
     return order, ", ".join(why) or "generic CPU"

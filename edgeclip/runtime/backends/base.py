@@ -65,3 +65,11 @@ def has_nvidia_gpu() -> bool:
     if dev.is_dir():
         return any(dev.glob("nvidia[0-9]*")) or (dev / "nvhost-ctrl-gpu").exists()
     return shutil.which("nvidia-smi") is not None  # no /dev (Windows): the driver's tool is the best hint
+
+
+def is_rockchip() -> bool:
+    """A Rockchip SoC, from the device tree (where the board's kernel exposes it)."""
+    try:
+        return b"rockchip" in Path("/proc/device-tree/compatible").read_bytes()
+    except OSError:
+        return False
