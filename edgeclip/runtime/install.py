@@ -56,12 +56,17 @@ def install(bundle: str | os.PathLike[str], into: str | os.PathLike[str], name: 
     version = hashlib.sha256(raw).hexdigest()[:16]
     final = folder / VERSIONS / version
     if not final.is_dir():
-        staged = _stage(source, folder, step)
-        checked = Bundle.open(staged)  # what was copied, not the source (which could change meanwhile)
-        verify_signature(checked, trusted_keys)
-        checked.verify()
-        step("verified")
-        staged.rename(final)
+        staged = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+        try:
+            _stage(source, staged, step)
+            checked = Bundle.open(staged)  # what was copied, not the source (which could change meanwhile)
+            verify_signature(checked, trusted_keys)
+            checked.verify()
+            step("verified")
+            staged.rename(final)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)  # refused or failed: the live version was never touched
+            raise
         _fsync(final.parent)
         step("moved")
     else:  # installed before (e.g. re-installing the version rolled back from): check it again
@@ -69,10 +74,8 @@ def install(bundle: str | os.PathLike[str], into: str | os.PathLike[str], name: 
         Bundle.open(final).verify()
     old = _target(folder / CURRENT)
     if old is not None and old != version:
-        _point(folder, PREVIOUS, old)
-        step("previous")
-    _point(folder, CURRENT, version)
-    step("current")
+        _point(folder, PREVIOUS, old, step)
+    _point(folder, CURRENT, version, step)
     _prune(folder)
     step("pruned")
     return Installed(folder, version, _target(folder / PREVIOUS))
@@ -99,10 +102,10 @@ def _check_name(name: str) -> None:
         raise ConfigError(f"install name {name!r} is not usable", fix="pass --name with a plain folder name")
 
 
-def _stage(source: Bundle, folder: Path, step: Step) -> Path:
+def _stage(source: Bundle, staged: Path, step: Step) -> None:
     """Copy the manifest (the exact bytes that were parsed), its signature, and every listed file."""
-    staged = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
-    staged.chmod(0o755)
+    staged.chmod(0o755)  # mkdtemp makes it private; an installed bundle is an ordinary folder
+    step("staging folder made")
     files = [rel for _, rel in source.manifest.paths() if rel not in {a.path for a in source.manifest.artifacts}]
     for rel in dict.fromkeys(files):
         src = source.resolve(rel)
@@ -116,7 +119,6 @@ def _stage(source: Bundle, folder: Path, step: Step) -> Path:
         _copy(source.root / SIGNATURE, staged / SIGNATURE)
     _fsync(staged)
     step("staged")
-    return staged
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -149,13 +151,15 @@ def _target(link: Path) -> str | None:
     return Path(os.readlink(link)).name
 
 
-def _point(folder: Path, link: str, version: str) -> None:
+def _point(folder: Path, link: str, version: str, step: Step = lambda _: None) -> None:
     """Atomically make folder/link -> versions/<version>: a new link under a temp name, renamed onto it."""
     tmp = folder / f"{LINK_PREFIX}{link}-{os.getpid()}"
     tmp.unlink(missing_ok=True)
     os.symlink(f"{VERSIONS}/{version}", tmp)  # relative: the install folder may be moved
+    step(f"{link} link made")
     os.replace(tmp, folder / link)
     _fsync(folder)
+    step(f"{link} link renamed")
 
 
 def _clean_leftovers(folder: Path) -> None:
