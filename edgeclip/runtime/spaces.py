@@ -61,14 +61,9 @@ def cosine_bound(a: Artifact, b: Artifact) -> float | None:
 
 
 def compare(old: Manifest, new: Manifest) -> list[SpaceVerdict]:
-    """One verdict per OLD artifact: against NEW's artifact of the same target and precision if it
-    has one, else against each of NEW's artifacts of that encoder."""
-    out = []
-    for a in old.artifacts:
-        same_key = [b for b in new.artifacts if b.key == a.key]
-        for b in same_key or new.find(a.encoder):
-            out.append(_verdict(a, b))
-    return out
+    """A verdict for each pair of OLD's and NEW's artifacts of one encoder: stored embeddings came
+    from whichever OLD artifact a device ran, and NEW's device may pick any of NEW's."""
+    return [_verdict(a, b) for a in old.artifacts for b in new.find(a.encoder)]
 
 
 def _verdict(a: Artifact, b: Artifact) -> SpaceVerdict:
