@@ -14,7 +14,7 @@ import torch
 
 from edgeclip.bundle import Bundle
 from edgeclip.errors import EmbeddingSpaceError
-from edgeclip.export.api import export_bundle
+from edgeclip.export.driver import export_bundle
 from edgeclip.export.embedding_space import embedding_space
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from edgeclip.runtime import ZeroShotClassifier
