@@ -12,16 +12,18 @@ the signature, under a trust policy) there, renames the folder into versions/, p
 the live version and then `current` at the new one. Each link is replaced by renaming a new link onto
 it, which is atomic: a crash at any point leaves the old version live (or, after the last rename, the
 new one), never a mix. What a crash leaves behind (a staging folder, a temp link) is removed by the
-next install.
+next install. One install or rollback runs at a time per folder (a lock file; POSIX, as the links).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from edgeclip.bundle import CURRENT, MANIFEST, SIGNATURE, Bundle
 from edgeclip.errors import BundleError, ConfigError, InstallError
 from edgeclip.runtime.signing import TrustedKeys, verify_signature
 
-PREVIOUS, VERSIONS = "previous", "versions"
+PREVIOUS, VERSIONS, LOCK = "previous", "versions", ".lock"
 STAGING_PREFIX, LINK_PREFIX = ".staging-", ".link-"
 Step = Callable[[str], None]  # told the name of each step as it completes (progress; crash tests)
 
@@ -45,12 +47,16 @@ def install(bundle: str | os.PathLike[str], into: str | os.PathLike[str], name: 
             trusted_keys: TrustedKeys | None = None, on_step: Step | None = None) -> Installed:
     """Install BUNDLE as INTO/NAME's current version (NAME: the bundle folder's name without its
     suffix); the version it replaces becomes `previous`."""
-    step = on_step or (lambda _: None)
     source = Bundle.open(bundle)  # refuses paths that escape and symlinks before anything is copied
     folder = Path(into) / (name or Path(bundle).name.split(".")[0])
     _check_name(folder.name)
     (folder / VERSIONS).mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(folder)
+    with _locked(folder):
+        _clean_leftovers(folder)
+        return _install(source, folder, trusted_keys, on_step or (lambda _: None))
+
+
+def _install(source: Bundle, folder: Path, trusted_keys: TrustedKeys | None, step: Step) -> Installed:
     raw = source.manifest_bytes
     assert raw is not None  # set by open
     version = hashlib.sha256(raw).hexdigest()[:16]
@@ -84,10 +90,16 @@ def install(bundle: str | os.PathLike[str], into: str | os.PathLike[str], name: 
 def rollback(folder: str | os.PathLike[str]) -> Installed:
     """Make INTO/NAME's previous version current again (and the current one previous)."""
     folder = Path(folder)
-    current, previous = _target(folder / CURRENT), _target(folder / PREVIOUS)
-    if current is None:
+    if _target(folder / CURRENT) is None:
         raise InstallError(f"{folder} is not an install folder (no '{CURRENT}' link)",
                            fix="pass INTO/NAME as given to `edgeclip install`")
+    with _locked(folder):
+        return _rollback(folder)
+
+
+def _rollback(folder: Path) -> Installed:
+    current, previous = _target(folder / CURRENT), _target(folder / PREVIOUS)
+    assert current is not None
     if previous is None or previous == current or not (folder / VERSIONS / previous).is_dir():
         raise InstallError(f"{folder} has no previous version to roll back to",
                            fix="install the version you want with `edgeclip install`")
@@ -95,6 +107,21 @@ def rollback(folder: str | os.PathLike[str]) -> Installed:
     _point(folder, CURRENT, previous)
     _point(folder, PREVIOUS, current)
     return Installed(folder, previous, current)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold folder/.lock; the kernel releases it when the holder dies, so a crash never leaves it held."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InstallError(f"another install or rollback of {folder} is running",
+                               fix="wait for it to finish, then try again") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_name(name: str) -> None:

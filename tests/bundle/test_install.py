@@ -59,6 +59,11 @@ def live(folder: Path) -> bytes:
     return b.manifest_bytes
 
 
+def leftovers(folder: Path) -> list[str]:
+    """Staging folders and temp links in an install folder (its lock file is no leftover)."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+
+
 def test_install_update_and_rollback(versions: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = versions
     first = install(old, tmp_path / "models", "cam")
@@ -86,6 +91,20 @@ def test_rollback_without_a_previous_version_is_refused(bundle_copy: Path, tmp_p
         rollback(tmp_path)
 
 
+def test_one_install_at_a_time(versions: tuple[Path, Path], tmp_path: Path) -> None:
+    import fcntl
+
+    old, new = versions
+    install(old, tmp_path, "cam")
+    with open(tmp_path / "cam/.lock") as held:  # another process's install, as the kernel sees it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(InstallError, match="another install or rollback"):
+            install(new, tmp_path, "cam")
+        with pytest.raises(InstallError, match="another install or rollback"):
+            rollback(tmp_path / "cam")
+    assert install(new, tmp_path, "cam").previous  # released: it goes ahead
+
+
 def test_a_tampered_bundle_never_goes_live(versions: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = versions
     install(old, tmp_path, "cam")
@@ -94,7 +113,7 @@ def test_a_tampered_bundle_never_goes_live(versions: tuple[Path, Path], tmp_path
     with pytest.raises(BundleError, match="does not match its sha256"):
         install(new, tmp_path, "cam")
     assert live(tmp_path / "cam") == (old / "manifest.json").read_bytes()
-    assert [p.name for p in (tmp_path / "cam").iterdir() if p.name.startswith(".")] == []  # no staging left
+    assert leftovers(tmp_path / "cam") == []  # no staging folder left
 
 
 def test_an_unsigned_bundle_never_goes_live_under_a_policy(versions: tuple[Path, Path], tmp_path: Path) -> None:
@@ -132,5 +151,5 @@ def test_sigkill_at_every_step_leaves_a_complete_live_version(versions: tuple[Pa
         install(new, into, "cam")  # the next install completes and cleans what the crash left
         assert live(into / "cam") == new_bytes
         assert rollback(into / "cam").version and live(into / "cam") == old_bytes, (k, name)
-        assert [p.name for p in (into / "cam").iterdir() if p.name.startswith(".")] == []
+        assert leftovers(into / "cam") == []
         shutil.rmtree(into)
