@@ -63,6 +63,8 @@ def generate_keys(out: str | os.PathLike[str]) -> tuple[Path, Path, str]:
     file is readable by its owner only; existing keys are never overwritten."""
     serialization, ed25519 = _crypto()
     folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise KeyFileError(f"{folder} is not a folder", fix="pass --out a new or existing folder")
     priv, pub = folder / PRIVATE_KEY, folder / PUBLIC_KEY
     if priv.exists() or pub.exists():
         raise ConfigError(f"{folder} already holds a key pair; refusing to overwrite it",
