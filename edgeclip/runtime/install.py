@@ -29,7 +29,7 @@ from pathlib import Path
 
 from edgeclip.bundle import CURRENT, MANIFEST, SIGNATURE, Bundle
 from edgeclip.errors import BundleError, ConfigError, InstallError
-from edgeclip.runtime.signing import TrustedKeys, verify_signature
+from edgeclip.runtime.signing import TrustedKeys, read_signature, verify_signature
 
 PREVIOUS, VERSIONS, LOCK = "previous", "versions", ".lock"
 STAGING_PREFIX, LINK_PREFIX = ".staging-", ".link-"
@@ -142,7 +142,7 @@ def _stage(source: Bundle, staged: Path, step: Step) -> None:
         step(f"copied {rel}")
     assert source.manifest_bytes is not None
     _write(staged / MANIFEST, source.manifest_bytes)
-    if (source.root / SIGNATURE).is_file():
+    if read_signature(source) is not None:  # refuses a linked or malformed one before copying it
         _copy(source.root / SIGNATURE, staged / SIGNATURE)
     _fsync(staged)
     step("staged")

@@ -37,6 +37,7 @@ ENV = "EDGECLIP_TRUSTED_KEYS"
 FORMAT = "edgeclip-signature"
 ALGORITHM = "ed25519"
 PRIVATE_KEY, PUBLIC_KEY = "edgeclip-signing.key", "edgeclip-signing.pub"
+MAX_SIGNATURE_BYTES = 64 << 10  # a signature is ~300 bytes; refuse absurd ones before parsing
 TrustedKeys = Sequence[str | os.PathLike[str]]
 
 
@@ -136,8 +137,12 @@ def trust_policy(trusted_keys: TrustedKeys | None = None) -> list[Path] | None:
 def read_signature(bundle: Bundle) -> dict[str, Any] | None:
     """The parsed manifest.sig, or None when the bundle has none."""
     path = bundle.root / SIGNATURE
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise BadSignatureError(f"{path} is not a plain file (bundles contain no links)", fix=RESIGN)
     if not path.is_file():
         return None
+    if path.stat().st_size > MAX_SIGNATURE_BYTES:
+        raise BadSignatureError(f"{path} is larger than {MAX_SIGNATURE_BYTES} bytes; refusing to parse it", fix=RESIGN)
     try:
         sig = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
