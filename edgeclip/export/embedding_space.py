@@ -18,13 +18,13 @@ import torch
 
 from edgeclip._io import sha256_file
 from edgeclip.export.encoders import encoder_module
+from edgeclip.model.build import Model
 from edgeclip.model.checkpoint import CheckpointInfo
-from edgeclip.model.clip import CLIP
 
 VERSION = "edgeclip-embedding-space-v1"  # bump if what is hashed changes
 
 
-def embedding_space(model: CLIP, info: CheckpointInfo, encoder: str) -> str:
+def embedding_space(model: Model, info: CheckpointInfo, encoder: str) -> str:
     """sha256 (hex) over what decides `encoder`'s output vectors."""
     h = hashlib.sha256()
     h.update(f"{VERSION}\0{encoder}\0".encode())
