@@ -32,6 +32,7 @@ AREAS = {
     "training": "Training faults: SIGKILL and a full disk",
     "concurrency": "Concurrency and leaks",
     "cli": "CLI: every command, wrong arguments and bad files",
+    "signatures": "Signatures: hostile manifest.sig and key files under a trust policy",
 }
 FIGURES = ("inputs", "calls", "crashes", "code_executed", "corrupt_files", "lost_checkpoints", "weights_differ",
            "mismatches")

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeclip import __version__
 from edgeclip._io import sha256_file, write_bytes, write_json
-from edgeclip.errors import BundleError, UnknownNameError
+from edgeclip.errors import BundleError, EmbeddingSpaceError, UnknownNameError
 from edgeclip.records import Calibration, Environment, Measured, Validation
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
 FORMAT = "edgeclip-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # detached signature over manifest.json's exact bytes (edgeclip.runtime.signing)
+CURRENT = "current"  # in an install folder: the symlink to the live version (edgeclip.runtime.install)
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB; refuse absurd ones before parsing
 
 
@@ -141,6 +143,9 @@ class Artifact:
     validation: Validation = field(default_factory=Validation)
     environment: Environment = field(default_factory=Environment)
     calibration: Calibration | None = None  # INT8 only
+    # what decides the output vectors (tower weights and projection, preprocessing or tokenizer), so
+    # precision variants share it; None in bundles written before it was recorded
+    embedding_space: str | None = None
 
     @property
     def key(self) -> str:
@@ -160,6 +165,7 @@ class Artifact:
             "validation": self.validation.to_dict(),
             "environment": self.environment.to_dict(),
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            **({"embedding_space": self.embedding_space} if self.embedding_space else {}),
         }
 
     @classmethod
@@ -177,6 +183,7 @@ class Artifact:
         d["environment"] = Environment.from_dict(d.get("environment", {}), f"{where} environment")
         if d.get("calibration") is not None:
             d["calibration"] = Calibration.from_dict(d["calibration"], f"{where} calibration")
+        d["embedding_space"] = _optional_str(d.get("embedding_space"), f"{name} embedding_space")
         return cls(**_known_fields(cls, d, "artifact"))
 
 
@@ -249,7 +256,7 @@ class Manifest:
                 labels={k: LabelSet.from_dict(v) for k, v in d.get("labels", {}).items()},
                 edgeclip_version=str(d.get("edgeclip_version", "?")),
                 schema_version=int(version),
-                source_weights_sha256=_optional_str(d.get("source_weights_sha256")),
+                source_weights_sha256=_optional_str(d.get("source_weights_sha256"), "source_weights_sha256"),
             )
         except BundleError:
             raise
@@ -269,6 +276,14 @@ class Manifest:
         for name, ls in self.labels.items():
             out += [(f"label set '{name}'", rel) for rel in (ls.embeddings, ls.meta, *ls.files)]
         return out
+
+    def embedding_space(self, encoder: str) -> str | None:
+        """The space `encoder`'s artifacts embed into; None when none of them records one."""
+        spaces = {a.embedding_space for a in self.find(encoder) if a.embedding_space}
+        if len(spaces) > 1:  # export builds every artifact from one checkpoint: a mix is a spliced bundle
+            raise BundleError(f"{MANIFEST}: the {encoder} artifacts record {len(spaces)} different embedding "
+                              "spaces", fix="re-export the bundle: one bundle holds one model")
+        return next(iter(spaces), None)
 
     def find(self, encoder: str, target: str | None = None, precision: str | None = None) -> list[Artifact]:
         return [
@@ -315,9 +330,9 @@ def _refuse_symlinks(root: Path, rel: str, owner: str) -> Path:
     return cur
 
 
-def _optional_str(value: Any) -> str | None:
+def _optional_str(value: Any, what: str) -> str | None:
     if value is not None and not isinstance(value, str):
-        raise BundleError(f"{MANIFEST}: source_weights_sha256 must be a string, got {type(value).__name__}")
+        raise BundleError(f"{MANIFEST}: {what} must be a string, got {type(value).__name__}")
     return value
 
 
@@ -341,15 +356,18 @@ def _known_fields(cls: Any, d: dict[str, Any], what: str) -> dict[str, Any]:
 class Bundle:
     """A bundle directory on disk: manifest plus verified file access."""
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, manifest_bytes: bytes | None = None) -> None:
         self.root = root
         self.manifest = manifest
+        self.manifest_bytes = manifest_bytes  # as read by `open`: what a signature covers
         self._verified: set[str] = set()
 
     # ---- reading -------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Bundle:
         root = Path(path)
+        if not (root / MANIFEST).exists() and (root / CURRENT).is_symlink():  # an install folder
+            root = (root / CURRENT).resolve()
         mpath = root / MANIFEST
         if not root.is_dir():
             raise BundleError(f"bundle not found: {root}", fix="pass the directory written by `edgeclip export`")
@@ -358,13 +376,14 @@ class Bundle:
         if mpath.stat().st_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
         try:
-            data = json.loads(mpath.read_text(encoding="utf-8"))
+            raw = mpath.read_bytes()
+            data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: [[[[...
             raise BundleError(f"{mpath} is not valid JSON: {type(e).__name__}: {e}") from e
         manifest = Manifest.from_dict(data)  # refuses paths that escape
         for owner, rel in manifest.paths():
             _refuse_symlinks(root, rel, owner)
-        return cls(root, manifest)
+        return cls(root, manifest, raw)
 
     def resolve(self, rel: str) -> Path:
         """Map a manifest path to a file inside the bundle; refuse anything that escapes it (checked
@@ -433,7 +452,20 @@ class Bundle:
                 f"label set '{name}' is inconsistent: embeddings {emb.dtype}{list(emb.shape)}, "
                 f"{len(classes) if isinstance(classes, list) else '?'} classes, embed_dim {self.manifest.embed_dim}"
             )
+        self._check_label_space(name, meta.get("embedding_space"))
         return emb, meta
+
+    def _check_label_space(self, name: str, space: Any) -> None:
+        """Label embeddings are text vectors: they are valid only in the space of this bundle's text
+        encoder. Sets that record no space (older bundles), or bundles without a text encoder, pass."""
+        text = self.manifest.embedding_space("text")
+        if space is None or text is None or space == text:
+            return
+        raise EmbeddingSpaceError(
+            f"label set '{name}' was computed in embedding space {str(space)[:12]}..., but this bundle's text "
+            f"encoder embeds into {text[:12]}... (another model); its scores would be meaningless",
+            fix=f"recompute it: `edgeclip labels {self.root} --classes classes.txt --name {name} --overwrite`",
+        )
 
     # ---- writing -------------------------------------------------------------------------
     def add_artifact(self, artifact: Artifact) -> None:
@@ -459,6 +491,12 @@ class Bundle:
         self.manifest.labels[name] = ls
         return ls
 
-    def save_manifest(self) -> None:
+    def save_manifest(self) -> bool:
+        """Write the manifest; a signature over the old one no longer holds and is removed. Returns
+        True when one was removed (the caller says so: the bundle must be signed again)."""
+        stale = self.root / SIGNATURE
+        signed = stale.exists()
+        stale.unlink(missing_ok=True)  # first: a crash in between leaves an unsigned bundle, never a stale pair
         write_json(self.root / MANIFEST, self.manifest.to_dict())
+        return signed
 

@@ -81,3 +81,31 @@ class ExportError(EdgeclipError):
 
 class ValidationError(ExportError):
     """An exported artifact disagrees with the torch reference beyond tolerance."""
+
+
+class SignatureError(BundleError):
+    """A bundle that a trust policy refuses: unsigned, wrongly signed, or signed by an untrusted key."""
+
+
+class UnsignedBundleError(SignatureError):
+    """A trust policy is set, but the bundle has no manifest.sig."""
+
+
+class BadSignatureError(SignatureError):
+    """manifest.sig does not verify over manifest.json's exact bytes (changed after signing, or forged)."""
+
+
+class UntrustedKeyError(SignatureError):
+    """The bundle is signed, but by a key the trust policy does not list."""
+
+
+class EmbeddingSpaceError(BundleError):
+    """Embeddings (a label set) computed in one embedding space, used against another."""
+
+
+class InstallError(EdgeclipError):
+    """An install or rollback that cannot proceed; the live version is left as it was."""
+
+
+class KeyFileError(EdgeclipError):
+    """A signing or trusted key file that is missing, or is not an Ed25519 PEM key."""

@@ -21,6 +21,10 @@ COMMANDS: dict[str, str] = {
     "embed": "edgeclip.cli.runtime:embed",
     "labels": "edgeclip.cli.runtime:labels",
     "inspect": "edgeclip.cli.runtime:inspect",
+    "keys": "edgeclip.cli.fleet:keys",
+    "sign": "edgeclip.cli.fleet:sign",
+    "install": "edgeclip.cli.fleet:install",
+    "rollback": "edgeclip.cli.fleet:rollback",
     "bench": "edgeclip.cli.bench:bench",
     "quickstart": "edgeclip.cli.quickstart:quickstart",
 }

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
+
 from edgeclip.errors import ConfigError
+
+TRUSTED_KEY = click.option(
+    "--trusted-key", "trusted_key", multiple=True, type=click.Path(),
+    help="Public key file to trust (repeatable): refuse bundles not signed by one of them. "
+         "Default: the EDGECLIP_TRUSTED_KEYS policy, if set.")
+STALE_SIGNATURE = ("note: the manifest changed, so its signature (manifest.sig) no longer held and was removed; "
+                   "sign the bundle again: `edgeclip sign BUNDLE --key KEY`")
 
 
 def csv_list(value: str | None) -> list[str] | None:

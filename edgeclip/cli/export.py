@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from edgeclip.bundle import Calibration
-from edgeclip.cli._common import csv_list, read_lines
+from edgeclip.bundle import SIGNATURE, Calibration
+from edgeclip.cli._common import STALE_SIGNATURE, csv_list, read_lines
 from edgeclip.errors import ConfigError
 from edgeclip.export.capabilities import CAPABILITIES
 
@@ -66,6 +68,7 @@ def export(
     templates = read_lines(templates_file, "templates") if templates_file else None
     if templates is not None and classes is None:
         raise ConfigError("--templates needs --labels")
+    was_signed = (Path(out) / SIGNATURE).is_file()
     result = export_bundle(
         checkpoint, out,
         targets=csv_list(targets) or [],
@@ -90,3 +93,5 @@ def export(
     for name in result.label_sets:
         click.echo(f"labels/{name}")
     click.echo(f"bundle: {result.bundle}")
+    if was_signed and not (Path(out) / SIGNATURE).exists():
+        click.echo(STALE_SIGNATURE, err=True)

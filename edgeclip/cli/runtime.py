@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from edgeclip.cli._common import read_lines
+from edgeclip.bundle import SIGNATURE
+from edgeclip.cli._common import STALE_SIGNATURE, TRUSTED_KEY, read_lines
 from edgeclip.errors import ImageError
 
 
@@ -25,20 +26,22 @@ from edgeclip.errors import ImageError
               help="Every label whose probability reaches --threshold (SigLIP bundles: independent sigmoids).")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="With --multi-label: the probability a label needs.")
+@TRUSTED_KEY
 def classify(
     bundle: str, images: tuple[str, ...], top_k: int, backend: str, precision: str | None, labels: str,
-    threads: int | None, as_json: bool, multi_label: bool, threshold: float,
+    threads: int | None, as_json: bool, multi_label: bool, threshold: float, trusted_key: tuple[str, ...],
 ) -> None:
     """Zero-shot classify IMAGES with a bundle. Exit code 1 if any image failed."""
     from edgeclip.runtime import ZeroShotClassifier
 
-    clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=labels, threads=threads)
+    clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=labels, threads=threads,
+                                  trusted_keys=list(trusted_key) or None)
     if not as_json:
         click.echo(f"# {clf.image.artifact.key} on {clf.backend_name} ({clf.image.reason})", err=True)
     results = clf.classify(list(images), top_k=top_k, threshold=threshold if multi_label else None)
     for r in results:
         if as_json:
-            click.echo(json.dumps(r.to_dict()))
+            click.echo(json.dumps({**r.to_dict(), "embedding_space": clf.image.artifact.embedding_space}))
         elif r.ok:
             preds = ", ".join(f"{label} {p:.3f}" for label, p in r.predictions)
             click.echo(f"{r.source}: {preds}")
@@ -50,21 +53,36 @@ def classify(
 
 
 @click.command()
-@click.argument("bundle", type=click.Path())
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check every file's sha256.")
 @click.option("--json", "as_json", is_flag=True)
-def inspect(bundle: str, verify: bool, as_json: bool) -> None:
-    """Show a bundle's model, artifacts with their validation numbers, and label sets."""
+@TRUSTED_KEY
+def inspect(bundles: tuple[str, ...], verify: bool, as_json: bool, trusted_key: tuple[str, ...]) -> None:
+    """Show a bundle's model, artifacts with their validation numbers, label sets and signature.
+
+    With two bundles, OLD NEW: say whether embeddings computed with OLD stay valid with NEW."""
     from edgeclip.bundle import Bundle
+    from edgeclip.runtime.signing import verify_signature
+
+    if len(bundles) > 2:
+        raise click.UsageError("give one bundle, or two to compare (OLD NEW)")
+    opened = [Bundle.open(path) for path in bundles]
+    for b in opened:
+        verify_signature(b, list(trusted_key) or None)
+        if verify:
+            b.verify()
+    if len(opened) == 2:
+        _compare_spaces(opened[0], opened[1], as_json)
+    elif as_json:
+        click.echo(json.dumps(opened[0].manifest.to_dict(), indent=2))
+    else:
+        _describe(opened[0], verify, list(trusted_key) or None)
+
+
+def _describe(b: Any, verified: bool, trusted_keys: list[str] | None) -> None:
     from edgeclip.export.capabilities import CAPABILITIES
 
-    b = Bundle.open(bundle)
-    if verify:
-        b.verify()
     m = b.manifest
-    if as_json:
-        click.echo(json.dumps(m.to_dict(), indent=2))
-        return
     click.echo(f"bundle {b.root}  (schema {m.schema_version}, edgeclip {m.edgeclip_version})")
     click.echo(f"model {m.model_name}  embed_dim {m.embed_dim}  image {m.preprocess.image_size}px  "
                f"context {m.tokenizer.context_length}")
@@ -77,13 +95,39 @@ def inspect(bundle: str, verify: bool, as_json: bool) -> None:
             cos = f"held-out cos_min {v.heldout.cosine_min:.5f} (probes, informational: {cos})"
         runs = CAPABILITIES[a.target].runs_on if a.target in CAPABILITIES else "?"
         click.echo(f"  {a.key:<26} {size / 1e6:8.2f} MB  {cos}  [{v.checked_with or '?'}]")
-        click.echo(f"  {'':<26} runs on: {runs}")
+        click.echo(f"  {'':<26} runs on: {runs}; embedding space {a.embedding_space or 'not recorded'}")
     for name, ls in m.labels.items():
         click.echo(f"  labels/{name}: {ls.num_classes} classes")
-    if verify:
+    if verified:
         click.echo("all files verified (sha256)")
+    click.echo(_signature_line(b, trusted_keys))
 
 
+def _signature_line(b: Any, trusted_keys: list[str] | None) -> str:
+    from edgeclip.runtime.signing import ENV, read_signature, trust_policy
+
+    if not (b.root / SIGNATURE).is_file():
+        return "signature: none (unsigned)"
+    if trust_policy(trusted_keys) is not None:  # verified by the caller, or it had raised
+        return "signature: verified, signed by a trusted key"
+    sig = read_signature(b)
+    return f"signature: key {sig['key_id'] if sig else '?'}, not checked (pass --trusted-key or set {ENV})"
+
+
+def _compare_spaces(old: Any, new: Any, as_json: bool) -> None:
+    from edgeclip.runtime.spaces import compare
+
+    verdicts = compare(old.manifest, new.manifest)
+    if as_json:
+        click.echo(json.dumps({"old": str(old.root), "new": str(new.root),
+                               "reindex": any(v.reindex for v in verdicts),
+                               "verdicts": [v.to_dict() for v in verdicts]}, indent=2))
+        return
+    click.echo(f"OLD {old.root}\nNEW {new.root}")
+    for v in verdicts:
+        click.echo(f"  {v.describe()}")
+    if not verdicts:
+        click.echo("  no encoder in common: nothing to compare")
 
 
 @click.command()
@@ -97,11 +141,13 @@ def inspect(bundle: str, verify: bool, as_json: bool) -> None:
 @click.option("--precision", default=None)
 @click.option("--out", required=True, type=click.Path(),
               help="Output .npy file ([N, D] float32, one row per input that succeeded, in input order).")
+@TRUSTED_KEY
 def embed(bundle: str, inputs: tuple[str, ...], images: bool, text: bool, backend: str, precision: str | None,
-          out: str) -> None:
+          out: str, trusted_key: tuple[str, ...]) -> None:
     """Write L2-normalised embeddings of images or texts to a .npy file.
 
-    The row order is written beside it, to OUT's name + `.sources.json`. An input that fails is
+    The row order, and the embedding space the vectors live in (compare it after a model update:
+    `edgeclip inspect OLD NEW`), are written beside it, to OUT's name + `.sources.json`. An input that fails is
     reported on stderr and gets no row; the exit code is then 1, as for `classify`.
     """
     if images == text:
@@ -110,7 +156,8 @@ def embed(bundle: str, inputs: tuple[str, ...], images: bool, text: bool, backen
         raise click.UsageError(f"no {'images' if images else 'texts'} given after --{'images' if images else 'text'}")
     from edgeclip.runtime import ZeroShotClassifier
 
-    clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=None)
+    clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=None,
+                                  trusted_keys=list(trusted_key) or None)
     if images:
         emb, errors = clf.embed_images(list(inputs))
     else:
@@ -121,14 +168,17 @@ def embed(bundle: str, inputs: tuple[str, ...], images: bool, text: bool, backen
     rows = [i for i, err in enumerate(errors) if err is None]
     if not rows:
         raise ImageError("no input could be embedded; nothing written", fix="check the errors above")
+    space = clf.image.artifact.embedding_space if images else clf.bundle.manifest.embedding_space("text")
     write_embeddings(out, emb[rows], [inputs[i] for i in rows], [(inputs[i], errors[i]) for i in range(len(inputs))
-                                                                 if errors[i] is not None])
-    click.echo(f"{out}: {len(rows)} x {emb.shape[1]} float32 ({len(inputs) - len(rows)} failed)")
+                                                                 if errors[i] is not None], space)
+    click.echo(f"{out}: {len(rows)} x {emb.shape[1]} float32 ({len(inputs) - len(rows)} failed); "
+               f"embedding space {space or 'not recorded'}")
     if len(rows) < len(inputs):
         raise click.exceptions.Exit(1)
 
 
-def write_embeddings(out: str, emb: Any, sources: list[str], failed: list[tuple[str, str | None]]) -> None:
+def write_embeddings(out: str, emb: Any, sources: list[str], failed: list[tuple[str, str | None]],
+                     space: str | None) -> None:
     """OUT (.npy, no pickle) and OUT.sources.json (the input of each row, and the failed inputs)."""
     import numpy as np
 
@@ -136,7 +186,8 @@ def write_embeddings(out: str, emb: Any, sources: list[str], failed: list[tuple[
 
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(emb, dtype=np.float32), allow_pickle=False)
-    write_json(f"{out}.sources.json", {"rows": sources, "failed": [{"input": s, "error": e} for s, e in failed]})
+    write_json(f"{out}.sources.json", {"rows": sources, "failed": [{"input": s, "error": e} for s, e in failed],
+                                       "embedding_space": space})
     write_bytes(out, buf.getvalue())
 
 
@@ -158,5 +209,8 @@ def labels(bundle: str, classes_file: str, templates_file: str | None, name: str
     clf = ZeroShotClassifier.load(bundle, backend=backend, labels=None)
     check_label_name_free(clf.bundle, name, overwrite)  # before the text encoder does any work
     clf.set_labels(classes, templates, name=name)
+    signed = (clf.bundle.root / SIGNATURE).is_file()
     clf.save_labels(name, overwrite=overwrite)
     click.echo(f"labels/{name}: {len(classes)} classes written to {bundle}")
+    if signed:
+        click.echo(STALE_SIGNATURE, err=True)

@@ -33,6 +33,7 @@ from edgeclip.bundle import MANIFEST, Artifact, Bundle, Manifest, Validation
 from edgeclip.data.builtin import REFERENCE_SEED, shapes_heldout
 from edgeclip.errors import BundleError, ConfigError, ExportError, ValidationError
 from edgeclip.export.capabilities import capability, plan_exports
+from edgeclip.export.embedding_space import embedding_space
 from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_module, encoder_spec
 from edgeclip.export.int8.common import Int8Options, check_int8_plan, encoder_data, preload_calibration
 from edgeclip.export.targets import Built, ExportContext, Run, artifact_entry, get_target, load_built
@@ -137,7 +138,8 @@ def _stage(bundle: Bundle, ctx: ExportContext, artifacts: list[Artifact],
         bundle.add_artifact(a)
     for name, (classes, templates) in label_sets.items():
         emb = _label_embeddings(ctx.model, ctx.info, classes, templates)
-        bundle.write_label_set(name, emb, _label_meta(ctx.model, classes, templates))
+        bundle.write_label_set(name, emb, {**_label_meta(ctx.model, classes, templates),
+                                           "embedding_space": embedding_space(ctx.model, ctx.info, "text")})
     if old is None:
         shutil.copyfile(ctx.info.tokenizer_path, bundle.root / ctx.info.tokenizer.file)
     else:
@@ -177,6 +179,7 @@ def export_artifact(ctx: ExportContext, target: str, encoder: str, precision: st
         raise backend.unavailable() or ExportError(f"the {target} backend cannot run here")
     artifact.validation.details.update(built.records)
     artifact.calibration = built.calibration
+    artifact.embedding_space = embedding_space(ctx.model, ctx.info, encoder)
     return artifact
 
 

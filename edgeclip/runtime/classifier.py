@@ -26,6 +26,7 @@ from edgeclip.runtime.backends.base import Backend, BackendOptions
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, label_embeddings
 from edgeclip.runtime.preprocess import ImageInput, preprocess
 from edgeclip.runtime.scoring import scoring_from_manifest
+from edgeclip.runtime.signing import TrustedKeys, verify_signature
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 log = logging.getLogger("edgeclip.runtime")
@@ -118,9 +119,13 @@ class ZeroShotClassifier:
         max_batch: int = 32,
         device: str = "CPU",
         precision_hint: str | None = None,
+        trusted_keys: TrustedKeys | None = None,
     ) -> ZeroShotClassifier:
-        """Open a bundle and load its image encoder (and a label set unless labels=None)."""
+        """Open a bundle (or an install folder's current version) and load its image encoder (and a
+        label set unless labels=None). Under a trust policy (`trusted_keys`, else the environment's
+        EDGECLIP_TRUSTED_KEYS) the bundle must be signed by a trusted key."""
         b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        verify_signature(b, trusted_keys)
         options = BackendOptions(threads=threads, device=device, precision_hint=precision_hint)
         image = load_encoder(b, "image", backend, precision, options)
         label_set = None
@@ -211,6 +216,7 @@ class ZeroShotClassifier:
             "templates": current.templates,
             "computed_on_device_with": text.artifact.key if text else None,
             "text_artifact_sha256": text.artifact.files[text.artifact.main_file] if text else None,
+            "embedding_space": text.artifact.embedding_space if text else None,
         }
         with self._lock:
             check_label_name_free(self.bundle, name, overwrite)  # another thread may have written it

@@ -159,7 +159,8 @@ def test_embed_takes_several_values_after_one_flag_or_repeated_flags(tiny_bundle
         proc = run_cli("embed", str(tiny_bundle), *args, "--out", str(out))
         assert proc.returncode == 0, proc.stderr
         np.testing.assert_allclose(np.load(out, allow_pickle=False), want, atol=1e-6)  # rows in input order
-        assert json.loads((tmp_path / f"img{i}.npy.sources.json").read_text()) == {"rows": [b, a], "failed": []}
+        assert json.loads((tmp_path / f"img{i}.npy.sources.json").read_text()) == {
+            "rows": [b, a], "failed": [], "embedding_space": clf.image.artifact.embedding_space}
     texts = ["a red circle", "a blue star"]
     want = clf.embed_texts(texts)
     for i, args in enumerate((["--text", *texts], ["--text", texts[0], "--text", texts[1]])):

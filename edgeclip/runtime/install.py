@@ -1,0 +1,206 @@
+"""Atomic install with rollback: a device never runs a half-copied or unverified bundle.
+
+An install folder::
+
+    INTO/NAME/
+      current  -> versions/<id>     the live version (what `ZeroShotClassifier.load(INTO/NAME)` opens)
+      previous -> versions/<id>     kept for `rollback`
+      versions/<id>/                complete, verified bundles (<id>: the manifest's sha256, 16 digits)
+
+`install` copies the files the manifest lists into a staging folder, verifies every one of them (and
+the signature, under a trust policy) there, renames the folder into versions/, points `previous` at
+the live version and then `current` at the new one. Each link is replaced by renaming a new link onto
+it, which is atomic: a crash at any point leaves the old version live (or, after the last rename, the
+new one), never a mix. What a crash leaves behind (a staging folder, a temp link) is removed by the
+next install. One install or rollback runs at a time per folder (a lock file; POSIX, as the links).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeclip.bundle import CURRENT, MANIFEST, SIGNATURE, Bundle
+from edgeclip.errors import BundleError, ConfigError, InstallError
+from edgeclip.runtime.signing import TrustedKeys, read_signature, verify_signature
+
+PREVIOUS, VERSIONS, LOCK = "previous", "versions", ".lock"
+STAGING_PREFIX, LINK_PREFIX = ".staging-", ".link-"
+Step = Callable[[str], None]  # told the name of each step as it completes (progress; crash tests)
+
+
+@dataclass(frozen=True)
+class Installed:
+    folder: Path  # INTO/NAME
+    version: str  # now current
+    previous: str | None
+
+
+def install(bundle: str | os.PathLike[str], into: str | os.PathLike[str], name: str | None = None,
+            trusted_keys: TrustedKeys | None = None, on_step: Step | None = None) -> Installed:
+    """Install BUNDLE as INTO/NAME's current version (NAME: the bundle folder's name without its
+    suffix); the version it replaces becomes `previous`."""
+    source = Bundle.open(bundle)  # refuses paths that escape and symlinks before anything is copied
+    folder = Path(into) / (name or Path(bundle).name.split(".")[0])
+    _check_name(folder.name)
+    (folder / VERSIONS).mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        _clean_leftovers(folder)
+        return _install(source, folder, trusted_keys, on_step or (lambda _: None))
+
+
+def _install(source: Bundle, folder: Path, trusted_keys: TrustedKeys | None, step: Step) -> Installed:
+    raw = source.manifest_bytes
+    assert raw is not None  # set by open
+    version = hashlib.sha256(raw).hexdigest()[:16]
+    final = folder / VERSIONS / version
+    if not final.is_dir():
+        staged = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+        try:
+            _stage(source, staged, step)
+            checked = Bundle.open(staged)  # what was copied, not the source (which could change meanwhile)
+            verify_signature(checked, trusted_keys)
+            checked.verify()
+            step("verified")
+            staged.rename(final)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)  # refused or failed: the live version was never touched
+            raise
+        _fsync(final.parent)
+        step("moved")
+    else:  # installed before (e.g. re-installing the version rolled back from): check it again
+        verify_signature(Bundle.open(final), trusted_keys)
+        Bundle.open(final).verify()
+    old = _target(folder / CURRENT)
+    if old is not None and old != version:
+        _point(folder, PREVIOUS, old, step)
+    _point(folder, CURRENT, version, step)
+    _prune(folder)
+    step("pruned")
+    return Installed(folder, version, _target(folder / PREVIOUS))
+
+
+def rollback(folder: str | os.PathLike[str]) -> Installed:
+    """Make INTO/NAME's previous version current again (and the current one previous)."""
+    folder = Path(folder)
+    if _target(folder / CURRENT) is None:
+        raise InstallError(f"{folder} is not an install folder (no '{CURRENT}' link)",
+                           fix="pass INTO/NAME as given to `edgeclip install`")
+    with _locked(folder):
+        return _rollback(folder)
+
+
+def _rollback(folder: Path) -> Installed:
+    current, previous = _target(folder / CURRENT), _target(folder / PREVIOUS)
+    assert current is not None
+    if previous is None or previous == current or not (folder / VERSIONS / previous).is_dir():
+        raise InstallError(f"{folder} has no previous version to roll back to",
+                           fix="install the version you want with `edgeclip install`")
+    Bundle.open(folder / VERSIONS / previous).verify()
+    _point(folder, CURRENT, previous)
+    _point(folder, PREVIOUS, current)
+    return Installed(folder, previous, current)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold folder/.lock; the kernel releases it when the holder dies, so a crash never leaves it held."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InstallError(f"another install or rollback of {folder} is running",
+                               fix="wait for it to finish, then try again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_name(name: str) -> None:
+    if not name or name.startswith(".") or name in (CURRENT, PREVIOUS, VERSIONS) or os.sep in name:
+        raise ConfigError(f"install name {name!r} is not usable", fix="pass --name with a plain folder name")
+
+
+def _stage(source: Bundle, staged: Path, step: Step) -> None:
+    """Copy the manifest (the exact bytes that were parsed), its signature, and every listed file."""
+    staged.chmod(0o755)  # mkdtemp makes it private; an installed bundle is an ordinary folder
+    step("staging folder made")
+    files = [rel for _, rel in source.manifest.paths() if rel not in {a.path for a in source.manifest.artifacts}]
+    for rel in dict.fromkeys(files):
+        src = source.resolve(rel)
+        if not src.is_file():
+            raise BundleError(f"bundle file missing: {rel}", fix="copy the bundle whole, or export it again")
+        _copy(src, staged / rel)
+        step(f"copied {rel}")
+    assert source.manifest_bytes is not None
+    _write(staged / MANIFEST, source.manifest_bytes)
+    if read_signature(source) is not None:  # refuses a linked or malformed one before copying it
+        _copy(source.root / SIGNATURE, staged / SIGNATURE)
+    _fsync(staged)
+    step("staged")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(directory: Path) -> None:
+    """Make a rename inside `directory` durable (a power cut must not undo it)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _target(link: Path) -> str | None:
+    """The version a link names, or None when there is no link."""
+    if not link.is_symlink():
+        return None
+    return Path(os.readlink(link)).name
+
+
+def _point(folder: Path, link: str, version: str, step: Step = lambda _: None) -> None:
+    """Atomically make folder/link -> versions/<version>: a new link under a temp name, renamed onto it."""
+    tmp = folder / f"{LINK_PREFIX}{link}-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(f"{VERSIONS}/{version}", tmp)  # relative: the install folder may be moved
+    step(f"{link} link made")
+    os.replace(tmp, folder / link)
+    _fsync(folder)
+    step(f"{link} link renamed")
+
+
+def _clean_leftovers(folder: Path) -> None:
+    """Staging folders and temp links an interrupted install left."""
+    for p in folder.iterdir():
+        if p.name.startswith(LINK_PREFIX):
+            p.unlink()
+        elif p.name.startswith(STAGING_PREFIX):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _prune(folder: Path) -> None:
+    """Keep the current and the previous version; remove older ones."""
+    keep = {_target(folder / CURRENT), _target(folder / PREVIOUS)}
+    for p in (folder / VERSIONS).iterdir():
+        if p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
