@@ -9,7 +9,7 @@ import click
 from edgeclip.bundle import SIGNATURE, Calibration
 from edgeclip.cli._common import STALE_SIGNATURE, csv_list, read_lines
 from edgeclip.errors import ConfigError
-from edgeclip.export.capabilities import CAPABILITIES
+from edgeclip.export.capabilities import CAPABILITIES, all_targets
 
 
 def _calibration_line(c: Calibration) -> str:
@@ -24,7 +24,7 @@ def _calibration_line(c: Calibration) -> str:
     f"  {c.target:<9} {', '.join(c.precisions):<34} builds on {c.builds_on}" for c in CAPABILITIES.values()))
 @click.argument("checkpoint", type=click.Path())
 @click.option("--target", "targets", default="onnx", show_default=True,
-              help=f"Comma-separated targets ({', '.join(CAPABILITIES)}) or 'all'.")
+              help=f"Comma-separated targets ({', '.join(CAPABILITIES)}) or 'all' ({', '.join(all_targets())}).")
 @click.option("--precision", default=None,
               help="Comma-separated precisions (default: each target's first). With --target all, each target "
                    "exports those it supports.")

@@ -24,6 +24,9 @@ class Capability:
     builds_on: str  # what exporting needs
     runs_on: str  # where its artifacts run
     numerics_here: str  # what this Linux CPU machine can check
+    # part of `--target all`: False for targets that need an environment of their own (litert-torch,
+    # rknn-toolkit2's venv) or a required option (--rknn-platform); they are exported by name
+    in_all: bool = True
 
     @property
     def backend(self) -> str:
@@ -64,15 +67,22 @@ CAPABILITIES: dict[str, Capability] = {
             builds_on="anywhere (litert-torch, ai-edge-quantizer)",
             runs_on="LiteRT: Android, ARM Linux boards (XNNPACK), any CPU; static batch 1 for NNAPI/GPU delegates",
             numerics_here="yes: LiteRT Interpreter (XNNPACK) vs torch",
+            in_all=False,
         ),
         Capability(
             "rknn", ("fp16", "int8"), ("rknn_platform", "toolkit_python", *INT8_OPTIONS),
             builds_on="anywhere x86 (rknn-toolkit2 in its own environment); one .rknn per --rknn-platform",
             runs_on="Rockchip NPUs: rk3588, rk3576, rk3568, rk3566, rk3562 (rknn-toolkit-lite2 on the board)",
             numerics_here="simulator only: rknn-toolkit2's PC simulator vs torch (accuracy, not NPU speed)",
+            in_all=False,
         ),
     )
 }
+
+
+def all_targets() -> list[str]:
+    """What `--target all` exports."""
+    return [c.target for c in CAPABILITIES.values() if c.in_all]
 
 
 def register_capability(cap: Capability) -> None:
@@ -94,12 +104,12 @@ def plan_exports(
     """(target, precision) pairs to export, after refusing anything unsupported.
 
     No precision: each target's default (its first). Named targets: every precision must be
-    supported by each of them. `all`: each target gets the requested precisions it supports
-    (its default if none), and every requested precision must fit at least one target.
+    supported by each of them. `all` (the targets marked `in_all`): each gets the requested
+    precisions it supports (its default if none), and every requested precision must fit at least one.
     Nothing is ever silently rewritten into something the user did not ask for.
     """
     every = targets == ["all"]
-    names = list(CAPABILITIES) if every else targets
+    names = all_targets() if every else targets
     caps = [capability(t) for t in names]  # unknown names fail first, with a suggestion
     plan: list[tuple[str, str]] = []
     for cap in caps:

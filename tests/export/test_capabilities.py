@@ -40,6 +40,13 @@ def test_all_takes_what_each_target_supports() -> None:
     assert ("onnx", "int8w") not in plan
 
 
+def test_all_leaves_out_targets_that_need_their_own_environment_or_a_required_option() -> None:
+    """`--target all` works on a plain `[all]` install: litert needs litert-torch (the opt-in
+    `litert-export` extra) and rknn its own toolkit venv plus --rknn-platform, so both are named."""
+    targets = {t for t, _ in plan_exports(["all"], None)}
+    assert targets == {"onnx", "openvino", "tensorrt", "coreml"}
+
+
 def test_refusals_name_what_is_supported() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'tensorrt'"):
         plan_exports(["tensorrtt"], None)
@@ -57,8 +64,8 @@ def test_int8_precisions_and_options() -> None:
     assert plan_exports(["onnx"], ["int8", "int8-dynamic"], {"calib": "builtin:shapes"}) == [
         ("onnx", "int8"), ("onnx", "int8-dynamic")]
     assert plan_exports(["all"], ["int8"], {"calib": "x", "min_cosine": 0.99}) == [
-        ("onnx", "int8"), ("openvino", "int8"), ("tensorrt", "int8"), ("coreml", "fp16"), ("litert", "int8"),
-        ("rknn", "int8")]
+        ("onnx", "int8"), ("openvino", "int8"), ("tensorrt", "int8"), ("coreml", "fp16")]
+    assert plan_exports(["litert", "rknn"], ["int8"], {"calib": "x"}) == [("litert", "int8"), ("rknn", "int8")]
     with pytest.raises(ConfigError, match="target 'coreml' does not support precision 'int8'"):
         plan_exports(["coreml"], ["int8"])
     with pytest.raises(ConfigError, match="target 'openvino' does not support precision 'int8-dynamic'"):
