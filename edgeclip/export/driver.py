@@ -34,7 +34,7 @@ from edgeclip.data.builtin import REFERENCE_SEED, shapes_heldout
 from edgeclip.errors import BundleError, ConfigError, ExportError, ValidationError
 from edgeclip.export.capabilities import capability, plan_exports
 from edgeclip.export.embedding_space import embedding_space
-from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_module, encoder_spec
+from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_module, encoder_spec, export_config
 from edgeclip.export.int8.common import Int8Options, check_int8_plan, encoder_data, preload_calibration
 from edgeclip.export.targets import Built, ExportContext, Run, artifact_entry, get_target, load_built
 from edgeclip.export.validate import GUARDED, validate
@@ -310,7 +310,8 @@ def _exchange(a: Path, b: Path) -> bool:
 def _new_manifest(model: Model, info: CheckpointInfo) -> Manifest:
     return Manifest(
         model_name=info.model.name,
-        model_config={**info.model.to_dict(), "scoring": scoring_of(model).to_dict()},
+        # the config of what the artifacts hold: FastViT towers are exported reparameterized
+        model_config={**export_config(info.model).to_dict(), "scoring": scoring_of(model).to_dict()},
         embed_dim=info.model.embed_dim,
         logit_scale=scoring_of(model).logit_scale,
         preprocess=info.preprocess,

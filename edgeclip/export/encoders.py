@@ -13,7 +13,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from edgeclip.bundle import TensorSpec
 from edgeclip.model.build import Model, encoder_of
 from edgeclip.model.checkpoint import CheckpointInfo
-from edgeclip.model.clip import ImageEncoder
+from edgeclip.model.clip import CLIP, ImageEncoder
+from edgeclip.model.config import ModelConfig
+from edgeclip.model.reparameterize import in_training_form, inference_config, reparameterize
 
 BATCH = "batch_size"
 ENCODERS = ("image", "text")
@@ -55,11 +57,20 @@ def encoder_module(encoder: str, model: Model) -> torch.nn.Module:
     return encoder_of(encoder, model).eval()
 
 
+def export_config(cfg: ModelConfig) -> ModelConfig:
+    """The config of what `export_module` exports, as the manifest records it: a FastViT tower's
+    says `reparameterized: true`."""
+    return inference_config(cfg) if in_training_form(cfg) else cfg
+
+
 def export_module(encoder: str, model: Model) -> torch.nn.Module:
-    """The module that gets exported: `encoder_module` with every BatchNorm folded into the conv
-    before it (on a copy). Runtimes fold Conv+BN in float graphs themselves, but not once the conv
-    is quantized: the int8 edge stem ran BatchNorm as separate Mul/Add ops around QLinearConv, and
-    the GELU between them stayed unfused."""
+    """The module that gets exported: `encoder_module` of the inference form (FastViT towers:
+    `reparameterize`, on a copy), with every remaining BatchNorm folded into the conv before it (on
+    a copy). Runtimes fold Conv+BN in float graphs themselves, but not once the conv is quantized:
+    the int8 edge stem ran BatchNorm as separate Mul/Add ops around QLinearConv, and the GELU
+    between them stayed unfused."""
+    if encoder == "image" and isinstance(model, CLIP) and in_training_form(model.cfg):
+        model = reparameterize(model)
     module = encoder_module(encoder, model)
     if encoder == "image" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.visual.modules()):
         assert isinstance(module, ImageEncoder)

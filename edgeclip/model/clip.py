@@ -15,22 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig
+from edgeclip.model.fastvit import FastViT
+from edgeclip.model.layers import GELU
 from edgeclip.model.resnet import ModifiedResNet
 
 # Added to masked attention logits. Finite on purpose: -inf turns into NaN once a graph is
 # run in fp16 or quantized (a zero point computed from -inf), and -1e4 is already exp()-zero.
 MASK_VALUE = -1.0e4
-
-
-class GELU(nn.GELU):
-    """Exact (erf) GELU. Under torch.export it is written out as x * 0.5 * (1 + erf(x / sqrt 2)),
-    the same function in the op order onnxruntime fuses into one Gelu / BiasGelu kernel; the order
-    nn.GELU exports to is left as five separate ops."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_exporting():
-            return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
-        return super().forward(x)
 
 
 class QuickGELU(nn.Module):
@@ -158,8 +149,10 @@ class CLIP(nn.Module):
         super().__init__()
         self.cfg = cfg
         t: TextConfig = cfg.text_cfg
-        self.visual: VisionTransformer | ModifiedResNet
-        if cfg.vision_cfg.is_resnet:
+        self.visual: VisionTransformer | ModifiedResNet | FastViT
+        if cfg.vision_cfg.fastvit is not None:
+            self.visual = FastViT(cfg.vision_cfg, cfg.embed_dim)  # initialises itself
+        elif cfg.vision_cfg.is_resnet:
             self.visual = ModifiedResNet(cfg.vision_cfg, cfg.embed_dim)  # ReLU inside: quick_gelu is text-only
         else:
             self.visual = VisionTransformer(cfg.vision_cfg, cfg.embed_dim, cfg.quick_gelu)
@@ -170,7 +163,7 @@ class CLIP(nn.Module):
         self.text_projection = nn.Parameter(torch.empty(t.width, cfg.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         causal = torch.full((t.context_length, t.context_length), MASK_VALUE).triu_(1)
-        self.register_buffer("attn_mask", causal, persistent=False)
+        self.register_buffer("attn_mask", None if t.no_causal_mask else causal, persistent=False)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -180,7 +173,7 @@ class CLIP(nn.Module):
         self.transformer.init_weights()
         if isinstance(self.visual, ModifiedResNet):
             self.visual.init_weights()
-        else:
+        elif isinstance(self.visual, VisionTransformer):
             self.visual.transformer.init_weights()
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -225,7 +218,7 @@ class TextEncoder(nn.Module):
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
         mask = clip.attn_mask
-        assert isinstance(mask, torch.Tensor)
+        assert mask is None or isinstance(mask, torch.Tensor)
         self.register_buffer("attn_mask", mask, persistent=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -237,7 +230,8 @@ def _text_forward(tower: CLIP | TextEncoder, input_ids: torch.Tensor) -> torch.T
     highest id in the vocabulary (as OpenAI's does) and pads with 0."""
     n = input_ids.shape[1]  # may be shorter than context_length: the trainer trims padding
     x = tower.token_embedding(input_ids) + tower.positional_embedding[:n]
-    mask = tower.attn_mask[:n, :n].to(x.dtype)  # type: ignore[index]
+    causal = tower.attn_mask
+    mask = None if causal is None else causal[:n, :n].to(x.dtype)  # type: ignore[index]
     x = tower.ln_final(tower.transformer(x, mask))
     eot = input_ids.argmax(dim=-1)
     pooled = x[torch.arange(x.shape[0], device=x.device), eot]

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 from edgeclip.errors import ConfigError, UnknownNameError
+from edgeclip.model.fastvit_config import FastViTConfig
 
 FAMILIES = ("clip", "siglip")
 
@@ -33,8 +34,15 @@ class VisionConfig:
     # 2 blocks reached 98.8 % zero-shot shape in 1000 steps where a patch-16 ViT reached 54.9 %.
     stem: str = "patch"
     stem_channels: tuple[int, ...] = ()
+    # a FastViT MCi tower (MobileCLIP): its layout; patch_size, width, layers, heads do not apply
+    fastvit: FastViTConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.fastvit is not None:
+            if self.image_size % self.fastvit.stride:
+                raise ConfigError(f"image_size {self.image_size} is not a multiple of the FastViT stride "
+                                  f"{self.fastvit.stride}")
+            return
         if isinstance(self.layers, tuple):
             self._check_resnet(self.layers)
             return
@@ -63,7 +71,7 @@ class VisionConfig:
 
     @property
     def is_resnet(self) -> bool:
-        return isinstance(self.layers, tuple)
+        return isinstance(self.layers, tuple) and self.fastvit is None
 
     @property
     def grid(self) -> int:
@@ -78,6 +86,7 @@ class TextConfig:
     heads: int = 8
     layers: int = 12
     mlp_ratio: float = 4.0
+    no_causal_mask: bool = False  # bidirectional attention over all tokens, padding included (MobileCLIP)
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -108,6 +117,12 @@ class ModelConfig:
         d["vision_cfg"]["stem_channels"] = list(self.vision_cfg.stem_channels)
         if isinstance(self.vision_cfg.layers, tuple):
             d["vision_cfg"]["layers"] = list(self.vision_cfg.layers)
+        if self.vision_cfg.fastvit is not None:
+            d["vision_cfg"]["fastvit"] = self.vision_cfg.fastvit.to_dict()
+        else:  # written only where used: configs and manifests of other models stay as they were
+            del d["vision_cfg"]["fastvit"]
+        if not self.text_cfg.no_causal_mask:
+            del d["text_cfg"]["no_causal_mask"]
         return d
 
     @classmethod
@@ -118,6 +133,8 @@ class ModelConfig:
                 v["stem_channels"] = tuple(int(c) for c in v["stem_channels"])
             if isinstance(v.get("layers"), list):
                 v["layers"] = tuple(int(n) for n in v["layers"])
+            if v.get("fastvit") is not None:
+                v["fastvit"] = FastViTConfig.from_dict(dict(v["fastvit"]))
             return cls(
                 name=str(name or d["name"]),
                 embed_dim=int(d["embed_dim"]),

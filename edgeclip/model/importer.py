@@ -33,6 +33,7 @@ from edgeclip.model.checkpoint import check_state_dict, load_strict, save_checkp
 from edgeclip.model.clip import CLIP
 from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig, get_config, list_models
 from edgeclip.model.hf_keys import short_list
+from edgeclip.model.mobileclip_keys import infer_fastvit, release_preprocess
 from edgeclip.model.openai_tokenizer import VOCAB_SIZE, openai_clip_tokenizer
 from edgeclip.model.siglip_import import import_siglip, is_siglip_dir
 from edgeclip.model.sources import Source, read_source
@@ -77,7 +78,7 @@ def import_weights(
     with torch.device("meta"):  # shapes only, no memory: a broken file is reported before anything is asked
         check_state_dict(CLIP(inferred).state_dict(), state, str(src), fix=NOT_A_CLIP)
     cfg, origin, notes = resolve_config(inferred, named, source, force_activation, _activation(activation))
-    if cfg.vision_cfg.image_size != inferred.vision_cfg.image_size:
+    if cfg.vision_cfg.image_size != inferred.vision_cfg.image_size and not cfg.vision_cfg.fastvit:
         resize_positions(state, cfg.vision_cfg)
         notes.append(f"positional embeddings interpolated (bicubic) from {inferred.vision_cfg.image_size} px "
                      f"to {cfg.vision_cfg.image_size} px")
@@ -93,7 +94,8 @@ def import_weights(
         tokenizer.save(str(tok_file))
         meta: dict[str, Any] = {"imported_from": str(src), "source_format": source.kind, "activation": act,
                                 "activation_origin": origin, "notes": notes}
-        preprocess = PreprocessConfig(image_size=cfg.vision_cfg.image_size)  # OpenAI mean/std, bicubic
+        preprocess = (release_preprocess(cfg.vision_cfg) if cfg.vision_cfg.fastvit
+                      else PreprocessConfig(image_size=cfg.vision_cfg.image_size))  # OpenAI mean/std, bicubic
         save_checkpoint(out, clip.eval(), tok_file, preprocess, dataclasses.replace(
             tok_cfg, context_length=cfg.text_cfg.context_length), meta)
     return ImportResult(out, cfg, source.kind, act, origin, notes)
@@ -134,10 +136,14 @@ def infer_config(state: dict[str, torch.Tensor], source: Source) -> ModelConfig:
         vision = _infer_vit(state, source)
     elif "visual.attnpool.c_proj.weight" in state:
         vision = _infer_resnet(state)
+    elif "visual.stem.0.conv_kxk.0.conv.weight" in state:
+        vision = infer_fastvit(state)
+        text = dataclasses.replace(text, no_causal_mask=True)  # as in every open_clip config with this tower
     else:
         visual = sorted({".".join(k.split(".")[:2]) for k in state if k.startswith("visual.")})
         raise ConfigError(f"unknown image tower architecture (visual tensors: {short_list(visual)})",
-                          fix="supported: OpenAI-style ViT (visual.proj) and ModifiedResNet (visual.attnpool)")
+                          fix="supported: OpenAI-style ViT (visual.proj), ModifiedResNet (visual.attnpool) and "
+                                  "open_clip MobileCLIP FastViT towers")
     cfg = ModelConfig("imported", embed_dim, vision, text, quick_gelu=bool(source.quick_gelu))
     return dataclasses.replace(cfg, name=_registered_name(cfg) or "imported")
 

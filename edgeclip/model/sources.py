@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.hf_keys import hf_architecture, hf_to_openai, is_hf_state_dict
+from edgeclip.model.mobileclip_keys import custom_text_to_native, is_custom_text_clip
 
 # keys that OpenAI / open_clip / HF state dicts carry but that are not weights
 STALE_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask")
@@ -66,9 +67,14 @@ def read_source(src: str | os.PathLike[str]) -> Source:
     dropped = [k for k in state if k in STALE_KEYS]
     for k in dropped:
         del state[k]
+    mobileclip = is_custom_text_clip(state)
+    if mobileclip:
+        state = custom_text_to_native(state, str(path))
     declared = _metadata_activation(path)
     if declared is not None:
         return Source(state, kind, declared[0], declared[1], dropped=dropped)
+    if mobileclip:
+        return Source(state, kind, False, "open_clip's MobileCLIP configs use GELU", dropped=dropped)
     if markers and kind == "state_dict":
         return Source(state, "openai", True, f"OpenAI weights use QuickGELU ({', '.join(markers)} keys present)",
                       dropped=dropped)

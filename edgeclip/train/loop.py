@@ -153,6 +153,15 @@ def _run_steps(run: RunState, loader: Iterable[dict[str, Any]], evals: EvalSet) 
     _check_nonfinite(run)
 
 
+def training_ids(ids: np.ndarray, pooling: str, bidirectional: bool) -> np.ndarray:
+    """Token ids as the text tower trains on them: trailing padding trimmed where nothing reads it
+    (EOT pooling in a causal tower); kept where last-position pooling reads it or a bidirectional
+    tower attends to it, so that training sees the length the tower is exported with."""
+    if pooling != "eot" or bidirectional:
+        return np.ascontiguousarray(ids)
+    return np.ascontiguousarray(ids[:, : int(ids.argmax(1).max()) + 1])
+
+
 def train_step(run: RunState, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss and backward for one batch, then `apply_gradients`. Returns (loss, gradient
     norm), both still on the device."""
@@ -162,10 +171,8 @@ def train_step(run: RunState, batch: dict[str, Any], step: int) -> tuple[torch.T
     pixels = normalize_batch(batch["images"].to(run.device, non_blocking=True), run.preprocess)  # uint8 over the bus
     if cfg.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
-    ids_np = run.tokenize(batch["captions"])
-    if run.tokenizer.pooling == "eot":  # trailing padding is unread: trim it (last-position pooling reads it)
-        ids_np = ids_np[:, : int(ids_np.argmax(1).max()) + 1]
-    ids = torch.from_numpy(np.ascontiguousarray(ids_np))
+    ids = torch.from_numpy(training_ids(run.tokenize(batch["captions"]), run.tokenizer.pooling,
+                                        run.model.cfg.text_cfg.no_causal_mask))
     # from pageable memory a copy to the GPU waits for the queued work: pin it first
     ids = (ids.pin_memory() if run.device.type == "cuda" else ids).to(run.device, non_blocking=True)
     if cfg.lock_image:
