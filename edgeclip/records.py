@@ -179,7 +179,12 @@ def _check(value: Any, kind: Any, args: tuple[Any, ...]) -> tuple[bool, Any]:
     if kind in (str, bool):
         return isinstance(value, kind), value
     if kind is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value), value
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return False, value
+        if not args or args[1] is Any:
+            return True, value
+        checked = {k: _check(v, args[1], ()) for k, v in value.items()}  # e.g. the gate's numbers
+        return all(ok for ok, _ in checked.values()), {k: v for k, (_, v) in checked.items()}
     if kind in (list, tuple) and isinstance(value, list):
         item = args[0]
         if item is not Any and not all(_check(v, item, ())[0] for v in value):
@@ -194,6 +199,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in args)
     if origin in (list, tuple):
         return f"a list of {PLURALS.get(args[0], 'values')}"
+    if origin is dict and args[1] is not Any:
+        return f"an object of {PLURALS.get(args[1], 'values')}"
     return NAMES.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
