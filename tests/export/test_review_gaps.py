@@ -1,0 +1,127 @@
+"""What the export driver owns after a builder returns, each checked where a real bug would slip
+past the other tests: files a backend adds on load are hashed and listed, the builder's backend
+options reach the check, and a failed export leaves neither its staging copy nor its scratch space.
+
+A small target of its own ("gapcheck") keeps these tests independent of any SDK: it saves the fp32
+ONNX graph and runs it with onnxruntime, like the toy target of docs/adding-a-target.md.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgeclip._io import sha256_file
+from edgeclip.bundle import Artifact, Bundle
+from edgeclip.errors import EdgeclipError, ExportError
+from edgeclip.export.capabilities import CAPABILITIES, Capability, register_capability
+from edgeclip.export.driver import export_bundle
+from edgeclip.export.encoders import EncoderSpec
+from edgeclip.export.reference import reference_onnx
+from edgeclip.export.targets import TARGETS, Built, ExportContext, register_target
+from edgeclip.runtime.backends import BACKENDS, register_backend
+from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
+
+NAME = "gapcheck"
+HERE = "tests.export.test_review_gaps"
+ENGINE = b"an engine built on this machine"
+OPTIONS = BackendOptions(threads=1, precision_hint="f32")
+
+
+def _add_engine(built: Built, backend: Any) -> None:
+    """What TensorRT's `loaded` does: the backend leaves a file beside the artifact when it loads."""
+    engine = backend.path.parent / "engine.plan"
+    engine.write_bytes(ENGINE)
+    built.files.append(engine.name)
+
+
+class GapTarget:
+    name = NAME
+    fail = False  # a builder that fails after it wrote files and scratch data
+
+    def build(self, ctx: ExportContext, spec: EncoderSpec, precision: str, folder: Path) -> Built:
+        onnx.save(onnx.load(str(reference_onnx(ctx, spec))), str(folder / "model.gap"))
+        if self.fail:
+            raise ExportError("the builder failed", fix="none")
+        return Built(["model.gap"], {"onnx": onnx.__version__}, checked_with="gap backend", options=OPTIONS,
+                     loaded=_add_engine)
+
+
+class GapBackend:
+    name: ClassVar[str] = NAME
+    extra: ClassVar[str] = "onnx"
+    opened: ClassVar[list[tuple[Path, BackendOptions]]] = []
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
+
+    @classmethod
+    def unavailable(cls) -> EdgeclipError | None:
+        return None
+
+    def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
+        GapBackend.opened.append((Path(path), options))
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.dtypes = input_dtypes(artifact)
+        self.outputs = [s.name for s in artifact.outputs]
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: np.ascontiguousarray(v, dtype=self.dtypes[k]) for k, v in inputs.items()}
+        return dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered() -> Iterator[None]:
+    register_target(NAME, f"{HERE}:GapTarget")
+    register_backend(NAME, NAME, f"{HERE}:GapBackend")
+    register_capability(Capability(NAME, ("fp32",), (), builds_on="anywhere", runs_on="onnxruntime",
+                                   numerics_here="yes"))
+    yield
+    for registry in (TARGETS, BACKENDS, CAPABILITIES):
+        registry.pop(NAME)
+
+
+@pytest.fixture(scope="module")
+def gap_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    GapBackend.opened.clear()
+    out = tmp_path_factory.mktemp("gap") / "b.edgeclip"
+    export_bundle(tiny_checkpoint, out, targets=[NAME], encoders=["image"])
+    return Bundle.open(out)
+
+
+def test_files_a_backend_adds_on_load_are_hashed_and_listed(gap_bundle: Bundle) -> None:
+    (artifact,) = gap_bundle.manifest.artifacts
+    engine = f"{artifact.path}/engine.plan"
+    assert list(artifact.files) == [f"{artifact.path}/model.gap", engine]
+    assert artifact.files[engine] == sha256_file(gap_bundle.root / engine)
+    assert (gap_bundle.root / engine).read_bytes() == ENGINE
+    gap_bundle.verify()
+
+
+def test_the_check_loads_with_the_builders_backend_options(gap_bundle: Bundle) -> None:
+    staged = [(p, o) for p, o in GapBackend.opened if p.parents[2].name.endswith(".partial")]
+    assert [p.name for p, _ in staged] == ["model.gap"]
+    assert all(o == OPTIONS for _, o in staged), staged
+
+
+def test_a_failed_export_leaves_no_staging_and_no_scratch(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(GapTarget, "fail", True)
+    out = tmp_path / "out" / "b.edgeclip"
+    with pytest.raises(ExportError, match="the builder failed"):
+        export_bundle(tiny_checkpoint, out, targets=[NAME], encoders=["image"])
+    assert not out.exists() and not list(out.parent.iterdir()), "nothing staged is left behind"
+    assert not list(scratch.glob("edgeclip-export-*")), "the export's scratch space is removed"
