@@ -28,6 +28,7 @@ from edgeclip.export.reference import reference_onnx
 from edgeclip.export.targets import TARGETS, Built, ExportContext, register_target
 from edgeclip.runtime.backends import BACKENDS, register_backend
 from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
+from tests.conftest import TINY_CLASSES
 
 NAME = "gapcheck"
 HERE = "tests.export.test_review_gaps"
@@ -94,7 +95,7 @@ def registered() -> Iterator[None]:
 def gap_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     GapBackend.opened.clear()
     out = tmp_path_factory.mktemp("gap") / "b.edgeclip"
-    export_bundle(tiny_checkpoint, out, targets=[NAME], encoders=["image"])
+    export_bundle(tiny_checkpoint, out, targets=[NAME], encoders=["image"], labels={"default": (TINY_CLASSES, None)})
     return Bundle.open(out)
 
 
@@ -105,6 +106,11 @@ def test_files_a_backend_adds_on_load_are_hashed_and_listed(gap_bundle: Bundle) 
     assert artifact.files[engine] == sha256_file(gap_bundle.root / engine)
     assert (gap_bundle.root / engine).read_bytes() == ENGINE
     gap_bundle.verify()
+
+
+def test_an_image_artifact_records_top1_agreement_with_torch_on_the_label_set(gap_bundle: Bundle) -> None:
+    (artifact,) = gap_bundle.manifest.artifacts
+    assert artifact.validation.top1_agreement == 1.0  # fp32: the same label as torch on every probe
 
 
 def test_the_check_loads_with_the_builders_backend_options(gap_bundle: Bundle) -> None:
