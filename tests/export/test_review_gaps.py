@@ -8,6 +8,7 @@ ONNX graph and runs it with onnxruntime, like the toy target of docs/adding-a-ta
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from edgeclip.export.driver import export_bundle
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.reference import reference_onnx
 from edgeclip.export.targets import TARGETS, Built, ExportContext, register_target
+from edgeclip.model.checkpoint import load_checkpoint, save_checkpoint
 from edgeclip.runtime.backends import BACKENDS, register_backend
 from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
 from tests.conftest import TINY_CLASSES
@@ -148,3 +150,21 @@ def test_the_calibration_record_splits_exactly_the_layers_left_in_float(
     assert set(c.excluded_by_default) | set(c.excluded_by_guard) == set(c.excluded_layers)
     assert not set(c.excluded_by_default) & set(c.excluded_by_guard)
     assert not set(c.float_defaults_measured_safe or []) & set(c.excluded_layers)
+
+
+@pytest.mark.parametrize("changed", ["tokenizer", "preprocessing"])
+def test_the_same_weights_under_another_tokenizer_or_preprocessing_are_not_added(
+    tiny_checkpoint: Path, tmp_path: Path, changed: str
+) -> None:
+    model, info = load_checkpoint(tiny_checkpoint)
+    tok, pre = info.tokenizer, info.preprocess
+    if changed == "tokenizer":
+        tok = dataclasses.replace(tok, lowercase=not tok.lowercase)
+    else:
+        pre = dataclasses.replace(pre, mean=(0.5, 0.5, 0.5))
+    other = save_checkpoint(tmp_path / "other", model, info.tokenizer_path, pre, tok)
+    out = tmp_path / "b.edgeclip"
+    export_bundle(tiny_checkpoint, out, encoders=["image"])
+    with pytest.raises(ExportError, match=f"cannot add artifacts to .*its {changed} differ"):
+        export_bundle(other, out, encoders=["text"])
+    assert [a.key for a in Bundle.open(out).manifest.artifacts] == ["image/onnx-fp32"]
