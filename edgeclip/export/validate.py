@@ -68,7 +68,9 @@ def validate(
         same = (reference @ label_embeddings.T).argmax(1) == (batched @ label_embeddings.T).argmax(1)
         result["top1_agreement"] = float(same.mean())
     if precision in GUARDED:
-        assert heldout is not None, f"{what}: INT8 is validated on held-out inputs"
+        if heldout is None:  # a caller bug, but never let `python -O` turn it into an ungated artifact
+            raise ValidationError(f"{what}: activation-quantized INT8 needs the guard's held-out inputs to be judged; "
+                                  "the artifact was not registered", fix="export through export_bundle")
         return {**result, "probes_role": PROBES_ROLE, **_heldout_gate(run, *heldout, what)}
     result["threshold_cosine"] = MIN_COSINE.get(precision, DEFAULT_MIN_COSINE)
     result["passed"] = result["cosine_min"] >= result["threshold_cosine"]
