@@ -14,13 +14,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
 
 from edgeclip.bundle import Artifact, Bundle
-from edgeclip.errors import ConfigError, EdgeclipError, ValidationError
+from edgeclip.errors import ConfigError, ValidationError
 from edgeclip.export.capabilities import CAPABILITIES, Capability, plan_exports, register_capability
 from edgeclip.export.driver import export_bundle
 from edgeclip.export.encoders import EncoderSpec
@@ -30,10 +29,11 @@ from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.clip import ImageEncoder
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends import BACKENDS, register_backend
-from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
+from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.preprocess import preprocess
 from edgeclip.runtime.similarity import cosine_rows
 from tests.conftest import README_PARITY, TINY_CLASSES
+from tests.export.onnx_file_backend import OnnxFileBackend
 
 TOY = "toy"
 HERE = "tests.export.test_adding_a_target"
@@ -61,30 +61,15 @@ def _perturb_largest_weight(model: onnx.ModelProto) -> None:
     init.CopyFrom(numpy_helper.from_array(w, init.name))
 
 
-class ToyBackend:
+class ToyBackend(OnnxFileBackend):
     """The backend: the one small runtime interface (available / unavailable / infer)."""
 
     name: ClassVar[str] = TOY
-    extra: ClassVar[str] = "onnx"
     opened: ClassVar[list[Path]] = []  # every file it loaded, so a test can see who loads what
-
-    @classmethod
-    def available(cls) -> bool:
-        return True
-
-    @classmethod
-    def unavailable(cls) -> EdgeclipError | None:
-        return None
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         ToyBackend.opened.append(Path(path))
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.dtypes = input_dtypes(artifact)
-        self.outputs = [s.name for s in artifact.outputs]
-
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: np.ascontiguousarray(v, dtype=self.dtypes[k]) for k, v in inputs.items()}
-        return dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))
+        super().__init__(path, artifact, options)
 
 
 @pytest.fixture(scope="module", autouse=True)

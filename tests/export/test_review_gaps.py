@@ -14,14 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from edgeclip._io import sha256_file
 from edgeclip.bundle import Artifact, Bundle
-from edgeclip.errors import EdgeclipError, ExportError
+from edgeclip.errors import ExportError
 from edgeclip.export.capabilities import CAPABILITIES, Capability, register_capability
 from edgeclip.export.driver import export_bundle
 from edgeclip.export.encoders import EncoderSpec
@@ -29,8 +27,9 @@ from edgeclip.export.reference import reference_onnx
 from edgeclip.export.targets import TARGETS, Built, ExportContext, register_target
 from edgeclip.model.checkpoint import load_checkpoint, save_checkpoint
 from edgeclip.runtime.backends import BACKENDS, register_backend
-from edgeclip.runtime.backends.base import BackendOptions, input_dtypes
+from edgeclip.runtime.backends.base import BackendOptions
 from tests.conftest import TINY_CLASSES
+from tests.export.onnx_file_backend import OnnxFileBackend
 
 NAME = "gapcheck"
 HERE = "tests.export.test_review_gaps"
@@ -57,29 +56,13 @@ class GapTarget:
                      loaded=_add_engine)
 
 
-class GapBackend:
+class GapBackend(OnnxFileBackend):
     name: ClassVar[str] = NAME
-    extra: ClassVar[str] = "onnx"
     opened: ClassVar[list[tuple[Path, BackendOptions]]] = []
-
-    @classmethod
-    def available(cls) -> bool:
-        return True
-
-    @classmethod
-    def unavailable(cls) -> EdgeclipError | None:
-        return None
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         GapBackend.opened.append((Path(path), options))
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.dtypes = input_dtypes(artifact)
-        self.outputs = [s.name for s in artifact.outputs]
-
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: np.ascontiguousarray(v, dtype=self.dtypes[k]) for k, v in inputs.items()}
-        return dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))
+        super().__init__(path, artifact, options)
 
 
 @pytest.fixture(scope="module", autouse=True)
