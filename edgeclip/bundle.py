@@ -75,7 +75,7 @@ class PreprocessConfig:
         if cfg.interpolation not in ("bicubic", "bilinear"):
             raise BundleError(f"preprocess interpolation {cfg.interpolation!r} is not 'bicubic' or 'bilinear'")
         if (cfg.resize, cfg.crop) not in (("shortest", "center"), ("squash", "none")):
-            raise BundleError(f"preprocess resize {cfg.resize!r} with crop {cfg.crop!r} is not supported",
+            raise BundleError(f"unsupported preprocess: resize {cfg.resize!r} with crop {cfg.crop!r}",
                               fix="use resize 'shortest' with crop 'center', or resize 'squash' with crop 'none'")
         if not cfg.rescale_factor > 0:
             raise BundleError(f"preprocess rescale_factor must be > 0, got {cfg.rescale_factor!r}")

@@ -246,7 +246,7 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class Attention(nn.Module):
+class FastViTAttention(nn.Module):
     """Multi-head self-attention over the H*W positions of an NCHW map (timm's names: qkv, proj)."""
 
     def __init__(self, dim: int, head_dim: int) -> None:
@@ -285,7 +285,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, dim: int, mlp_ratio: float, layer_scale_init: float, cfg: FastViTConfig) -> None:
         super().__init__()
         self.norm: nn.Module = LayerNorm2d(dim, eps=1e-5) if cfg.attention_norm == "layernorm" else nn.BatchNorm2d(dim)
-        self.token_mixer = Attention(dim, cfg.head_dim)
+        self.token_mixer = FastViTAttention(dim, cfg.head_dim)
         self.layer_scale_1 = LayerScale2d(dim, layer_scale_init)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
         self.layer_scale_2 = LayerScale2d(dim, layer_scale_init)
