@@ -40,6 +40,9 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # detached signature over manifest.json's exact bytes (edgeclip.runtime.signing)
 CURRENT = "current"  # in an install folder: the symlink to the live version (edgeclip.runtime.install)
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB; refuse absurd ones before parsing
+# how images are decoded and resized (edgeclip.runtime.preprocess): "exact" is the training
+# transform bit for bit; "fast" decodes large JPEGs at reduced size and resamples only the crop
+DECODES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,12 @@ class PreprocessConfig:
     channel_order: str = "RGB"
     layout: str = "NCHW"
     rescale_factor: float = 1 / 255  # uint8 -> [0, 1] before (x - mean) / std
+    # the decode path (DECODES) the bundle's artifacts were validated with, and so the runtime's
+    # default; a manifest without it predates the fast path and was validated with "exact"
+    decode: str = "exact"
 
     def to_dict(self) -> dict[str, Any]:
-        return _v1_compatible(self, ("rescale_factor",))
+        return _v1_compatible(self, ("rescale_factor", "decode"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
@@ -79,6 +85,9 @@ class PreprocessConfig:
                               fix="use resize 'shortest' with crop 'center', or resize 'squash' with crop 'none'")
         if not cfg.rescale_factor > 0:
             raise BundleError(f"preprocess rescale_factor must be > 0, got {cfg.rescale_factor!r}")
+        if cfg.decode not in DECODES:
+            raise BundleError(f"preprocess decode {cfg.decode!r} is not one of {list(DECODES)}",
+                              fix="upgrade edgeclip, or re-export the bundle with this version")
         if len(cfg.mean) != 3 or len(cfg.std) != 3 or not all(v > 0 for v in cfg.std):
             raise BundleError(f"preprocess mean/std must be 3 values each (std > 0), got {cfg.mean}, {cfg.std}")
         return cfg

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,10 +14,58 @@ from edgeclip.bundle import SIGNATURE
 from edgeclip.cli._common import STALE_SIGNATURE, TRUSTED_KEY, read_lines
 from edgeclip.errors import ImageError
 
+EXACT_PREPROCESS = click.option(
+    "--exact-preprocess", is_flag=True, default=None,
+    help="Decode and resize exactly as in training (bit for bit); default: the path the bundle was validated "
+         "with (`decode` in its manifest; 'fast' decodes large JPEGs at reduced size).")
+BATCH_SIZE = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+                          help="Images per inference call; the next batch is decoded while one runs.")
+
+
+def expand_images(inputs: tuple[str, ...]) -> list[str]:
+    """Image paths, with a folder standing for the image files under it (sorted, hidden ones left out)."""
+    from edgeclip.data.images import list_images
+
+    out: list[str] = []
+    for item in inputs:
+        if Path(item).is_dir():
+            out.extend(str(p) for p in list_images(Path(item)))
+        else:
+            out.append(item)
+    return out
+
+
+class _ProgressBar:
+    """A progress bar on stderr for runs longer than one batch, when stderr is a terminal."""
+
+    def __init__(self, total: int, batch: int) -> None:
+        self.bar = None
+        if total > batch and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("classify", total=total)
+
+    def __enter__(self) -> _ProgressBar:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __call__(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
 
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
+@BATCH_SIZE
+@EXACT_PREPROCESS
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime, openvino, tensorrt, coreml.")
 @click.option("--precision", default=None, help="Artifact precision (default: the backend's preference).")
@@ -28,17 +78,24 @@ from edgeclip.errors import ImageError
               help="With --multi-label: the probability a label needs.")
 @TRUSTED_KEY
 def classify(
-    bundle: str, images: tuple[str, ...], top_k: int, backend: str, precision: str | None, labels: str,
-    threads: int | None, as_json: bool, multi_label: bool, threshold: float, trusted_key: tuple[str, ...],
+    bundle: str, images: tuple[str, ...], batch_size: int, exact_preprocess: bool | None, top_k: int, backend: str,
+    precision: str | None, labels: str, threads: int | None, as_json: bool, multi_label: bool, threshold: float,
+    trusted_key: tuple[str, ...],
 ) -> None:
-    """Zero-shot classify IMAGES with a bundle. Exit code 1 if any image failed."""
+    """Zero-shot classify IMAGES (files, or folders of images) with a bundle. Exit code 1 if any image failed."""
     from edgeclip.runtime import ZeroShotClassifier
 
+    paths = expand_images(images)
+    if not paths:
+        raise click.UsageError(f"no image files in {', '.join(images)}")
     clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=labels, threads=threads,
-                                  trusted_keys=list(trusted_key) or None)
+                                  trusted_keys=list(trusted_key) or None, max_batch=batch_size,
+                                  exact_preprocess=exact_preprocess)
     if not as_json:
-        click.echo(f"# {clf.image.artifact.key} on {clf.backend_name} ({clf.image.reason})", err=True)
-    results = clf.classify(list(images), top_k=top_k, threshold=threshold if multi_label else None)
+        click.echo(f"# {clf.image.artifact.key} on {clf.backend_name} ({clf.image.reason}); "
+                   f"{clf.decode} preprocessing", err=True)
+    with _ProgressBar(len(paths), batch_size) as bar:
+        results = clf.classify(paths, top_k=top_k, threshold=threshold if multi_label else None, progress=bar)
     for r in results:
         if as_json:
             click.echo(json.dumps({**r.to_dict(), "embedding_space": clf.image.artifact.embedding_space}))
@@ -141,9 +198,11 @@ def _compare_spaces(old: Any, new: Any, as_json: bool) -> None:
 @click.option("--precision", default=None)
 @click.option("--out", required=True, type=click.Path(),
               help="Output .npy file ([N, D] float32, one row per input that succeeded, in input order).")
+@BATCH_SIZE
+@EXACT_PREPROCESS
 @TRUSTED_KEY
 def embed(bundle: str, inputs: tuple[str, ...], images: bool, text: bool, backend: str, precision: str | None,
-          out: str, trusted_key: tuple[str, ...]) -> None:
+          out: str, batch_size: int, exact_preprocess: bool | None, trusted_key: tuple[str, ...]) -> None:
     """Write L2-normalised embeddings of images or texts to a .npy file.
 
     The row order, and the embedding space the vectors live in (compare it after a model update:
@@ -157,7 +216,8 @@ def embed(bundle: str, inputs: tuple[str, ...], images: bool, text: bool, backen
     from edgeclip.runtime import ZeroShotClassifier
 
     clf = ZeroShotClassifier.load(bundle, backend=backend, precision=precision, labels=None,
-                                  trusted_keys=list(trusted_key) or None)
+                                  trusted_keys=list(trusted_key) or None, max_batch=batch_size,
+                                  exact_preprocess=exact_preprocess)
     if images:
         emb, errors = clf.embed_images(list(inputs))
     else:

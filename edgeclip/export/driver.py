@@ -14,6 +14,7 @@ existing bundle stages a full copy (hard links) and swaps it in; only artifacts 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
 from edgeclip.runtime.backends import backend_class
 from edgeclip.runtime.classifier import Encoder
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, check_classes, label_embeddings, prompts
-from edgeclip.runtime.preprocess import preprocess
+from edgeclip.runtime.preprocess import DEFAULT_DECODE, preprocess
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 PROBE_TEXTS = (
@@ -94,7 +95,8 @@ def export_bundle(
     staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary directory
     workdir = Path(tempfile.mkdtemp(prefix="edgeclip-export-"))
     try:
-        ctx = _context(model, info, staging, workdir, options, next(iter(label_sets.values()), None))
+        ctx = _context(model, info, staging, workdir, options, next(iter(label_sets.values()), None),
+                       manifest.preprocess.decode)
         preload_calibration(ctx, plan)
         artifacts = [export_artifact(ctx, t, e, p) for t, p in plan for e in encoders]
         _stage(Bundle(staging, manifest), ctx, artifacts, label_sets, old=out if existing else None)
@@ -120,11 +122,12 @@ def _plan(targets: Sequence[str], precision: str | Sequence[str] | None, encoder
 
 
 def _context(model: Model, info: CheckpointInfo, staging: Path, workdir: Path, options: dict[str, Any],
-             labels: tuple[list[str], list[str]] | None) -> ExportContext:
-    """The context every builder gets; the first label set measures top-1 and calibrates INT8 text."""
+             labels: tuple[list[str], list[str]] | None, decode: str) -> ExportContext:
+    """The context every builder gets; the first label set measures top-1 and calibrates INT8 text.
+    Probe images are decoded the way (`decode`) the manifest records and the runtime will use."""
     classes = labels[0] if labels else None
     return ExportContext(
-        model, info, staging, _probes(info, classes), workdir, options,
+        model, info, staging, _probes(info, classes, decode), workdir, options,
         label_embeddings=_label_embeddings(model, info, *labels) if labels else None,
         label_classes=classes, label_prompts=prompts(*labels) if labels else [],
     )
@@ -241,7 +244,8 @@ def _check_same_source(old: Manifest, new: Manifest, out: Path) -> None:
     else:
         differs = [name for name, a, b in (
             ("model config", _plain(old.model_config), _plain(new.model_config)),
-            ("preprocessing", old.preprocess, new.preprocess),
+            # the decode path is the bundle's runtime default, not a property of the model
+            ("preprocessing", dataclasses.replace(old.preprocess, decode=new.preprocess.decode), new.preprocess),
             ("tokenizer", (old.tokenizer, old.tokenizer_sha256), (new.tokenizer, new.tokenizer_sha256)),
         ) if a != b]
         if not differs:
@@ -314,20 +318,21 @@ def _new_manifest(model: Model, info: CheckpointInfo) -> Manifest:
         model_config={**export_config(info.model).to_dict(), "scoring": scoring_of(model).to_dict()},
         embed_dim=info.model.embed_dim,
         logit_scale=scoring_of(model).logit_scale,
-        preprocess=info.preprocess,
+        preprocess=dataclasses.replace(info.preprocess, decode=DEFAULT_DECODE),
         tokenizer=info.tokenizer,
         tokenizer_sha256=sha256_file(info.tokenizer_path),
         source_weights_sha256=weights_hash(model),
     )
 
 
-def _probes(info: CheckpointInfo, classes: list[str] | None) -> dict[str, torch.Tensor]:
+def _probes(info: CheckpointInfo, classes: list[str] | None, decode: str) -> dict[str, torch.Tensor]:
     """Fixed validation inputs: held-out built-in images at an odd size (the resize and crop run)
     plus noise; prompts and sentences."""
     shapes = shapes_heldout(info.preprocess.image_size + 13, REFERENCE_SEED, size=6)
-    images = [preprocess(shapes[i].image, info.preprocess) for i in range(len(shapes))]
+    pre = info.preprocess
+    images = [preprocess(shapes[i].image, pre, decode) for i in range(len(shapes))]
     rng = np.random.default_rng(0)
-    images += [preprocess(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), info.preprocess) for _ in range(2)]
+    images += [preprocess(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), pre, decode) for _ in range(2)]
     texts = list(PROBE_TEXTS) + [f"a photo of a {c}." for c in (classes or [])[:4]]
     ids = TextTokenizer(info.tokenizer_path, info.tokenizer)(texts)
     return {"image": torch.from_numpy(np.stack(images)), "text": torch.from_numpy(ids)}

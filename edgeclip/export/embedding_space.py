@@ -34,7 +34,8 @@ def embedding_space(model: Model, info: CheckpointInfo, encoder: str) -> str:
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     if encoder == "image":
-        h.update(_canonical(dataclasses.asdict(info.preprocess)))
+        # not the decode path: a runtime default whose drift is bounded, so old vectors stay valid
+        h.update(_canonical({k: v for k, v in dataclasses.asdict(info.preprocess).items() if k != "decode"}))
     else:  # the vocabulary and merges by content; the file's name in the bundle does not matter
         tok = {k: v for k, v in dataclasses.asdict(info.tokenizer).items() if k != "file"}
         h.update(_canonical({**tok, "sha256": sha256_file(info.tokenizer_path)}))

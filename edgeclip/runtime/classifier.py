@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,16 @@ from edgeclip.errors import (
 from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class, backend_target
 from edgeclip.runtime.backends.base import Backend, BackendOptions
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, label_embeddings
-from edgeclip.runtime.preprocess import ImageInput, preprocess
+from edgeclip.runtime.preprocess import ImageInput, decode_resize, model_input
 from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.signing import TrustedKeys, verify_signature
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 log = logging.getLogger("edgeclip.runtime")
+
+# threads decoding the next micro-batch while the model runs the current one (Pillow releases the GIL)
+DECODE_THREADS = 2
+Progress = Callable[[int], None]  # called with how many images are done so far
 
 
 @dataclass
@@ -95,12 +100,15 @@ class ZeroShotClassifier:
     """Thread-safe: `classify` may be called from many threads at once."""
 
     def __init__(self, bundle: Bundle, image: Encoder, labels: Labels | None, options: BackendOptions,
-                 max_batch: int = 32) -> None:
+                 max_batch: int = 32, exact_preprocess: bool | None = None) -> None:
         self.bundle = bundle
         self.image = image
         self.options = options
         self.max_batch = max_batch
         self.preprocess_cfg = bundle.manifest.preprocess
+        # the decode path the bundle was validated with, unless the caller asks for one
+        self.decode = (self.preprocess_cfg.decode if exact_preprocess is None
+                       else "exact" if exact_preprocess else "fast")
         self.logit_scale = float(bundle.manifest.logit_scale)
         self.scoring = scoring_from_manifest(bundle.manifest.model_config, self.logit_scale)
         self._labels = labels  # swapped as a whole by set_labels, never mutated
@@ -120,10 +128,15 @@ class ZeroShotClassifier:
         device: str = "CPU",
         precision_hint: str | None = None,
         trusted_keys: TrustedKeys | None = None,
+        exact_preprocess: bool | None = None,
     ) -> ZeroShotClassifier:
         """Open a bundle (or an install folder's current version) and load its image encoder (and a
         label set unless labels=None). Under a trust policy (`trusted_keys`, else the environment's
-        EDGECLIP_TRUSTED_KEYS) the bundle must be signed by a trusted key."""
+        EDGECLIP_TRUSTED_KEYS) the bundle must be signed by a trusted key.
+
+        `exact_preprocess`: True decodes and resizes exactly as training did, False takes the fast
+        path (reduced-size JPEG decode; see edgeclip.runtime.preprocess), None (default) the path
+        the bundle records it was validated with."""
         b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         verify_signature(b, trusted_keys)
         options = BackendOptions(threads=threads, device=device, precision_hint=precision_hint)
@@ -135,7 +148,7 @@ class ZeroShotClassifier:
             emb, meta = b.label_set(labels)
             label_set = Labels(labels, list(meta["classes"]), emb, list(meta.get("templates", [])))
         log.info("image encoder: %s on %s (%s)", image.artifact.key, image.backend_name, image.reason)
-        return cls(b, image, label_set, options, max_batch)
+        return cls(b, image, label_set, options, max_batch, exact_preprocess)
 
     # ---- properties ----------------------------------------------------------------------
     @property
@@ -156,23 +169,48 @@ class ZeroShotClassifier:
         return self._labels
 
     # ---- embeddings ----------------------------------------------------------------------
-    def embed_images(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[str | None]]:
-        """-> ([N, D] L2-normalised embeddings, per-image error or None). Failed rows are NaN."""
-        pixels: list[np.ndarray | None] = []
-        errors: list[str | None] = []
-        for src in images:
-            try:
-                pixels.append(preprocess(src, self.preprocess_cfg))
-                errors.append(None)
-            except ImageError as e:  # one bad image never takes the batch down
-                pixels.append(None)
-                errors.append(str(e))
+    def embed_images(self, images: Sequence[ImageInput],
+                     progress: Progress | None = None) -> tuple[np.ndarray, list[str | None]]:
+        """-> ([N, D] L2-normalised embeddings, per-image error or None). Failed rows are NaN.
+
+        Images go through in micro-batches of max_batch, in input order; a small thread pool decodes
+        the next micro-batch while the model runs this one. `progress(done)` after each one."""
         out = np.full((len(images), self.bundle.manifest.embed_dim), np.nan, dtype=np.float32)
-        good = [i for i, p in enumerate(pixels) if p is not None]
-        for start in range(0, len(good), self.max_batch):
-            rows = good[start : start + self.max_batch]
-            out[rows] = self.image(np.stack([pixels[i] for i in rows]))  # type: ignore[misc]
+        errors: list[str | None] = [None] * len(images)
+        chunks = [range(i, min(i + self.max_batch, len(images))) for i in range(0, len(images), self.max_batch)]
+        # one image has nothing to overlap with: decoded inline, no thread started for its latency
+        pool = ThreadPoolExecutor(DECODE_THREADS, "edgeclip-decode") if len(images) > 1 else None
+
+        def decode(chunk: range) -> list[Future[np.ndarray]]:
+            args = [(images[i], self.preprocess_cfg, self.decode) for i in chunk]
+            return [pool.submit(decode_resize, *a) if pool else _run_now(decode_resize, *a) for a in args]
+
+        try:
+            ahead = decode(chunks[0]) if chunks else []
+            for n, chunk in enumerate(chunks):
+                current = ahead
+                # the next micro-batch decodes while this one runs: two of them in memory at most
+                ahead = decode(chunks[n + 1]) if n + 1 < len(chunks) else []
+                self._embed_chunk(chunk, current, out, errors)
+                if progress is not None:
+                    progress(chunk.stop)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return out, errors
+
+    def _embed_chunk(self, chunk: range, decoded: list[Future[np.ndarray]], out: np.ndarray,
+                     errors: list[str | None]) -> None:
+        """Run one micro-batch: its images that decoded go to the model, in order, as one batch."""
+        rows, pixels = [], []
+        for i, future in zip(chunk, decoded, strict=True):
+            try:
+                pixels.append(future.result())
+                rows.append(i)
+            except ImageError as e:  # one bad image never takes the batch down
+                errors[i] = str(e)
+        if rows:
+            out[rows] = self.image(model_input(np.stack(pixels), self.preprocess_cfg, self.image.artifact.inputs[0]))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """[N, D] L2-normalised text embeddings; needs a text encoder in the bundle."""
@@ -225,10 +263,11 @@ class ZeroShotClassifier:
 
     # ---- classification ------------------------------------------------------------------
     def classify(self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5,
-                 threshold: float | None = None) -> list[Classification]:
+                 threshold: float | None = None, progress: Progress | None = None) -> list[Classification]:
         """Rank the label set for each image, with probabilities under the bundle's scoring rule:
         softmax(logit_scale * cos) for CLIP, sigmoid(logit_scale * cos + logit_bias) per label for
-        SigLIP. `threshold` (multi-label, sigmoid bundles only): every label at or above it, not top_k."""
+        SigLIP. `threshold` (multi-label, sigmoid bundles only): every label at or above it, not top_k.
+        `progress(done)` is called as micro-batches finish (see embed_images)."""
         if threshold is not None and self.scoring.rule != "sigmoid":
             raise ConfigError(f"multi-label needs independent per-label scores; this bundle scores by "
                               f"{self.scoring.rule}, whose probabilities compete",
@@ -238,7 +277,7 @@ class ZeroShotClassifier:
         if not batch:
             raise EdgeclipError("no images given", fix="pass at least one image")
         labels = self._require_labels()  # one consistent label set for the whole call
-        emb, errors = self.embed_images(batch)
+        emb, errors = self.embed_images(batch, progress)
         k = max(1, min(top_k, len(labels.classes)))
         results = []
         for src, e, err in zip(batch, emb, errors, strict=True):
@@ -252,6 +291,16 @@ class ZeroShotClassifier:
             preds = [(labels.classes[i], float(p[i])) for i in top]
             results.append(Classification(name, preds, scoring=self.scoring.rule))
         return results
+
+
+def _run_now(fn: Callable[..., np.ndarray], *args: Any) -> Future[np.ndarray]:
+    """fn(*args) as an already finished Future, its ImageError kept for the caller."""
+    future: Future[np.ndarray] = Future()
+    try:
+        future.set_result(fn(*args))
+    except ImageError as e:
+        future.set_exception(e)
+    return future
 
 
 def check_label_name_free(bundle: Bundle, name: str, overwrite: bool) -> None:

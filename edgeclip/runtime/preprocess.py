@@ -2,6 +2,12 @@
 
 The trainer's eval transform, calibration and the device runtime all call `load_image` and
 `resize_crop` from here, so pixels reach every encoder the same way.
+
+Two decode paths. "exact" is the training transform, bit for bit. "fast" changes only images whose
+shortest side is at least twice the model's input: a JPEG is decoded at reduced size in the DCT
+domain, then reduced by an integer factor, and only the region the crop keeps is resampled; the
+result stays at least twice the output size before the final bicubic/bilinear resample (Pillow's
+own `thumbnail` recipe). Its drift from "exact" is measured by benchmarks/preprocess_drift.py.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import IO, Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from edgeclip.bundle import PreprocessConfig
+from edgeclip.bundle import DECODES, PreprocessConfig, TensorSpec
 from edgeclip.errors import ConfigError, ImageError
 
 ImageInput = Union[str, os.PathLike[str], bytes, IO[bytes], Image.Image, np.ndarray]
@@ -25,6 +31,17 @@ MAX_PIXELS = 89_478_485
 # beyond this aspect ratio the resized-but-uncropped image is not materialised (see resize_crop)
 _MAX_ASPECT = 16
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# the fast path changes images from FAST_GAP x the model's input up, and its integer reduce leaves
+# at least FAST_GAP x the output size for the final resample (Pillow's `thumbnail` recipe)
+FAST_GAP = 2
+# the DCT-domain decode keeps the shortest side >= DRAFT_GAP x the input. 1 lets a 1280x720 frame
+# decode at half size for a 224-px model; benchmarks/results/preprocess_drift.json measures 1 and 2,
+# and both meet the bound there
+DRAFT_GAP = 1
+# what new exports are validated with and record (PreprocessConfig.decode); a bundle's record is
+# the runtime's default. Chosen because the drift measured in
+# benchmarks/results/preprocess_drift.json meets the bound stated there.
+DEFAULT_DECODE = "fast"
 
 
 def _describe(src: Any) -> str:
@@ -37,15 +54,18 @@ def _describe(src: Any) -> str:
     return f"<{type(src).__name__}>"
 
 
-def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> Image.Image:
     """Decode any supported input to an RGB PIL image, EXIF orientation applied.
 
+    `draft`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (both axes alike) as long as its
+    shortest side stays >= `draft` pixels; other formats ignore it. The pixel limit applies to the
+    size the file declares, before anything is decoded.
     Raises ImageError (never anything else) for an input that cannot be used.
     """
     name = _describe(src)
     try:
         if isinstance(src, Image.Image):
-            return _decode(src, name, max_pixels)
+            return _decode(src, name, max_pixels, None)  # already decoded, or the caller's to draft
         if isinstance(src, np.ndarray):
             return _from_array(src, name)
         if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
@@ -55,7 +75,7 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(fp)
         with opened:  # the decoded copy outlives the file handle
-            return _decode(opened, name, max_pixels)
+            return _decode(opened, name, max_pixels, draft)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -64,13 +84,17 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageError(f"{name}: cannot decode image: {e}", fix="pass a readable JPEG/PNG/WebP/... file") from e
 
 
-def _decode(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+def _decode(img: Image.Image, name: str, max_pixels: int, draft: int | None) -> Image.Image:
     w, h = img.size
     if w < 1 or h < 1:
         raise ImageError(f"{name}: the image is empty ({w}x{h})")
     if w * h > max_pixels:
         raise ImageError(f"{name}: {w}x{h} exceeds the {max_pixels}-pixel limit (decompression bomb?)")
     img.seek(0)  # first frame of an animation
+    if draft is not None and min(w, h) >= 2 * draft:  # below that no DCT scale applies
+        # Pillow picks the largest DCT scale with both sides >= the request; the scale is the same
+        # on both axes, so EXIF orientation (applied after) is unaffected
+        img.draft(None, (draft, draft))
     img = ImageOps.exif_transpose(img) or img  # a transposed (or plain) copy, fully loaded
     return to_rgb(img)
 
@@ -103,29 +127,61 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _shortest_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """"shortest" + "center": (resized width, height, crop left, top)."""
+    # the long side is floored, as in transformers' CLIPImageProcessor and torchvision's Resize
+    nw, nh = (size, max(size, int(size * h / w))) if w <= h else (max(size, int(size * w / h)), size)
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
+def _crop_box(w: int, h: int, size: int) -> tuple[float, float, float, float]:
+    """The source region that "shortest" + "center" keeps, in source pixels."""
+    nw, nh, left, top = _shortest_geometry(w, h, size)
+    sx, sy = w / nw, h / nh
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
+def _check_mode(cfg: PreprocessConfig) -> None:
+    if (cfg.resize, cfg.crop) not in (("shortest", "center"), ("squash", "none")):
+        raise ConfigError(f"unsupported preprocess resize={cfg.resize!r} crop={cfg.crop!r}")
+
+
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """"shortest": resize the shortest side to image_size (keeping aspect), then center-crop a
     square. "squash": resize to image_size x image_size, aspect not kept, nothing cropped."""
+    _check_mode(cfg)
     size = cfg.image_size
-    if (cfg.resize, cfg.crop) == ("squash", "none"):
+    if cfg.resize == "squash":
         return img if img.size == (size, size) else img.resize((size, size), _RESAMPLE[cfg.interpolation])
-    if cfg.resize != "shortest" or cfg.crop != "center":
-        raise ConfigError(f"unsupported preprocess resize={cfg.resize!r} crop={cfg.crop!r}")
     w, h = img.size
     if (w, h) != (size, size):
-        # the long side is floored, as in transformers' CLIPImageProcessor and torchvision's Resize
-        nw, nh = (size, max(size, int(size * h / w))) if w <= h else (max(size, int(size * w / h)), size)
-        left, top = (nw - size) // 2, (nh - size) // 2
+        nw, nh, left, top = _shortest_geometry(w, h, size)
         if nw * nh > _MAX_ASPECT * size * size:
             # a 20000x1 strip would be resized to gigabytes before the crop: resample only the
             # source region the crop keeps (equal to resize-then-crop within 1-2 levels)
-            sx, sy = w / nw, h / nh
-            box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-            return img.resize((size, size), _RESAMPLE[cfg.interpolation], box=box)
+            return img.resize((size, size), _RESAMPLE[cfg.interpolation], box=_crop_box(w, h, size))
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), _RESAMPLE[cfg.interpolation])
         img = img.crop((left, top, left + size, top + size))
     return img
+
+
+def uses_fast_path(width: int, height: int, cfg: PreprocessConfig) -> bool:
+    """Whether the fast path may change an image of this (declared) size: only from FAST_GAP x the
+    model's input up; anything smaller goes the exact way."""
+    return min(width, height) >= FAST_GAP * cfg.image_size
+
+
+def resize_crop_fast(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """The fast path's resize: `resize_crop`'s geometry, but only the kept region is resampled, after
+    an integer reduce that leaves >= FAST_GAP x the output size. Smaller images: `resize_crop`."""
+    _check_mode(cfg)
+    w, h = img.size
+    if not uses_fast_path(w, h, cfg):
+        return resize_crop(img, cfg)
+    size = cfg.image_size
+    box = _crop_box(w, h, size) if cfg.resize == "shortest" else (0.0, 0.0, float(w), float(h))
+    return img.resize((size, size), _RESAMPLE[cfg.interpolation], box=box, reducing_gap=FAST_GAP)
 
 
 def normalize(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
@@ -140,7 +196,31 @@ def normalize(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return x
 
 
-def preprocess(src: ImageInput, cfg: PreprocessConfig) -> np.ndarray:
+def model_input(batch_u8: np.ndarray, cfg: PreprocessConfig, spec: TensorSpec) -> np.ndarray:
+    """uint8 [N, S, S, 3] -> what the artifact's input `spec` takes: float32 [N, 3, S, S],
+    normalised exactly as `normalize` does (the same float32 operations, so the same bits)."""
+    if spec.dtype != "float32" or cfg.layout != "NCHW":
+        raise ConfigError(f"input {spec.name!r} wants {spec.dtype} {cfg.layout}; this runtime feeds float32 NCHW",
+                          fix="upgrade edgeclip, or re-export the bundle with this version")
+    x = np.empty((batch_u8.shape[0], 3, batch_u8.shape[1], batch_u8.shape[2]), dtype=np.float32)
+    x[...] = batch_u8.transpose(0, 3, 1, 2)
+    x /= np.float32(1.0 / cfg.rescale_factor)
+    x -= np.asarray(cfg.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    x /= np.asarray(cfg.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return x
+
+
+def decode_resize(src: ImageInput, cfg: PreprocessConfig, decode: str = "exact") -> np.ndarray:
+    """One image -> uint8 [S, S, 3], decoded and resized the `decode` way ("exact" or "fast")."""
+    if decode not in DECODES:
+        raise ConfigError(f"unknown decode path {decode!r}", fix=f"use one of {', '.join(DECODES)}")
+    if decode == "exact":
+        img = resize_crop(load_image(src), cfg)
+    else:
+        img = resize_crop_fast(load_image(src, draft=DRAFT_GAP * cfg.image_size), cfg)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def preprocess(src: ImageInput, cfg: PreprocessConfig, decode: str = "exact") -> np.ndarray:
     """One image -> float32 [3, S, S]."""
-    img = resize_crop(load_image(src), cfg)
-    return normalize(np.asarray(img, dtype=np.uint8), cfg)
+    return normalize(decode_resize(src, cfg, decode), cfg)
