@@ -129,13 +129,19 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int | str, ...]  # str entries are symbolic, e.g. "batch_size"
+    # image inputs: "NHWC" for uint8 pixels normalised inside the graph; None is the float NCHW
+    # tensor of `preprocess` (bundles written before layouts were recorded have only that)
+    layout: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        return {**d, "layout": self.layout} if self.layout else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(d["shape"]))
+        layout = d.get("layout")
+        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(d["shape"]),
+                   layout=None if layout is None else str(layout))
 
 
 @dataclass
@@ -308,7 +314,8 @@ def _check_shapes(a: Artifact, m: Manifest) -> None:
     """Fixed dims of an encoder's first input/output must match image_size and embed_dim."""
     size = m.preprocess.image_size
     ins, outs = a.inputs[0].shape, a.outputs[0].shape
-    wrong = a.encoder == "image" and len(ins) == 4 and any(isinstance(v, int) and v != size for v in ins[2:])
+    spatial = ins[1:3] if a.inputs[0].layout == "NHWC" else ins[2:]
+    wrong = a.encoder == "image" and len(ins) == 4 and any(isinstance(v, int) and v != size for v in spatial)
     if wrong or (outs and isinstance(outs[-1], int) and outs[-1] != m.embed_dim):
         raise BundleError(f"artifact {a.key} has shapes {list(ins)} -> {list(outs)}, which do not fit "
                           f"image_size {size} and embed_dim {m.embed_dim} in {MANIFEST}")

@@ -35,6 +35,8 @@ def _calibration_line(c: Calibration) -> str:
 @click.option("--coreml-target", default=None, help="CoreML deployment target (default iOS16).")
 @click.option("--coreml-flexible-batch", is_flag=True, default=None, help="CoreML image tower with a batch range.")
 @click.option("--coreml-image-input", is_flag=True, default=None, help="CoreML image input with mean/std folded in.")
+@click.option("--image-input", type=click.Choice(["float32", "uint8"]), default=None,
+              help="onnx/openvino image input: float32 NCHW [default] or uint8 NHWC normalised in the graph.")
 @click.option("--trt-min-batch", type=click.IntRange(min=1), default=None)
 @click.option("--trt-opt-batch", type=click.IntRange(min=1), default=None)
 @click.option("--trt-max-batch", type=click.IntRange(min=1), default=None)

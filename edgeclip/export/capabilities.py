@@ -38,13 +38,13 @@ CAPABILITIES: dict[str, Capability] = {
     c.target: c
     for c in (
         Capability(
-            "onnx", ("fp32", "fp16", "int8", "int8-dynamic"), INT8_OPTIONS,
+            "onnx", ("fp32", "fp16", "int8", "int8-dynamic"), ("image_input", *INT8_OPTIONS),
             builds_on="anywhere (torch, onnx)",
             runs_on="ONNX Runtime: any CPU; CUDA / TensorRT execution providers",
             numerics_here="yes: onnxruntime CPU vs torch",
         ),
         Capability(
-            "openvino", ("fp32", "fp16", "int8"), ("ov_precision_hint", *INT8_OPTIONS),
+            "openvino", ("fp32", "fp16", "int8"), ("ov_precision_hint", "image_input", *INT8_OPTIONS),
             builds_on="anywhere (openvino)",
             runs_on="OpenVINO: x86 CPUs (Intel/AMD), Intel GPU and NPU",
             numerics_here="yes: OpenVINO CPU plugin (f32 hint) vs torch",

@@ -38,7 +38,7 @@ from edgeclip.export.embedding_space import embedding_space
 from edgeclip.export.encoders import ENCODERS, EncoderSpec, encoder_module, encoder_spec, export_config
 from edgeclip.export.int8.common import Int8Options, check_int8_plan, encoder_data, preload_calibration
 from edgeclip.export.targets import Built, ExportContext, Run, artifact_entry, get_target, load_built
-from edgeclip.export.validate import GUARDED, validate
+from edgeclip.export.validate import GUARDED, fed_as, validate
 from edgeclip.model.build import Model, encoder_of, scoring_of
 from edgeclip.model.checkpoint import CheckpointInfo, load_checkpoint
 from edgeclip.runtime.backends import backend_class
@@ -203,7 +203,8 @@ def _validate(ctx: ExportContext, spec: EncoderSpec, artifact: Artifact, run: Ru
         budget = Int8Options.from_options(ctx.options).budget
         gate = encoder_data(ctx, spec, dynamic=artifact.precision == "int8-dynamic").heldout, budget
     result = validate(
-        encoder_module(spec.name, ctx.model), ctx.probes[spec.name], run, artifact.precision,
+        encoder_module(spec.name, ctx.model), ctx.probes[spec.name],
+        fed_as(run, artifact.inputs[0], ctx.info.preprocess), artifact.precision,
         what=f"{artifact.key} ({checked_with})",
         label_embeddings=ctx.label_embeddings if spec.name == "image" else None, heldout=gate,
     )

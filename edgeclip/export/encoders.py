@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edgeclip.bundle import TensorSpec
+from edgeclip.bundle import PreprocessConfig, TensorSpec
+from edgeclip.errors import ConfigError
 from edgeclip.model.build import Model, encoder_of
 from edgeclip.model.checkpoint import CheckpointInfo
 from edgeclip.model.clip import CLIP, ImageEncoder
@@ -19,6 +23,8 @@ from edgeclip.model.reparameterize import in_training_form, inference_config, re
 
 BATCH = "batch_size"
 ENCODERS = ("image", "text")
+FLOAT_INPUT, UINT8_INPUT = "float32", "uint8"
+IMAGE_INPUTS = (FLOAT_INPUT, UINT8_INPUT)
 
 
 @dataclass(frozen=True)
@@ -36,15 +42,22 @@ class EncoderSpec:
         return self.outputs[0].name
 
 
-def encoder_spec(encoder: str, info: CheckpointInfo) -> EncoderSpec:
+def image_input(options: Mapping[str, Any]) -> str:
+    """The image artifacts' input (`--image-input`): float32 NCHW normalised by the caller, or
+    uint8 NHWC resized pixels that the graph converts and normalises itself."""
+    value = str(options.get("image_input") or FLOAT_INPUT)
+    if value not in IMAGE_INPUTS:
+        raise ConfigError(f"unknown --image-input '{value}'", fix=f"use one of: {', '.join(IMAGE_INPUTS)}")
+    return value
+
+
+def encoder_spec(encoder: str, info: CheckpointInfo, pixels: str = FLOAT_INPUT) -> EncoderSpec:
     d = info.model.embed_dim
     if encoder == "image":
         s = info.preprocess.image_size
-        return EncoderSpec(
-            "image",
-            (TensorSpec("pixel_values", "float32", (BATCH, 3, s, s)),),
-            (TensorSpec("image_embeds", "float32", (BATCH, d)),),
-        )
+        inp = (TensorSpec("pixel_values", "uint8", (BATCH, s, s, 3), layout="NHWC") if pixels == UINT8_INPUT
+               else TensorSpec("pixel_values", "float32", (BATCH, 3, s, s)))
+        return EncoderSpec("image", (inp,), (TensorSpec("image_embeds", "float32", (BATCH, d)),))
     n = info.tokenizer.context_length
     return EncoderSpec(
         "text",
@@ -108,3 +121,18 @@ def example_input(encoder: str, info: CheckpointInfo, batch: int = 2) -> torch.T
     ids[:, 0] = t.sot_id if t.sot_id >= 0 else ids[:, 0]
     ids[:, -1] = t.eot_id if t.eot_id >= 0 else ids[:, -1]
     return ids
+
+
+def takes_uint8(spec: EncoderSpec) -> bool:
+    return spec.inputs[0].dtype == UINT8_INPUT
+
+
+def uint8_pixels(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """float32 [N, 3, S, S] from `normalize` -> the uint8 [N, S, S, 3] RGB pixels it came from.
+
+    Exact for pixels that came from uint8 images (probes, calibration and held-out images all
+    do): undoing the normalisation lands within 1e-4 of an integer, far from the 0.5 rounding edge."""
+    mean = np.asarray(cfg.mean, dtype=np.float64).reshape(1, 3, 1, 1)
+    std = np.asarray(cfg.std, dtype=np.float64).reshape(1, 3, 1, 1)
+    levels = (pixels.astype(np.float64) * std + mean) / cfg.rescale_factor
+    return np.clip(np.rint(levels), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()

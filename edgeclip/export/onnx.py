@@ -10,8 +10,11 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from edgeclip import __version__
-from edgeclip.export.encoders import EncoderSpec
+from edgeclip.bundle import PreprocessConfig
+from edgeclip.export.encoders import UINT8_INPUT, EncoderSpec, encoder_spec, image_input
 from edgeclip.export.int8.onnxruntime import quantize_onnx
 from edgeclip.export.reference import onnx_environment, reference_onnx
 from edgeclip.export.targets import Built, ExportContext
@@ -54,6 +57,38 @@ def add_metadata(path: Path, ctx: ExportContext, spec: EncoderSpec, precision: s
     onnx.save(model, str(path))
 
 
+def add_uint8_input(path: Path, cfg: PreprocessConfig) -> None:
+    """Put the normalisation in front of the graph: its input becomes uint8 [N, S, S, 3] RGB, then
+    Cast, Transpose to NCHW, Div, Sub, Div: the float32 operations of `normalize`, in its order.
+    Added after quantization, so the INT8 layers are those of the float-input artifact."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    old = g.input[0]
+    name, inner = old.name, f"{old.name}_normalized"
+    for node in g.node:
+        node.input[:] = [inner if i == name else i for i in node.input]
+    batch, _, s, _ = (d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim)
+    consts = {"pixel_levels": np.asarray(1.0 / cfg.rescale_factor, np.float32),
+              "pixel_mean": np.asarray(cfg.mean, np.float32).reshape(1, 3, 1, 1),
+              "pixel_std": np.asarray(cfg.std, np.float32).reshape(1, 3, 1, 1)}
+    prologue = [
+        helper.make_node("Cast", [name], ["pixels_f32"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["pixels_f32"], ["pixels_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Div", ["pixels_nchw", "pixel_levels"], ["pixels_unit"]),
+        helper.make_node("Sub", ["pixels_unit", "pixel_mean"], ["pixels_centred"]),
+        helper.make_node("Div", ["pixels_centred", "pixel_std"], [inner]),
+    ]
+    g.input.remove(old)
+    g.input.insert(0, helper.make_tensor_value_info(name, TensorProto.UINT8, [batch, s, s, 3]))
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    for node in reversed(prologue):
+        g.node.insert(0, node)
+    onnx.save(model, str(path))
+
+
 class OnnxTarget:
     name = "onnx"
 
@@ -67,5 +102,9 @@ class OnnxTarget:
             calibration = quantize_onnx(ctx, spec, src, path, precision, flavour=self.name)
         else:
             shutil.copyfile(src, path)
+        iface = None
+        if spec.name == "image" and image_input(ctx.options) == UINT8_INPUT:
+            add_uint8_input(path, ctx.info.preprocess)
+            iface = encoder_spec("image", ctx.info, UINT8_INPUT)
         add_metadata(path, ctx, spec, precision)
-        return Built([path.name], onnx_environment(), calibration, checked_with="onnxruntime CPU")
+        return Built([path.name], onnx_environment(), calibration, checked_with="onnxruntime CPU", interface=iface)

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeclip.bundle import PreprocessConfig, TensorSpec
 from edgeclip.errors import ValidationError
+from edgeclip.export.encoders import UINT8_INPUT, uint8_pixels
 from edgeclip.export.int8.guard import Budget, HeldOut, measure, within
 from edgeclip.runtime.similarity import cosine_rows
 
@@ -35,6 +37,18 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
         "cosine_mean": float(cos.mean()),
         "max_abs": float(np.abs(ref - act).max()),
     }
+
+
+Run = Callable[[np.ndarray], np.ndarray]
+
+
+def fed_as(run: Run, artifact_input: TensorSpec, cfg: PreprocessConfig) -> Run:
+    """`run` taking the normalised float pixels that probes and held-out inputs are kept as. An
+    artifact with uint8 input gets the very images those floats came from, as uint8, so it is
+    judged on the same pixels and against the same torch reference as a float-input artifact."""
+    if artifact_input.dtype != UINT8_INPUT:
+        return run
+    return lambda x: run(uint8_pixels(x, cfg))
 
 
 def validate(

@@ -22,6 +22,7 @@ from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.runtime import ZeroShotClassifier
 from tests.conftest import TINY_CLASSES, ort_optimized_graph, run_cli
 from tests.export.test_guard import README_MAX_DROP, README_MIN_COSINE, check_saved_graph
+from tests.export.test_openvino import assert_converted_from_torch
 
 CALIB = {"calib": "builtin:shapes", "calib_size": 64}
 LABELS = {"default": (TINY_CLASSES, None)}
@@ -72,6 +73,7 @@ def test_graphs_are_quantized_as_each_target_needs(int8_bundle: Bundle, tmp_path
     for a in int8_bundle.manifest.find("image"):
         if a.target == "openvino":
             assert 'element_type="i8"' in (int8_bundle.root / a.main_file).read_text()
+            assert_converted_from_torch(int8_bundle.artifact_path(a), layers=2)
             continue
         g = onnx.load(str(int8_bundle.artifact_path(a)))
         ops = {n.op_type for n in g.graph.node}

@@ -21,6 +21,7 @@ class TestOpenVino(TargetTemplate):
 
     def check_target_specific(self, bundle: Bundle, artifact) -> None:  # type: ignore[no-untyped-def]
         assert sorted(Path(f).suffix for f in artifact.files) == [".bin", ".xml"]
+        assert_converted_from_torch(bundle.root / artifact.main_file, layers=2)  # test-tiny: 2 blocks per tower
         assert "INFERENCE_PRECISION_HINT=f32" in artifact.validation.checked_with
         xml = (bundle.root / artifact.main_file).read_text()
         assert ('element_type="f16"' in xml) == (artifact.precision == "fp16")
@@ -60,3 +61,38 @@ def test_openvino_backend_is_thread_safe(tiny_checkpoint: Path, tmp_path: Path) 
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda i: clf.classify([images[i % 8]])[0].predictions, range(32)))
     assert got == [expected[i % 8] for i in range(32)]
+
+
+def assert_converted_from_torch(xml: Path, layers: int) -> None:
+    """OpenVINO's PyTorch frontend keeps torch's SDPA as one ScaledDotProductAttention op per block
+    (the form its CPU plugin fuses). The ONNX reference spells attention out as MatMul + Softmax, so
+    an IR converted from that file has a Softmax and no SDPA op: this fails if the target goes back."""
+    import openvino as ov
+
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ordered_ops()]
+    assert ops.count("ScaledDotProductAttention") == layers, xml
+    assert "Softmax" not in ops, xml
+
+
+def test_clip_float_defaults_are_found_in_the_converted_model() -> None:
+    """The stem conv and the final projection are the layers CLIP keeps in float unless measured
+    safe; in the IR from torch the projection's weight has lost its name (a folded transpose)."""
+    import openvino as ov
+    import torch
+
+    from edgeclip.export.encoders import export_module
+    from edgeclip.export.int8.openvino import float_defaults
+    from edgeclip.model.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model("test-tiny").eval()
+    for encoder, expected in (("image", ["Convolution", "MatMul"]), ("text", ["MatMul"])):
+        module = export_module(encoder, model)
+        x = torch.randn(2, 3, 32, 32) if encoder == "image" else torch.randint(1, 100, (2, 16))
+        ir = ov.convert_model(module, example_input=x)
+        names = float_defaults(ir, module)
+        ops = {op.get_friendly_name(): op for op in ir.get_ordered_ops()}
+        assert [ops[n].get_type_name() for n in names] == expected, (encoder, names)
+        projection = ops[names[-1]]  # the last MatMul before the L2 normalisation
+        last = [op for op in ir.get_ordered_ops() if op.get_type_name() == "MatMul"][-1]
+        assert projection.get_friendly_name() == last.get_friendly_name()

@@ -11,16 +11,28 @@ import numpy as np
 
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
-from edgeclip.errors import EdgeclipError, MissingDependencyError
+from edgeclip.errors import ConfigError, EdgeclipError, MissingDependencyError
 
 # manifest dtype name -> numpy dtype of the array a backend feeds
 NP_DTYPES: dict[str, type[np.generic]] = {
-    "float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
+    "float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "uint8": np.uint8,
 }
 
 
 def input_dtypes(artifact: Artifact) -> dict[str, type[np.generic]]:
     return {s.name: NP_DTYPES[s.dtype] for s in artifact.inputs}
+
+
+def as_feed(dtypes: dict[str, type[np.generic]], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays a backend feeds, contiguous and in each input's dtype. A uint8 input (pixels that
+    the graph normalises) takes uint8 only: casting normalised floats to it would run garbage."""
+    for k, v in inputs.items():
+        if dtypes.get(k) is np.uint8 and np.asarray(v).dtype != np.uint8:
+            raise ConfigError(
+                f"input '{k}' takes uint8 pixels [N, S, S, 3] (normalised inside the graph), got {np.asarray(v).dtype}",
+                fix="feed the resized uint8 RGB images (runtime.preprocess.resize_crop), not normalised floats",
+            )
+    return {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in inputs.items()}
 
 
 @dataclass(frozen=True)

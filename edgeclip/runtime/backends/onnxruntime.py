@@ -10,7 +10,7 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import EdgeclipError
-from edgeclip.runtime.backends.base import BackendOptions, input_dtypes, missing_sdk
+from edgeclip.runtime.backends.base import BackendOptions, as_feed, input_dtypes, missing_sdk
 
 
 class OnnxRuntimeBackend:
@@ -47,6 +47,6 @@ class OnnxRuntimeBackend:
         self.output_names = [s.name for s in artifact.outputs]
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in inputs.items()}
+        feed = as_feed(self.input_dtypes, inputs)
         outs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outs, strict=True))

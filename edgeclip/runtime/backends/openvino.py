@@ -11,7 +11,7 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import EdgeclipError
-from edgeclip.runtime.backends.base import BackendOptions, input_dtypes, missing_sdk
+from edgeclip.runtime.backends.base import BackendOptions, as_feed, input_dtypes, missing_sdk
 
 
 class OpenVinoBackend:
@@ -48,7 +48,7 @@ class OpenVinoBackend:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        feed = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in inputs.items()}
+        feed = as_feed(self.input_dtypes, inputs)
         result = request.infer(feed)
         # results alias the request's buffers, which the next call overwrites
         return {name: np.array(result[self.compiled.output(name)], copy=True) for name in self.output_names}
