@@ -8,21 +8,62 @@ the INT8 IR from the ONNX file ran slower than one from torch, with the same NNC
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from edgeclip import _deps
 from edgeclip.bundle import PreprocessConfig
 from edgeclip.export.encoders import UINT8_INPUT, EncoderSpec, encoder_spec, example_input, export_module, image_input
 from edgeclip.export.int8.openvino import quantize_openvino
 from edgeclip.export.targets import Built, ExportContext
+from edgeclip.model.build import Model
+from edgeclip.model.clip import Attention, ResidualBlock
 from edgeclip.runtime.backends.base import BackendOptions
 
 # parity is checked at fp32 inference precision: the CPU default may be bf16 (see BackendOptions)
 VALIDATION_HINT = "f32"
 SOURCE = f"torch {torch.__version__} module (OpenVINO's PyTorch frontend, traced)"
+
+
+class SeparateQKV(nn.Module):
+    """`clip.Attention` with q, k and v as three projections (the same weights, sliced), on SDPA.
+
+    With one fused in_proj, NNCF quantizes SDPA's query and key after the Split of a float output:
+    the CPU plugin then runs two standalone FakeQuantize ops plus the Split and Reshapes in float per
+    block. With three projections each FakeQuantize fuses into its FullyConnected (int8 output) and
+    the reshapes run in int8, as in transformers' CLIP (the form OpenVINO's own recipe converts)."""
+
+    def __init__(self, attn: Attention) -> None:
+        super().__init__()
+        d = attn.out_proj.in_features
+        self.heads = attn.heads
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d) for _ in range(3))
+        with torch.no_grad():
+            for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+                proj.weight.copy_(attn.in_proj_weight[i * d : (i + 1) * d])
+                proj.bias.copy_(attn.in_proj_bias[i * d : (i + 1) * d])
+        self.out_proj = attn.out_proj
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        n, d = x.shape[1:]
+        q, k, v = (p(x).reshape(-1, n, self.heads, d // self.heads).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(-1, n, d))
+
+
+def openvino_module(encoder: str, model: Model) -> nn.Module:
+    """`export_module` with every ViT/text attention block's q, k and v projected separately (on a copy)."""
+    module = copy.deepcopy(export_module(encoder, model))
+    for block in module.modules():
+        if isinstance(block, ResidualBlock) and isinstance(block.attn, Attention):
+            block.attn = SeparateQKV(block.attn)  # type: ignore[assignment]
+    return module
 
 
 def torch_model(ctx: ExportContext, spec: EncoderSpec) -> Any:
@@ -31,7 +72,7 @@ def torch_model(ctx: ExportContext, spec: EncoderSpec) -> Any:
     key = f"openvino-fp32/{spec.name}"
     if key not in ctx.cache:
         ov: Any = _deps.require("openvino", extra="openvino", purpose="the openvino export target")
-        module = export_module(spec.name, ctx.model)
+        module = openvino_module(spec.name, ctx.model)
         shape = [-1, *(int(d) for d in spec.inputs[0].shape[1:])]
         with torch.no_grad():
             model = ov.convert_model(module, example_input=example_input(spec.name, ctx.info), input=[shape])

@@ -76,6 +76,15 @@ def assert_converted_from_torch(xml: Path, layers: int) -> None:
     assert sum(op.get_type_name() == "ScaledDotProductAttention" for op in ops) == layers, xml
 
 
+def runtime_fake_quantize(xml: Path) -> int:
+    """FakeQuantize layers the CPU plugin runs on their own (not fused into an int8 layer)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return sum(op.get_rt_info()["layerType"].astype(str) == "FakeQuantize"
+               for op in compiled.get_runtime_model().get_ordered_ops())
+
+
 def test_clip_float_defaults_are_found_in_the_converted_model() -> None:
     """The stem conv and the final projection are the layers CLIP keeps in float unless measured
     safe; in the IR from torch the projection's weight has lost its name (a folded transpose)."""
