@@ -198,7 +198,10 @@ def normalize(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 def model_input(batch_u8: np.ndarray, cfg: PreprocessConfig, spec: TensorSpec) -> np.ndarray:
     """uint8 [N, S, S, 3] -> what the artifact's input `spec` takes: float32 [N, 3, S, S],
-    normalised exactly as `normalize` does (the same float32 operations, so the same bits)."""
+    normalised exactly as `normalize` does (the same float32 operations, so the same bits), or the
+    uint8 pixels themselves for an artifact that normalises inside its graph (layout NHWC)."""
+    if spec.dtype == "uint8" and spec.layout == "NHWC":
+        return np.ascontiguousarray(batch_u8, dtype=np.uint8)
     if spec.dtype != "float32" or cfg.layout != "NCHW":
         raise ConfigError(f"input {spec.name!r} wants {spec.dtype} {cfg.layout}; this runtime feeds float32 NCHW",
                           fix="upgrade edgeclip, or re-export the bundle with this version")

@@ -21,6 +21,7 @@ from edgeclip.model.clip import ImageEncoder, TextEncoder
 from edgeclip.model.fastvit import Reparameterizable
 from edgeclip.model.importer import import_weights
 from edgeclip.model.reparameterize import reparameterize
+from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgeclip.runtime.backends.openvino import OpenVinoBackend
@@ -160,6 +161,21 @@ def test_uint8_artifact_matches_the_float_artifact_on_the_same_pixels(
     options = BackendOptions(precision_hint="f32")
     want = load_encoder(plain, "image", backend, precision, options)(np.stack([normalize(p, cfg) for p in pixels]))
     got = load_encoder(uint8, "image", backend, precision, options)(pixels)
+    assert float(np.min(cosine_rows(want, got))) >= README_PARITY["fp32"]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_classifier_feeds_uint8_artifacts_their_pixels(
+    image_input_bundles: tuple[Bundle, Bundle], backend: str
+) -> None:
+    """The runtime hands a uint8-input artifact the resized pixels (no numpy normalisation) and
+    gets the embeddings the float-input artifact gives for the same images."""
+    plain, uint8 = image_input_bundles
+    images = list(ShapesDataset("heldout", 6, plain.manifest.preprocess.image_size + 13, seed=6))
+    kw = {"backend": backend, "precision": "fp32", "labels": None, "precision_hint": "f32"}
+    want, _ = ZeroShotClassifier.load(plain.root, **kw).embed_images([s.image for s in images])
+    got, errors = ZeroShotClassifier.load(uint8.root, **kw).embed_images([s.image for s in images])
+    assert errors == [None] * len(images)
     assert float(np.min(cosine_rows(want, got))) >= README_PARITY["fp32"]
 
 
