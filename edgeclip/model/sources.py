@@ -46,6 +46,7 @@ class Source:
     vision_heads: int | None = None
     text_heads: int | None = None
     dropped: list[str] = field(default_factory=list)
+    no_causal_mask: bool | None = None  # a bidirectional text tower, where the source's family says so
 
 
 def read_source(src: str | os.PathLike[str]) -> Source:
@@ -68,13 +69,15 @@ def read_source(src: str | os.PathLike[str]) -> Source:
     for k in dropped:
         del state[k]
     mobileclip = is_custom_text_clip(state)
+    bidirectional = None
     if mobileclip:
-        state = custom_text_to_native(state, str(path))
+        state, bidirectional = custom_text_to_native(state, str(path))
     declared = _metadata_activation(path)
     if declared is not None:
-        return Source(state, kind, declared[0], declared[1], dropped=dropped)
+        return Source(state, kind, declared[0], declared[1], dropped=dropped, no_causal_mask=bidirectional)
     if mobileclip:
-        return Source(state, kind, False, "open_clip's MobileCLIP configs use GELU", dropped=dropped)
+        return Source(state, kind, False, "open_clip's MobileCLIP configs use GELU", dropped=dropped,
+                      no_causal_mask=bidirectional)
     if markers and kind == "state_dict":
         return Source(state, "openai", True, f"OpenAI weights use QuickGELU ({', '.join(markers)} keys present)",
                       dropped=dropped)
