@@ -17,9 +17,12 @@ from edgeclip.model.fastvit_config import FastViTConfig
 
 FAMILIES = ("clip", "siglip")
 STEMS = ("patch", "conv", "mci")
+# a SigLIP tower's MLP activation: open_clip's timm SigLIP towers use either (see siglip_open_clip)
+SIGLIP_ACTS = (None, "gelu_tanh", "gelu")
 # VisionConfig fields written to configs and manifests only when they differ from these defaults,
 # so that those of the models that do not use them stay as they were
-TIMM_VIT_DEFAULTS: dict[str, Any] = {"pos_embed_class": True, "ln_pre": True, "ln_eps": 1e-5, "proj_bias": False}
+TIMM_VIT_DEFAULTS: dict[str, Any] = {"pos_embed_class": True, "ln_pre": True, "ln_eps": 1e-5, "proj_bias": False,
+                                     "act": None}
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,11 @@ class VisionConfig:
     proj_bias: bool = False  # the projection to embed_dim has a bias (timm's head)
     # a FastViT MCi tower (MobileCLIP): its layout; patch_size, width, layers, heads do not apply
     fastvit: FastViTConfig | None = None
+    act: str | None = None  # SigLIP only: "gelu_tanh" (None: the family's default) or exact "gelu"
 
     def __post_init__(self) -> None:
+        if self.act not in SIGLIP_ACTS:
+            raise ConfigError(f"unknown vision_cfg.act {self.act!r}", fix=f"use one of {SIGLIP_ACTS[1:]}")
         if self.fastvit is not None:
             if self.image_size % self.fastvit.stride:
                 raise ConfigError(f"image_size {self.image_size} is not a multiple of the FastViT stride "
@@ -101,8 +107,11 @@ class TextConfig:
     layers: int = 12
     mlp_ratio: float = 4.0
     no_causal_mask: bool = False  # bidirectional attention over all tokens, padding included (MobileCLIP)
+    act: str | None = None  # SigLIP only: "gelu_tanh" (None: the family's default) or exact "gelu"
 
     def __post_init__(self) -> None:
+        if self.act not in SIGLIP_ACTS:
+            raise ConfigError(f"unknown text_cfg.act {self.act!r}", fix=f"use one of {SIGLIP_ACTS[1:]}")
         if self.width % self.heads:
             raise ConfigError(f"text width {self.width} is not divisible by heads {self.heads}")
 
@@ -121,6 +130,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ConfigError(f"unknown model family {self.family!r}", fix=f"use one of {list(FAMILIES)}")
+        if self.family != "siglip" and (self.vision_cfg.act or self.text_cfg.act):
+            raise ConfigError("vision_cfg.act / text_cfg.act apply to SigLIP towers",
+                              fix="a CLIP config picks its activation with quick_gelu")
         v = self.vision_cfg
         # SigLIP's patch conv drops a remainder, as So400m/14 at 384 px does (27 patches, 6 px unused)
         if not v.is_resnet and v.image_size % v.patch_size and self.family != "siglip":
@@ -140,6 +152,8 @@ class ModelConfig:
                 del d["vision_cfg"][key]
         if not self.text_cfg.no_causal_mask:
             del d["text_cfg"]["no_causal_mask"]
+        if self.text_cfg.act is None:
+            del d["text_cfg"]["act"]
         return d
 
     @classmethod

@@ -35,7 +35,7 @@ from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig, get_con
 from edgeclip.model.hf_keys import short_list
 from edgeclip.model.mobileclip_keys import infer_fastvit, release_preprocess
 from edgeclip.model.openai_tokenizer import VOCAB_SIZE, openai_clip_tokenizer
-from edgeclip.model.siglip_import import import_siglip, is_siglip_dir
+from edgeclip.model.siglip_import import import_open_clip_siglip, import_siglip, is_siglip_dir
 from edgeclip.model.sources import Source, read_source
 
 TIMM_LN_EPS = 1e-6  # timm's LayerNorm default, which vit_base_mci_224 keeps
@@ -74,6 +74,11 @@ def import_weights(
     named = get_config(model) if model else None
     tokenizer, tok_cfg = openai_clip_tokenizer(vocab)  # fail on a missing vocabulary before heavy work
     source = read_source(src)
+    if source.kind == "open_clip_siglip":
+        state = {k: v.float() for k, v in source.state.items()}
+        path, cfg, notes = import_open_clip_siglip(Path(src), state, out, model)
+        act = f"image {cfg.vision_cfg.act}, text {cfg.text_cfg.act}"
+        return ImportResult(path, cfg, source.kind, act, "open_clip's SigLIP configs and timm's definitions", notes)
     state = {k: v.float() if v.is_floating_point() else v for k, v in source.state.items()}
     inferred = infer_config(state, source)
     with torch.device("meta"):  # shapes only, no memory: a broken file is reported before anything is asked

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.hf_keys import hf_architecture, hf_to_openai, is_hf_state_dict
 from edgeclip.model.mobileclip_keys import custom_text_to_native, is_custom_text_clip
+from edgeclip.model.siglip_open_clip import is_open_clip_siglip, open_clip_siglip_to_hf
 
 # keys that OpenAI / open_clip / HF state dicts carry but that are not weights
 STALE_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask")
@@ -68,6 +69,9 @@ def read_source(src: str | os.PathLike[str]) -> Source:
     dropped = [k for k in state if k in STALE_KEYS]
     for k in dropped:
         del state[k]
+    if is_open_clip_siglip(state):  # imported by siglip_import, its tokenizer read from beside the file
+        return Source(open_clip_siglip_to_hf(state, str(path)), "open_clip_siglip", False,
+                      "open_clip's SigLIP configs", dropped=dropped)
     mobileclip = is_custom_text_clip(state)
     bidirectional = None
     if mobileclip:
