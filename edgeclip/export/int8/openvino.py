@@ -26,7 +26,9 @@ from edgeclip.export.int8.onnxruntime import clip_float_defaults
 from edgeclip.export.targets import ExportContext, load_file
 from edgeclip.runtime.backends.base import BackendOptions
 
-QUANTIZABLE = ("MatMul", "Convolution")
+# OpenVINO converts a depthwise / grouped conv to GroupConvolution, which NNCF quantizes too: without it
+# here the guard could neither keep an MCi tower's depthwise convs in float nor honour float defaults on them
+QUANTIZABLE = ("MatMul", "Convolution", "GroupConvolution")
 # NNCF's range estimators for our method names; it has no KL-entropy estimator: its histogram
 # search (minimising quantization error, as torch's HistogramObserver) stands in for it
 RANGE_ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
