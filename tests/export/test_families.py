@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from edgeclip.bundle import Artifact, Bundle
+from edgeclip.errors import EdgeclipError
 from edgeclip.export.driver import export_bundle
 from edgeclip.model.build import encoder_of
 from edgeclip.model.checkpoint import load_checkpoint
@@ -39,13 +40,15 @@ litert = pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None,
                             reason="--target litert needs litert-torch (pip install 'edgeclip[litert-export]')")
 rknn = pytest.mark.skipif(not has_toolkit_env(), reason="the RKNN toolkit environment is absent: create it with "
                                                          "`python -m edgeclip.runtime.backends.rknn_toolkit`")
+CALIB = {"calib": "builtin:shapes", "calib_size": 128}
 # (target, precision, options); ONNX fp32 runs by default (tests/export/test_siglip_export.py and
 # tests/model/test_reparameterize.py cover more of both families there), the rest with -m slow
 CASES = [
     ("onnx", "fp32", {}), pytest.param("openvino", "fp32", {}, marks=pytest.mark.slow),
-    pytest.param("onnx", "fp16", {}, marks=pytest.mark.slow), pytest.param("onnx", "int8", {}, marks=pytest.mark.slow),
-    pytest.param("openvino", "int8", {}, marks=pytest.mark.slow),
-    pytest.param("tensorrt", "int8", {}, marks=pytest.mark.slow),
+    pytest.param("onnx", "fp16", {}, marks=pytest.mark.slow),
+    pytest.param("onnx", "int8", CALIB, marks=pytest.mark.slow),
+    pytest.param("openvino", "int8", CALIB, marks=pytest.mark.slow),
+    pytest.param("tensorrt", "int8", CALIB, marks=pytest.mark.slow),
     pytest.param("coreml", "fp16", {}, marks=pytest.mark.slow),
     pytest.param("litert", "fp32", {}, marks=[pytest.mark.slow, litert]),
     pytest.param("rknn", "fp16", {"rknn_platform": "rk3588"}, marks=[pytest.mark.slow, rknn]),
@@ -88,8 +91,13 @@ def _run(bundle: Bundle, a: Artifact, x: np.ndarray) -> np.ndarray:
 def test_family_exports_and_matches_torch(checkpoint: Path, tmp_path: Path, target: str, precision: str,
                                           options: dict[str, str]) -> None:
     out = tmp_path / "b.edgeclip"
-    export_bundle(checkpoint, out, targets=[target], precision=precision, labels={"default": (TINY_CLASSES, None)},
-                  options=options)
+    try:
+        export_bundle(checkpoint, out, targets=[target], precision=precision,
+                      labels={"default": (TINY_CLASSES, None)}, options=options)
+    except EdgeclipError as e:
+        if target == "rknn" and checkpoint.parent.name.startswith("ckpt-siglip"):
+            pytest.xfail(f"known, not fixed: rknn-toolkit2 2.5.0's SDPA fusion fails on SigLIP's graph: {e}")
+        raise
     bundle = Bundle.open(out)
     bundle.verify()
     assert {a.key for a in bundle.manifest.artifacts} == {f"{e}/{target}-{precision}" for e in ("image", "text")}
