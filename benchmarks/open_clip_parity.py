@@ -1,7 +1,6 @@
 """Parity of `edgeclip import` with open_clip itself, on random-init open_clip models (ViT and RN50).
 
-open_clip cannot run beside edgeclip's torch (it needs torchvision), so it runs in its own venv
-(created on first use, reused after: torch==2.14.1 torchvision==0.29.1 open_clip_torch, ~5.6 GB):
+open_clip runs in its own venv (see open_clip_peer.py):
 
     .venv/bin/python benchmarks/open_clip_parity.py [--ocenv /tmp/ocenv]
 
@@ -16,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from open_clip_peer import ensure_ocenv, image_size, max_abs, perturbed, run, write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "open_clip_parity.json"
-OCENV_PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "open_clip_torch", "safetensors"]
 TEXTS = ["a photo of a dog.", "A Diagram; of 3 “quoted” things!", "ﬁne café — naïve 😀", "word " * 100]
 
 # name: (open_clip model name or custom config, file layout, edgeclip --model or --activation: open_clip's
@@ -56,24 +53,10 @@ def worker(out: Path) -> None:
     from safetensors.torch import save_file
 
     ids = open_clip.tokenize(TEXTS)
-    report: dict[str, Any] = {"open_clip": open_clip.__version__, "torch": torch.__version__, "cases": {}}
     for i, case in enumerate(CASES.values()):
-        torch.manual_seed(i)
-        if "model" in case:
-            model = open_clip.create_model(case["model"], pretrained=None)
-        else:
-            model = open_clip.CLIP(**case["custom"])
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.02)
-            for bname, buf in model.named_buffers():
-                if bname.endswith("running_var"):
-                    buf.uniform_(0.5, 2.0)
-                elif bname.endswith("running_mean"):
-                    buf.normal_(0, 0.1)
-        model.eval()
-        size = model.visual.image_size
-        size = size[0] if isinstance(size, tuple) else size
+        model = perturbed(lambda case=case: open_clip.create_model(case["model"], pretrained=None) if "model" in case
+                          else open_clip.CLIP(**case["custom"]), seed=i)
+        size = image_size(model)
         pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(10 + i))
         with torch.no_grad():
             img = model.encode_image(pixels, normalize=True)
@@ -90,17 +73,7 @@ def worker(out: Path) -> None:
                        f"{stem}.pt")
         np.savez(f"{stem}.npz", pixels=pixels.numpy(), ids=ids.numpy(), img=img.numpy(), txt=txt.numpy(),
                  logit_scale=model.logit_scale.exp().item())
-    (out / "worker.json").write_text(json.dumps(report))
-
-
-def ensure_ocenv(ocenv: Path) -> Path:
-    python = ocenv / "bin" / "python"
-    check = [str(python), "-c", "import open_clip, safetensors"]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", str(ocenv)], check=True)
-    subprocess.run([str(ocenv / "bin" / "pip"), "install", "-q", *OCENV_PACKAGES], check=True)
-    return python
+    (out / "worker.json").write_text(json.dumps({"open_clip": open_clip.__version__, "torch": torch.__version__}))
 
 
 def compare(work: Path) -> dict[str, Any]:
@@ -127,8 +100,7 @@ def compare(work: Path) -> dict[str, Any]:
         results[name] = {
             "edgeclip_config": result.config.name, "activation": result.activation, "source_kind": result.source_kind,
             "token_ids_identical": bool(np.array_equal(ids, ref["ids"])),
-            "image_max_abs": float(np.abs(img.numpy() - ref["img"]).max()),
-            "text_max_abs": float(np.abs(txt.numpy() - ref["txt"]).max()),
+            "image_max_abs": max_abs(img, ref["img"]), "text_max_abs": max_abs(txt, ref["txt"]),
             "logit_scale_abs": abs(float(scale) - float(ref["logit_scale"])),
             "import_seconds": round(seconds, 2),
         }
@@ -145,22 +117,10 @@ def main() -> None:
         worker(Path(args.worker))
         return
     sys.path.insert(0, str(ROOT))
-    python = ensure_ocenv(Path(args.ocenv))
-    with tempfile.TemporaryDirectory(prefix="oc-parity-") as tmp:
-        work = Path(tmp)
-        subprocess.run([str(python), __file__, "--worker", str(work)], check=True)
-        peer = json.loads((work / "worker.json").read_text())
-        cases = compare(work)
-    worst = max(max(c["image_max_abs"], c["text_max_abs"]) for c in cases.values())
-    report = {
-        "what": "edgeclip import of random-init open_clip models vs open_clip's own fp32 embeddings (L2-normalised)",
-        "peer": peer, "machine": platform.machine(), "cases": cases, "worst_max_abs": worst,
-        "all_token_ids_identical": all(c["token_ids_identical"] for c in cases.values()),
-        "passed": worst < 1e-5 and all(c["token_ids_identical"] for c in cases.values()),
-    }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"worst max abs diff {worst:.2e}; wrote {RESULT}")
+    peer, cases = run(__file__, ensure_ocenv(Path(args.ocenv)), [], compare)
+    identical = all(c["token_ids_identical"] for c in cases.values())
+    write_report(RESULT, "edgeclip import of random-init open_clip models vs open_clip's own fp32 embeddings "
+                 "(L2-normalised)", peer, cases, ("image_max_abs", "text_max_abs"), all_token_ids_identical=identical)
 
 
 if __name__ == "__main__":

@@ -62,12 +62,12 @@ class Attention(nn.Module):
 class ResidualBlock(nn.Module):
     """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool, eps: float = 1e-5) -> None:
         super().__init__()
         hidden = round(width * mlp_ratio)  # round: an inferred ratio such as 64 / 24 is inexact
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
         act: nn.Module = QuickGELU() if quick_gelu else GELU()
         self.mlp = nn.Sequential(
             OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act), ("c_proj", nn.Linear(hidden, width))])
@@ -79,12 +79,13 @@ class ResidualBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool,
+                 eps: float = 1e-5) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.ModuleList(
-            [ResidualBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers)]
+            [ResidualBlock(width, heads, mlp_ratio, quick_gelu, eps) for _ in range(layers)]
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,39 +110,54 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    """OpenAI's ViT; with the timm options of VisionConfig, also the ViTs of MobileCLIP-B / -L-14."""
+
     def __init__(self, cfg: VisionConfig, embed_dim: int, quick_gelu: bool) -> None:
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        if cfg.stem == "conv":
-            convs: list[nn.Module] = []
-            cin = 3
-            for cout in cfg.stem_channels:
-                convs += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), GELU()]
-                cin = cout
-            self.stem = nn.Sequential(*convs)
-            self.conv1 = nn.Conv2d(cin, w, kernel_size=3, stride=2, padding=1, bias=False)
+        if cfg.stem != "patch":
+            self.stem, cin = _conv_stem(cfg)
+            # the conv stem's last conv: 3x3/2; the mci stem's: 2x2/2 with bias
+            k, pad = (3, 1) if cfg.stem == "conv" else (2, 0)
+            self.conv1 = nn.Conv2d(cin, w, kernel_size=k, stride=2, padding=pad, bias=cfg.stem == "mci")
         else:
             self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         scale = w**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(w))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid**2 + 1, w))
-        self.ln_pre = nn.LayerNorm(w)
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid**2 + int(cfg.pos_embed_class), w))
+        self.ln_pre: nn.Module = nn.LayerNorm(w, eps=cfg.ln_eps) if cfg.ln_pre else nn.Identity()
         assert isinstance(cfg.layers, int), "a ViT config has one depth"
-        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu)
-        self.ln_post = nn.LayerNorm(w)
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu, cfg.ln_eps)
+        self.ln_post = nn.LayerNorm(w, eps=cfg.ln_eps)
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
+        self.proj_bias = nn.Parameter(torch.zeros(embed_dim)) if cfg.proj_bias else None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels
-        if self.cfg.stem == "conv":
+        if self.cfg.stem != "patch":
             x = self.stem(x)
         x = self.conv1(x)  # [B, W, g, g]
         x = x.flatten(2).transpose(1, 2)  # [B, g*g, W]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        pos = self.positional_embedding.to(x.dtype)
+        x = torch.cat([cls, x], dim=1) + pos if self.cfg.pos_embed_class else torch.cat([cls, x + pos], dim=1)
         x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0]) @ self.proj
+        out = self.ln_post(x[:, 0]) @ self.proj
+        return out if self.proj_bias is None else out + self.proj_bias
+
+
+def _conv_stem(cfg: VisionConfig) -> tuple[nn.Sequential, int]:
+    """conv+BN+GELU layers with cfg.stem_channels (3x3/2 each, or 4x4/4 then 2x2/2 for "mci");
+    returns them and their output channels."""
+    convs: list[nn.Module] = []
+    cin = 3
+    for i, cout in enumerate(cfg.stem_channels):
+        conv = (nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False) if cfg.stem == "conv"
+                else nn.Conv2d(cin, cout, 4 if i == 0 else 2, stride=4 if i == 0 else 2, bias=False))
+        convs += [conv, nn.BatchNorm2d(cout), GELU()]
+        cin = cout
+    return nn.Sequential(*convs), cin
 
 
 class CLIP(nn.Module):

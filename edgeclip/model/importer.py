@@ -35,9 +35,10 @@ from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig, get_con
 from edgeclip.model.hf_keys import short_list
 from edgeclip.model.mobileclip_keys import infer_fastvit, release_preprocess
 from edgeclip.model.openai_tokenizer import VOCAB_SIZE, openai_clip_tokenizer
-from edgeclip.model.siglip_import import import_siglip, is_siglip_dir
+from edgeclip.model.siglip_import import import_open_clip_siglip, import_siglip, is_siglip_dir
 from edgeclip.model.sources import Source, read_source
 
+TIMM_LN_EPS = 1e-6  # timm's LayerNorm default, which vit_base_mci_224 keeps
 NOT_A_CLIP = "the file is not a complete CLIP state dict of one of the supported layouts"
 
 
@@ -73,6 +74,11 @@ def import_weights(
     named = get_config(model) if model else None
     tokenizer, tok_cfg = openai_clip_tokenizer(vocab)  # fail on a missing vocabulary before heavy work
     source = read_source(src)
+    if source.kind == "open_clip_siglip":
+        state = {k: v.float() for k, v in source.state.items()}
+        path, cfg, notes = import_open_clip_siglip(Path(src), state, out, model)
+        act = f"image {cfg.vision_cfg.act}, text {cfg.text_cfg.act}"
+        return ImportResult(path, cfg, source.kind, act, "open_clip's SigLIP configs and timm's definitions", notes)
     state = {k: v.float() if v.is_floating_point() else v for k, v in source.state.items()}
     inferred = infer_config(state, source)
     with torch.device("meta"):  # shapes only, no memory: a broken file is reported before anything is asked
@@ -94,8 +100,8 @@ def import_weights(
         tokenizer.save(str(tok_file))
         meta: dict[str, Any] = {"imported_from": str(src), "source_format": source.kind, "activation": act,
                                 "activation_origin": origin, "notes": notes}
-        preprocess = (release_preprocess(cfg.vision_cfg) if cfg.vision_cfg.fastvit
-                      else PreprocessConfig(image_size=cfg.vision_cfg.image_size))  # OpenAI mean/std, bicubic
+        # Apple's for MobileCLIP towers, else OpenAI's mean/std, bicubic
+        preprocess = release_preprocess(cfg.vision_cfg) or PreprocessConfig(image_size=cfg.vision_cfg.image_size)
         save_checkpoint(out, clip.eval(), tok_file, preprocess, dataclasses.replace(
             tok_cfg, context_length=cfg.text_cfg.context_length), meta)
     return ImportResult(out, cfg, source.kind, act, origin, notes)
@@ -138,12 +144,13 @@ def infer_config(state: dict[str, torch.Tensor], source: Source) -> ModelConfig:
         vision = _infer_resnet(state)
     elif "visual.stem.0.conv_kxk.0.conv.weight" in state:
         vision = infer_fastvit(state)
-        text = dataclasses.replace(text, no_causal_mask=True)  # as in every open_clip config with this tower
     else:
         visual = sorted({".".join(k.split(".")[:2]) for k in state if k.startswith("visual.")})
         raise ConfigError(f"unknown image tower architecture (visual tensors: {short_list(visual)})",
                           fix="supported: OpenAI-style ViT (visual.proj), ModifiedResNet (visual.attnpool) and "
                                   "open_clip MobileCLIP FastViT towers")
+    if source.no_causal_mask is not None:
+        text = dataclasses.replace(text, no_causal_mask=source.no_causal_mask)
     cfg = ModelConfig("imported", embed_dim, vision, text, quick_gelu=bool(source.quick_gelu))
     return dataclasses.replace(cfg, name=_registered_name(cfg) or "imported")
 
@@ -151,13 +158,23 @@ def infer_config(state: dict[str, torch.Tensor], source: Source) -> ModelConfig:
 def _infer_vit(state: dict[str, torch.Tensor], source: Source) -> VisionConfig:
     conv = _tensor(state, "visual.conv1.weight")
     width, patch = conv.shape[0], conv.shape[-1]
-    if conv.shape[1] != 3 or conv.shape[-1] != conv.shape[-2]:
+    stem = [state[f"visual.stem.{3 * i}.weight"].shape[0] for i in range(_depth(state, "visual.stem.") // 2)]
+    mci = bool(stem) and state["visual.stem.0.weight"].shape[-1] == 4  # timm's ConvStem: 4x4/4, then 2x2/2
+    if mci:
+        patch = 2 ** (len(stem) + 2)
+    if conv.shape[1] != (stem[-1] if mci else 3) or conv.shape[-1] != conv.shape[-2]:
         raise ConfigError(f"unsupported ViT stem: visual.conv1.weight has shape {list(conv.shape)}")
-    grid = math.isqrt(_tensor(state, "visual.positional_embedding").shape[0] - 1)
+    rows = _tensor(state, "visual.positional_embedding").shape[0]
+    pos_embed_class = math.isqrt(rows) ** 2 != rows  # g*g + 1 rows, or g*g when the class token has none
+    grid = math.isqrt(rows - int(pos_embed_class))
+    ln_pre = "visual.ln_pre.weight" in state
     return VisionConfig(
         image_size=grid * patch, patch_size=patch, width=width,
         layers=_depth(state, "visual.transformer.resblocks."), heads=source.vision_heads or max(1, width // 64),
         mlp_ratio=_tensor(state, "visual.transformer.resblocks.0.mlp.c_fc.weight").shape[0] / width,
+        stem="mci" if mci else "patch", stem_channels=tuple(stem) if mci else (), pos_embed_class=pos_embed_class,
+        # the only ViTs without ln_pre are timm's (MobileCLIP-B), whose LayerNorms use timm's eps
+        ln_pre=ln_pre, ln_eps=1e-5 if ln_pre else TIMM_LN_EPS, proj_bias="visual.proj_bias" in state,
     )
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from edgeclip.errors import ConfigError
 from edgeclip.model.config import ModelConfig
+from edgeclip.model.layers import GELU
 
 LN_EPS = 1e-6  # big_vision's and transformers' SigLIP default
 # the sigmoid loss's initialisation (Zhai et al. 2023): t' = log 10, b = -10
@@ -55,25 +56,32 @@ class SiglipAttention(nn.Module):
         return self.out_proj(_attend(q, k, v).transpose(1, 2).reshape(-1, n, d))
 
 
+class TanhGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
 class SiglipMLP(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
+    def __init__(self, width: int, hidden: int, act: str | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
+        # big_vision's and transformers' tanh-GELU; exact GELU where open_clip's timm towers use it
+        self.act: nn.Module = GELU() if act == "gelu" else TanhGELU()
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class SiglipEncoderLayer(nn.Module):
     """Pre-LN block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, width: int, heads: int, hidden: int) -> None:
+    def __init__(self, width: int, heads: int, hidden: int, act: str | None) -> None:
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(width, eps=LN_EPS)
         self.self_attn = SiglipAttention(width, heads)
         self.layer_norm2 = nn.LayerNorm(width, eps=LN_EPS)
-        self.mlp = SiglipMLP(width, hidden)
+        self.mlp = SiglipMLP(width, hidden, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x))
@@ -81,10 +89,10 @@ class SiglipEncoderLayer(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, act: str | None) -> None:
         super().__init__()
         hidden = round(width * mlp_ratio)  # So400m: 4304 / 1152 is not a round ratio
-        self.layers = nn.ModuleList([SiglipEncoderLayer(width, heads, hidden) for _ in range(layers)])
+        self.layers = nn.ModuleList([SiglipEncoderLayer(width, heads, hidden, act) for _ in range(layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -122,12 +130,12 @@ class ProbeAttention(nn.Module):
 
 
 class SiglipMultiheadAttentionPoolingHead(nn.Module):
-    def __init__(self, width: int, heads: int, hidden: int) -> None:
+    def __init__(self, width: int, heads: int, hidden: int, act: str | None) -> None:
         super().__init__()
         self.probe = nn.Parameter(torch.randn(1, 1, width))
         self.attention = ProbeAttention(width, heads)
         self.layernorm = nn.LayerNorm(width, eps=LN_EPS)
-        self.mlp = SiglipMLP(width, hidden)
+        self.mlp = SiglipMLP(width, hidden, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, W] -> [B, W]."""
@@ -155,9 +163,9 @@ class SiglipVisionTransformer(nn.Module):
         v = cfg.vision_cfg
         assert isinstance(v.layers, int)  # checked by SigLIP
         self.embeddings = SiglipVisionEmbeddings(v.width, v.patch_size, v.grid)
-        self.encoder = SiglipEncoder(v.width, v.layers, v.heads, v.mlp_ratio)
+        self.encoder = SiglipEncoder(v.width, v.layers, v.heads, v.mlp_ratio, v.act)
         self.post_layernorm = nn.LayerNorm(v.width, eps=LN_EPS)
-        self.head = SiglipMultiheadAttentionPoolingHead(v.width, v.heads, round(v.width * v.mlp_ratio))
+        self.head = SiglipMultiheadAttentionPoolingHead(v.width, v.heads, round(v.width * v.mlp_ratio), v.act)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.post_layernorm(self.encoder(self.embeddings(pixels))))
@@ -181,7 +189,7 @@ class SiglipTextTransformer(nn.Module):
         super().__init__()
         t = cfg.text_cfg
         self.embeddings = SiglipTextEmbeddings(t.vocab_size, t.width, t.context_length)
-        self.encoder = SiglipEncoder(t.width, t.layers, t.heads, t.mlp_ratio)
+        self.encoder = SiglipEncoder(t.width, t.layers, t.heads, t.mlp_ratio, t.act)
         self.final_layer_norm = nn.LayerNorm(t.width, eps=LN_EPS)
         self.head = nn.Linear(t.width, cfg.embed_dim)
 

@@ -10,11 +10,13 @@ exported encoder cannot express.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.checkpoint import check_state_dict, load_strict, save_checkpoint
 from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig, get_config, list_models
 from edgeclip.model.siglip import LN_EPS, SigLIP
-from edgeclip.model.siglip_tokenizer import hf_siglip_tokenizer
+from edgeclip.model.siglip_open_clip import activations, heads
+from edgeclip.model.siglip_tokenizer import SiglipTokenizerRules, hf_siglip_tokenizer
 
 ACTIVATION = "gelu_pytorch_tanh"
 NOT_A_SIGLIP = "the directory must hold a whole transformers SiglipModel (save_pretrained of SiglipModel)"
@@ -53,15 +56,56 @@ def import_siglip(src: str | os.PathLike[str], out: str | os.PathLike[str],
     src, out = Path(src), Path(out)
     config = _read_json(src / "config.json")
     check_hf_config(config)
-    tok_file, tok_cfg = hf_siglip_tokenizer(src)
+    tokenizer = hf_siglip_tokenizer(src)
     state = _read_weights(src)
     cfg = infer_siglip_config(state, config)
-    if model is not None:
-        named = get_config(model)
-        if {**named.to_dict(), "name": cfg.name} != cfg.to_dict():
-            raise ConfigError(f"the weights do not fit --model {model}: they are {cfg.to_dict()}",
-                              fix="omit --model to use the architecture read from the weights")
-        cfg = named
+    meta = {"source_format": "hugging_face_siglip", "activation": "gelu_tanh",
+            "activation_origin": f"config.json hidden_act={ACTIVATION}"}
+    return save_siglip(src, out, state, _named(cfg, model), tokenizer,
+                       lambda c: preprocess_from_hf(src, c.vision_cfg.image_size), meta)
+
+
+def import_open_clip_siglip(src: Path, state: dict[str, torch.Tensor], out: str | os.PathLike[str],
+                            model: str | None = None) -> tuple[Path, ModelConfig, list[str]]:
+    """Import an open_clip SigLIP state dict, already in Hugging Face names (siglip_open_clip), whose
+    tokenizer.json sits beside it (as in open_clip's timm/ViT-*-SigLIP* repositories)."""
+    tokenizer = hf_siglip_tokenizer(src.parent)
+    patch = _tensor(state, "vision_model.embeddings.patch_embedding.weight")
+    width, p = patch.shape[0], patch.shape[-1]
+    grid = math.isqrt(_tensor(state, "vision_model.embeddings.position_embedding.weight").shape[0])
+    vocab, tw = _tensor(state, "text_model.embeddings.token_embedding.weight").shape
+    config = {"vision_config": {"num_attention_heads": heads(width, str(src)), "image_size": grid * p},
+              "text_config": {"num_attention_heads": heads(tw, str(src))}}
+    cfg = infer_siglip_config(state, config)
+    vision_act, text_act = activations(width, p, grid * p, vocab)
+    # named anew: the shapes may be those of a registered config whose activations differ
+    cfg = _registered(dataclasses.replace(cfg, name="imported-siglip",
+                                          vision_cfg=dataclasses.replace(cfg.vision_cfg, act=vision_act),
+                                          text_cfg=dataclasses.replace(cfg.text_cfg, act=text_act)))
+    meta = {"source_format": "open_clip_siglip", "activation": f"image {vision_act}, text {text_act}",
+            "activation_origin": "open_clip's model configs and timm's definitions for these shapes"}
+    # open_clip's SigLIP preprocessing: squash to the square size, bicubic, mean and std 0.5
+    pre = lambda c: PreprocessConfig(image_size=c.vision_cfg.image_size, resize="squash", crop="none",  # noqa: E731
+                                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return save_siglip(src, Path(out), state, _named(cfg, model), tokenizer, pre, meta)
+
+
+def _named(cfg: ModelConfig, model: str | None) -> ModelConfig:
+    """`cfg`, or the registered `model` after checking it is the same architecture."""
+    if model is None:
+        return cfg
+    named = get_config(model)
+    if {**named.to_dict(), "name": cfg.name} != cfg.to_dict():
+        raise ConfigError(f"the weights do not fit --model {model}: they are {cfg.to_dict()}",
+                          fix="omit --model to use the architecture read from the weights")
+    return named
+
+
+def save_siglip(src: Path, out: Path, state: dict[str, torch.Tensor], cfg: ModelConfig,
+                tokenizer: tuple[str, SiglipTokenizerRules], preprocess: Callable[[ModelConfig], PreprocessConfig],
+                meta: dict[str, Any]) -> tuple[Path, ModelConfig, list[str]]:
+    """Check `state` against `cfg` and the tokenizer, then write the checkpoint."""
+    tok_file, tok_cfg = tokenizer
     with torch.device("meta"):
         check_state_dict(SigLIP(cfg).state_dict(), state, str(src), fix=NOT_A_SIGLIP)
     if tok_cfg.vocab_size > cfg.text_cfg.vocab_size:
@@ -71,11 +115,9 @@ def import_siglip(src: str | os.PathLike[str], out: str | os.PathLike[str],
     siglip = SigLIP(cfg)
     load_strict(siglip, state, str(src), fix=NOT_A_SIGLIP)
     notes = [f"tokenizer: {tok_cfg.describe()}"]
-    pre = preprocess_from_hf(src, cfg.vision_cfg.image_size)
+    pre = preprocess(cfg)
     notes.append(f"preprocess: {pre.resize} to {pre.image_size} px, {pre.interpolation}, mean {pre.mean}")
-    meta: dict[str, Any] = {"imported_from": str(src), "source_format": "hugging_face_siglip",
-                            "activation": "gelu_tanh", "activation_origin": f"config.json hidden_act={ACTIVATION}",
-                            "notes": notes}
+    meta = {"imported_from": str(src), **meta, "notes": notes}
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / "tokenizer.json"
         file.write_text(tok_file, encoding="utf-8")
@@ -165,7 +207,11 @@ def infer_siglip_config(state: dict[str, torch.Tensor], config: dict[str, Any]) 
         layers=_depth(state, "text_model.encoder.layers."),
         mlp_ratio=_tensor(state, "text_model.encoder.layers.0.mlp.fc1.weight").shape[0] / tw)
     embed = _tensor(state, "text_model.head.weight").shape[0]
-    cfg = ModelConfig("imported-siglip", embed, vision, text, family="siglip")
+    return _registered(ModelConfig("imported-siglip", embed, vision, text, family="siglip"))
+
+
+def _registered(cfg: ModelConfig) -> ModelConfig:
+    """The registered config with `cfg`'s architecture, else `cfg`."""
     for name in list_models():
         if {**get_config(name).to_dict(), "name": cfg.name} == cfg.to_dict():
             return get_config(name)

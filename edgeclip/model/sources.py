@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.hf_keys import hf_architecture, hf_to_openai, is_hf_state_dict
 from edgeclip.model.mobileclip_keys import custom_text_to_native, is_custom_text_clip
+from edgeclip.model.siglip_open_clip import is_open_clip_siglip, open_clip_siglip_to_hf
 
 # keys that OpenAI / open_clip / HF state dicts carry but that are not weights
 STALE_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask")
@@ -46,6 +47,7 @@ class Source:
     vision_heads: int | None = None
     text_heads: int | None = None
     dropped: list[str] = field(default_factory=list)
+    no_causal_mask: bool | None = None  # a bidirectional text tower, where the source's family says so
 
 
 def read_source(src: str | os.PathLike[str]) -> Source:
@@ -67,14 +69,19 @@ def read_source(src: str | os.PathLike[str]) -> Source:
     dropped = [k for k in state if k in STALE_KEYS]
     for k in dropped:
         del state[k]
+    if is_open_clip_siglip(state):  # imported by siglip_import, its tokenizer read from beside the file
+        return Source(open_clip_siglip_to_hf(state, str(path)), "open_clip_siglip", False,
+                      "open_clip's SigLIP configs", dropped=dropped)
     mobileclip = is_custom_text_clip(state)
+    bidirectional = None
     if mobileclip:
-        state = custom_text_to_native(state, str(path))
+        state, bidirectional = custom_text_to_native(state, str(path))
     declared = _metadata_activation(path)
     if declared is not None:
-        return Source(state, kind, declared[0], declared[1], dropped=dropped)
+        return Source(state, kind, declared[0], declared[1], dropped=dropped, no_causal_mask=bidirectional)
     if mobileclip:
-        return Source(state, kind, False, "open_clip's MobileCLIP configs use GELU", dropped=dropped)
+        return Source(state, kind, False, "open_clip's MobileCLIP configs use GELU", dropped=dropped,
+                      no_causal_mask=bidirectional)
     if markers and kind == "state_dict":
         return Source(state, "openai", True, f"OpenAI weights use QuickGELU ({', '.join(markers)} keys present)",
                       dropped=dropped)

@@ -29,8 +29,10 @@ from edgeclip.export.int8.onnxruntime import FLOAT_PROJECTIONS, FLOAT_WEIGHT_PRE
 from edgeclip.export.targets import ExportContext, load_file
 from edgeclip.runtime.backends.base import BackendOptions
 
-# the ops the guard may leave in float (NNCF quantizes SDPA inputs itself, as its transformer preset says)
-QUANTIZABLE = ("MatMul", "Convolution")
+# the ops the guard may leave in float (NNCF quantizes SDPA inputs itself, as its transformer preset says).
+# OpenVINO converts a depthwise / grouped conv to GroupConvolution, which NNCF quantizes too: without it
+# here the guard could neither keep an MCi tower's depthwise convs in float nor honour float defaults on them
+QUANTIZABLE = ("MatMul", "Convolution", "GroupConvolution")
 # ops between a weight constant and the op using it (the frontend folds transposes, fp16 decompresses)
 _WEIGHT_PATH = ("Convert", "Transpose", "Reshape")
 # NNCF's range estimators for our method names; it has no KL-entropy estimator: its histogram
