@@ -30,7 +30,7 @@ def test_every_conv_of_an_mci_tower_is_a_guard_candidate(tmp_path: Path) -> None
     export_bundle(ckpt, tmp_path / "b.edgeclip", targets=["onnx"], precision="fp32", encoders=["image"])
     bundle = Bundle.open(tmp_path / "b.edgeclip")
     ir = ov.convert_model(str(bundle.artifact_path(bundle.manifest.artifacts[0])))
-    candidates = ovq.ov_layer_names(ir, [op.get_friendly_name() for op in ir.get_ordered_ops()])
+    candidates = ovq.quantizable_ops(ir)
     convs = [op.get_friendly_name() for op in ir.get_ordered_ops()
              if op.get_type_name() in ("Convolution", "GroupConvolution")]
     assert convs and set(convs) <= set(candidates)
