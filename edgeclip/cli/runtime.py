@@ -260,15 +260,38 @@ def write_embeddings(out: str, emb: Any, sources: list[str], failed: list[tuple[
 @click.option("--overwrite", is_flag=True, help="Replace a label set of the same name (e.g. the one made at export).")
 def labels(bundle: str, classes_file: str, templates_file: str | None, name: str, backend: str,
            overwrite: bool) -> None:
-    """Compute a label set on this device with the bundle's text encoder and save it in the bundle."""
+    """Compute a label set on this device with the bundle's text encoder and save it in the bundle.
+
+    Prompts are encoded in batches (memory stays bounded for 80k prompts), with progress on stderr.
+    Ctrl-C stops it and leaves the bundle as it was: nothing is written until every prompt is encoded.
+    """
+    import sys
+
     from edgeclip.runtime import ZeroShotClassifier
     from edgeclip.runtime.classifier import check_label_name_free
+    from edgeclip.runtime.labels import DEFAULT_TEMPLATES
 
     classes = read_lines(classes_file, "classes")
-    templates = read_lines(templates_file, "templates") if templates_file else None
+    templates = read_lines(templates_file, "templates") if templates_file else list(DEFAULT_TEMPLATES)
     clf = ZeroShotClassifier.load(bundle, backend=backend, labels=None)
     check_label_name_free(clf.bundle, name, overwrite)  # before the text encoder does any work
-    clf.set_labels(classes, templates, name=name)
+    click.echo(f"labels/{name}: {len(classes)} classes x {len(templates)} templates = "
+               f"{len(classes) * len(templates)} prompts", err=True)
+    tty, shown = sys.stderr.isatty(), [-1]
+
+    def progress(done: int, total: int) -> None:
+        pct = 100 * done // total
+        if tty:
+            click.echo(f"\rencoding prompts: {done}/{total} ({pct} %)", nl=done == total, err=True)
+        elif pct // 10 > shown[0] or done == total:  # a log file gets a line per 10 %
+            shown[0] = pct // 10
+            click.echo(f"encoding prompts: {done}/{total} ({pct} %)", err=True)
+
+    try:
+        clf.set_labels(classes, templates, name=name, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: nothing was written; {bundle} is unchanged", err=True)
+        raise click.exceptions.Exit(130) from None
     signed = (clf.bundle.root / SIGNATURE).is_file()
     clf.save_labels(name, overwrite=overwrite)
     click.echo(f"labels/{name}: {len(classes)} classes written to {bundle}")

@@ -24,7 +24,7 @@ from edgeclip.errors import (
 )
 from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class, backend_target
 from edgeclip.runtime.backends.base import Backend, BackendOptions
-from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, label_embeddings
+from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, Progress, label_embeddings
 from edgeclip.runtime.preprocess import ImageInput, decode_resize, model_input
 from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.signing import TrustedKeys, verify_signature
@@ -236,10 +236,12 @@ class ZeroShotClassifier:
             return self._text, self._tokenizer
 
     # ---- labels --------------------------------------------------------------------------
-    def set_labels(self, classes: Sequence[str], templates: Sequence[str] | None = None, name: str = "custom") -> None:
-        """Compute a new label set on the device (open vocabulary) and make it current."""
+    def set_labels(self, classes: Sequence[str], templates: Sequence[str] | None = None, name: str = "custom",
+                   progress: Progress | None = None) -> None:
+        """Compute a new label set on the device (open vocabulary) and make it current; memory stays
+        bounded by one batch of prompts, `progress(done, total)` is called after each batch."""
         tmpl = list(templates or DEFAULT_TEMPLATES)
-        emb = label_embeddings(classes, tmpl, self.embed_texts)
+        emb = label_embeddings(classes, tmpl, self.embed_texts, progress=progress)
         self._labels = Labels(name, [c.strip() for c in classes], emb, tmpl)
 
     def save_labels(self, name: str | None = None, overwrite: bool = False) -> None:

@@ -3,6 +3,7 @@ on-device `set_labels`, so every path builds the classifier the same way)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ def check_classes(classes: Sequence[str]) -> list[str]:
     names = [c.strip() for c in classes]
     if not names or any(not c for c in names):
         raise ConfigError("the label list is empty or has blank names", fix="give one class name per line")
-    dup = sorted({c for c in names if names.count(c) > 1})
+    dup = sorted(c for c, n in Counter(names).items() if n > 1)  # Counter: 20k classes in linear time
     if dup:
         raise ConfigError(f"duplicate class names: {dup}", fix="each class name must appear once")
     return names
@@ -40,12 +41,7 @@ def prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:
     return [t.format(c) for c in classes for t in templates]
 
 
-def average_per_class(text_embeds: np.ndarray, num_classes: int) -> np.ndarray:
-    """[C*T, D] class-major embeddings -> [C, D]: normalise, mean over templates, renormalise."""
-    e = text_embeds.astype(np.float32).reshape(num_classes, -1, text_embeds.shape[-1])
-    e = e / np.linalg.norm(e, axis=-1, keepdims=True)
-    m = e.mean(axis=1)
-    return (m / np.linalg.norm(m, axis=-1, keepdims=True)).astype(np.float32)
+Progress = Callable[[int, int], None]  # (prompts encoded so far, total prompts)
 
 
 def label_embeddings(
@@ -53,9 +49,29 @@ def label_embeddings(
     templates: Sequence[str],
     encode: Callable[[list[str]], np.ndarray],
     batch_size: int = 256,
+    progress: Progress | None = None,
 ) -> np.ndarray:
-    """Encode every prompt with `encode` (texts -> [N, D]) and average per class -> [C, D]."""
+    """Encode every class x template prompt with `encode` (texts -> [N, D]) and average per class -> [C, D].
+
+    Memory is bounded by one batch plus the [C, D] result, whatever the number of prompts: prompts
+    are formatted, encoded and folded into running per-class sums one batch at a time (80k prompts
+    held at once would be 80k token rows and 80k embeddings). Interrupting it (Ctrl-C) loses only
+    the work: nothing is written anywhere until the caller saves the result.
+    """
     names = check_classes(classes)
-    texts = prompts(names, templates)
-    parts = [np.asarray(encode(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-    return average_per_class(np.concatenate(parts), len(names))
+    tmpl = list(templates)
+    prompts(names[:1], tmpl)  # checks the templates before any work
+    per_class, total = len(tmpl), len(names) * len(tmpl)
+    sums: np.ndarray | None = None
+    for start in range(0, total, batch_size):
+        index = np.arange(start, min(start + batch_size, total))
+        batch = [tmpl[i % per_class].format(names[i // per_class]) for i in index]
+        e = np.asarray(encode(batch), dtype=np.float32)
+        if sums is None:
+            sums = np.zeros((len(names), e.shape[-1]), dtype=np.float32)
+        # each prompt counts once, at unit length, towards its class's mean direction
+        np.add.at(sums, index // per_class, e / np.linalg.norm(e, axis=-1, keepdims=True))
+        if progress is not None:
+            progress(int(index[-1]) + 1, total)
+    assert sums is not None  # check_classes refuses an empty list
+    return (sums / np.linalg.norm(sums, axis=-1, keepdims=True)).astype(np.float32)
