@@ -18,6 +18,12 @@ COLUMNS = [
     ("throughput_per_s", "items/s"), ("cold_start_ms", "cold ms"), ("size_mb", "MB"), ("cosine_min", "cos min"),
     ("top1", "top-1 %"), ("top1_delta", "Δ top-1"), ("speedup_vs_baseline", "x torch"),
     ("speedup_vs_onnxruntime_fp32", "x ort fp32"), ("end_to_end_over_model", "e2e/model"),
+    ("ran_device", "ran on"), ("compute_layers", "matmul/conv ran in"), ("float_layers", "float layers (manifest)"),
+    ("peak_rss_mb", "peak RSS MB"),
+]
+LABEL_COLUMNS = [
+    ("key", "label set"), ("ran_device", "ran on"), ("precision_hint", "hint"), ("prompts", "prompts"),
+    ("seconds", "s"), ("prompts_per_s", "prompts/s"), ("peak_rss_mb", "peak RSS MB"),
 ]
 
 # beside row, batch, mode and median: shown when some row has them
@@ -30,7 +36,26 @@ def _cell(row: dict[str, Any], key: str) -> str:
         return ""
     if isinstance(v, float):
         return f"{v:.4f}" if key.startswith("cosine") else f"{v:.2f}"
+    if isinstance(v, dict):  # {"i8": 48, "u8": 1} -> "i8 48, u8 1"
+        return ", ".join(f"{k} {n}" for k, n in sorted(v.items()))
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v)
     return str(v)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> list[str]:
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_cell(r, k) for k, _ in columns) + " |" for r in rows]
+
+
+def _labels_lines(report: dict[str, Any]) -> list[str]:
+    rows = report.get("labels") or []
+    if not rows:
+        return []
+    first = rows[0]
+    title = f"Label sets: {first.get('classes')} classes x {first.get('templates')} templates, each in a fresh process"
+    errors = [f"- {r['key']}: {r['error']}" for r in rows if r.get("error")]
+    return ["", title, "", *_table(rows, LABEL_COLUMNS), *errors]
 
 
 def header_lines(report: dict[str, Any]) -> list[str]:
@@ -47,10 +72,8 @@ def header_lines(report: dict[str, Any]) -> list[str]:
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# edgeclip bench ({report['created']})", ""]
     lines += [f"- {h}" for h in header_lines(report)] + [""]
-    lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
-    lines.append("|" + "---|" * len(COLUMNS))
-    for r in report["rows"]:
-        lines.append("| " + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |")
+    lines += _table(report["rows"], COLUMNS)
+    lines += _labels_lines(report)
     for s in report["skipped"]:
         lines.append(f"\nskipped {s['row']}: {s['reason']}")
     if report["warnings"]:
@@ -90,15 +113,23 @@ def print_table(report: dict[str, Any], console: Any = None) -> None:
     for r in rows:
         extra = [_cell(r, key) for key, title in COMPACT_EXTRA if (title, "right") in columns]
         label = r.get("label") or r["key"].split("/")[1]
-        mode = "e2e" if r["mode"] == "end_to_end" else r["mode"]
+        mode = r["mode"].replace("end_to_end", "e2e").replace("_", " ")
         table.add_row(escape(f"{r['encoder']}/{label}"), str(r["batch_size"]), mode, f"{r['median_ms']:.3f}",
                       *extra)
     console.print(table)
+    if report.get("labels"):
+        labels = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for title in ("label set", "prompts", "prompts/s", "peak RSS MB"):
+            labels.add_column(title, justify="left" if title == "label set" else "right", overflow="fold")
+        for r in report["labels"]:
+            labels.add_row(escape(r["key"]), *(_cell(r, k) for k in ("prompts", "prompts_per_s", "peak_rss_mb")))
+        console.print(labels)
     for s in report["skipped"]:
         console.print(escape(f"skipped {s['row']}: {s['reason']}"), style="yellow", highlight=False)
     for w in report["warnings"]:
         console.print(escape(f"warning: {w}"), style="yellow", highlight=False)
-    console.print("every column (p90, p99, cold start, size, cosine, ratios): --markdown, --csv or --json",
+    console.print("every column (p90, p99, cold start, size, cosine, ratios, what ran, peak RSS): --markdown, "
+                  "--csv or --json",
                   style="dim", highlight=False)
 
 

@@ -4,7 +4,7 @@ with a PyTorch eager fp32 baseline measured in the same run, interleaved with th
 from __future__ import annotations
 
 import datetime as dt
-import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -15,13 +15,15 @@ from typing import Any
 import numpy as np
 
 from edgeclip.bench.evalset import EvalImages, bundle_label_rows, load_eval_set
+from edgeclip.bench.inputs import CAMERA_SIZES, camera_jpeg, model_size_jpegs
 from edgeclip.bench.machine import machine_info, peak_rss_mb, rss_mb
+from edgeclip.bench.probe import encoder_request, measure
 from edgeclip.bench.stats import interleave
 from edgeclip.bundle import Artifact, Bundle
 from edgeclip.errors import ConfigError
 from edgeclip.export.capabilities import CAPABILITIES
 from edgeclip.runtime.backends import backend_class
-from edgeclip.runtime.backends.base import BackendOptions
+from edgeclip.runtime.backends.base import BackendOptions, DescribeInfo, fell_back_to_cpu
 from edgeclip.runtime.classifier import Encoder
 from edgeclip.runtime.labels import label_embeddings
 from edgeclip.runtime.preprocess import preprocess
@@ -31,6 +33,8 @@ from edgeclip.runtime.tokenizer import TextTokenizer
 
 SCHEMA = "edgeclip-bench"
 SCHEMA_VERSION = 2  # 2: OpenVINO rows keyed by the precision that ran (bf16-hint rows apart)
+# the fields of what ran each row, copied from Backend.describe() (runtime/backends/base.py)
+RAN_FIELDS = ("device", "providers", "precision_hint", "compute_layers")
 NOISY_SPREAD = 1.5  # p90 / median above this marks a row as noisy
 PROBE_TEXTS = ("a photo of a dog.", "a red circle", "something blue on the left", "an image of a star.")
 
@@ -51,7 +55,13 @@ class BenchConfig:
     eval_data: str | None = None  # builtin:shapes or an image folder with one sub-folder per class
     eval_size: int = 240
     end_to_end: bool = True
+    # end-to-end rows on camera-size JPEGs (width, height), batch 1
+    camera_sizes: list[tuple[int, int]] = field(default_factory=lambda: list(CAMERA_SIZES))
     max_accuracy_drop: float = 1.0  # points of top-1
+    device: str = "CPU"  # BackendOptions.device: rows say when an accelerator asked for left the CPU to run it
+    memory: bool = True  # peak RSS of load + first prediction, each row in a fresh process
+    label_classes: int = 1000  # the labels table: classes x templates prompts through each text artifact
+    label_templates: int = 7
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -60,6 +70,8 @@ class BenchConfig:
             raise ConfigError("--runs must be >= 1")
         if self.baseline not in ("torch", "none"):
             raise ConfigError("--baseline must be 'torch' or 'none'")
+        if self.label_classes < 0 or self.label_templates < 1:
+            raise ConfigError("--label-classes must be >= 0 (0: no labels table) and --label-templates >= 1")
         for e in self.encoders:
             if e not in ("image", "text"):
                 raise ConfigError(f"unknown encoder '{e}'", fix="use image, text or image,text")
@@ -81,6 +93,10 @@ class Candidate:
     # the precision float layers actually ran in: read from the compiled model where the SDK has a
     # hint (OpenVINO), "f32" for torch eager, None where the artifact's precision is all there is
     inference_precision: str | None = None
+    ran: DescribeInfo = field(default_factory=dict)  # Backend.describe(): what ran it
+    float_layers: int | None = None  # INT8: layers the manifest's calibration record left in float
+    peak_rss_mb: float | None = None  # load + first prediction, in a fresh process
+    probe: dict[str, Any] | None = None  # the request that measures it in a fresh process
 
     @property
     def label(self) -> str:
@@ -94,17 +110,7 @@ class Candidate:
 
 def _image_inputs(bundle: Bundle, n: int) -> tuple[list[bytes], np.ndarray]:
     """n JPEG files (as bytes, 2x the model size) and their preprocessed pixels."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    size = bundle.manifest.preprocess.image_size
-    jpegs = []
-    for _ in range(n):
-        arr = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        img = Image.fromarray(arr).resize((size * 2, size * 2), Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        jpegs.append(buf.getvalue())
+    jpegs = model_size_jpegs(bundle.manifest.preprocess.image_size, n)
     return jpegs, np.stack([preprocess(j, bundle.manifest.preprocess) for j in jpegs])
 
 
@@ -117,8 +123,13 @@ def _load_candidate(bundle: Bundle, artifact: Artifact, backend: str, options: B
     cold = (time.perf_counter() - t0) * 1000
     size = sum(bundle.resolve(f).stat().st_size for f in artifact.files) / 1e6
     hint = getattr(enc.backend, "precision_hint", None)  # OpenVINO: the hint the compiled model uses
+    describe = getattr(enc.backend, "describe", None)
+    ran: DescribeInfo = describe() if describe else {"requested": options.device, "device": None}
+    cal = artifact.calibration
     return Candidate(artifact.encoder, backend, artifact.precision, enc, size, cold, rss_mb() - rss0,
-                     str(hint) if hint is not None else None)
+                     str(hint) if hint is not None else None, ran,
+                     len(cal.excluded_layers) if cal is not None else None,
+                     probe=encoder_request("encoder", bundle, artifact.key, backend, options))
 
 
 def _load_candidates(bundle: Bundle, artifact: Artifact, backend: str, options: BackendOptions,
@@ -147,6 +158,9 @@ def _torch_baseline(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, p
     rss0 = rss_mb()
     t0 = time.perf_counter()
     model, _ = load_checkpoint(cfg.checkpoint)
+    # one probe for every tower: the baseline process loads the whole checkpoint, whichever it runs
+    probe = {"kind": "torch", "checkpoint": str(cfg.checkpoint), "encoders": cfg.encoders, "bundle": str(bundle.root),
+             "threads": cfg.threads}
     out = {}
     for e in cfg.encoders:
         module = encoder_module(e, model)
@@ -157,14 +171,16 @@ def _torch_baseline(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, p
 
         run(probes[e][:1])
         size = sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
-        out[e] = Candidate(e, "torch", "fp32", run, size, (time.perf_counter() - t0) * 1000, rss_mb() - rss0, "f32")
+        out[e] = Candidate(e, "torch", "fp32", run, size, (time.perf_counter() - t0) * 1000, rss_mb() - rss0, "f32",
+                           {"requested": "CPU", "device": "CPU", "precision_hint": "f32"},
+                           probe=probe)
     return out
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     bundle = Bundle.open(cfg.bundle)
     bundle.verify()
-    options = BackendOptions(threads=cfg.threads)
+    options = BackendOptions(threads=cfg.threads, device=cfg.device)
     jpegs, pixels = _image_inputs(bundle, max(cfg.batch_sizes))
     tok = TextTokenizer(bundle.tokenizer_path(), bundle.manifest.tokenizer)
     texts = [PROBE_TEXTS[i % len(PROBE_TEXTS)] for i in range(max(cfg.batch_sizes))]
@@ -174,11 +190,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     all_cands = list(baseline.values()) + cands
     if not all_cands:
         raise ConfigError("nothing to benchmark: no usable artifact matched", fix="check --backends/--precisions")
+    if cfg.memory:
+        _peak_memory(all_cands, log)
     # accuracy: embedding cosine against torch fp32 (or the fp32 artifact when torch is absent)
     accuracy = _accuracy(cfg, bundle, all_cands, baseline, probes, tok)
     rows = [row for bs in cfg.batch_sizes
             for row in _latency_rows(cfg, bs, all_cands, probes, jpegs, bundle, accuracy, log)]
     _ratios(rows)
+    label_rows = _label_rows(cfg, cands, log)
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -188,6 +207,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "rows": rows, "skipped": skipped, "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+    if label_rows:
+        report["labels"] = label_rows
     if accuracy.get("eval"):
         report["eval"] = accuracy["eval"]
     report["warnings"] = warnings_for(report, cfg.max_accuracy_drop)
@@ -222,15 +243,22 @@ def _candidates(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, probe
 def _latency_rows(cfg: BenchConfig, bs: int, cands: list[Candidate], probes: dict[str, np.ndarray],
                   jpegs: list[bytes], bundle: Bundle, accuracy: dict[str, Any],
                   log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """One batch size: every row timed interleaved with the others (machine drift hits all alike)."""
+    """One batch size: every row timed interleaved with the others (machine drift hits all alike).
+    Camera-size end-to-end rows run at batch 1: a camera frame or a photo at a time."""
     calls: dict[str, Callable[[], object]] = {}
     of: dict[str, tuple[Candidate, str]] = {}
+    labels = accuracy.get("labels")
     for c in cands:
         name = f"{c.encoder}/{c.label}/b{bs}"
         calls[f"{name}/model"], of[f"{name}/model"] = partial(c.run, probes[c.encoder][:bs]), (c, "model")
-        if cfg.end_to_end and c.encoder == "image":
-            calls[f"{name}/end_to_end"] = partial(_end_to_end, c, jpegs[:bs], bundle, accuracy.get("labels"))
-            of[f"{name}/end_to_end"] = (c, "end_to_end")
+        if not (cfg.end_to_end and c.encoder == "image"):
+            continue
+        calls[f"{name}/end_to_end"] = partial(_end_to_end, c, jpegs[:bs], bundle, labels)
+        of[f"{name}/end_to_end"] = (c, "end_to_end")
+        for w, h in cfg.camera_sizes if bs == 1 else []:
+            mode = f"end_to_end_{w}x{h}"
+            calls[f"{name}/{mode}"], of[f"{name}/{mode}"] = partial(_end_to_end, c, [camera_jpeg(w, h)], bundle,
+                                                                    labels), (c, mode)
     log(f"timing batch size {bs}: {len(calls)} rows interleaved")
     timings = interleave(calls, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s)
     rows = []
@@ -241,8 +269,51 @@ def _latency_rows(cfg: BenchConfig, bs: int, cands: list[Candidate], probes: dic
             "label": c.label, "inference_precision": c.inference_precision, "batch_size": bs,
             "mode": mode, **t.summary(bs), "cold_start_ms": round(c.cold_start_ms, 2),
             "size_mb": round(c.size_mb, 3), "rss_delta_mb": round(c.rss_delta_mb, 1),
-            **accuracy["rows"].get(f"{c.encoder}/{c.label}", {}),
+            **_ran_fields(c), **accuracy["rows"].get(f"{c.encoder}/{c.label}", {}),
         })
+    return rows
+
+
+def _ran_fields(c: Candidate) -> dict[str, Any]:
+    """What ran the row (Backend.describe()), the manifest's float layers, and peak memory."""
+    out: dict[str, Any] = {f"ran_{k}" if k == "device" else k: c.ran.get(k) for k in RAN_FIELDS}
+    out["requested_device"] = c.ran.get("requested")
+    out["fell_back_to_cpu"] = fell_back_to_cpu(c.ran)
+    out["float_layers"] = c.float_layers
+    out["peak_rss_mb"] = c.peak_rss_mb
+    return out
+
+
+def _peak_memory(cands: list[Candidate], log: Callable[[str], None]) -> None:
+    """Peak RSS of load + first prediction, each candidate in a fresh process (candidates with the
+    same request, the torch baseline's towers, share one)."""
+    answers: dict[str, dict[str, Any]] = {}
+    for c in cands:
+        if c.probe is None:
+            continue
+        request = json.dumps(c.probe, sort_keys=True)
+        if request not in answers:
+            log(f"peak memory of {c.encoder}/{c.label} in a fresh process")
+            answers[request] = measure(c.probe)
+        answer = answers[request]
+        c.peak_rss_mb = answer.get("peak_rss_mb")
+        if "error" in answer:
+            c.ran = {**c.ran, "memory_probe_error": answer["error"]}
+
+
+def _label_rows(cfg: BenchConfig, cands: list[Candidate], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Prompts per second and peak RSS of a label set (classes x templates), per text artifact and
+    backend (and precision hint), each in a fresh process."""
+    rows = []
+    for c in cands:
+        if c.encoder != "text" or c.probe is None or cfg.label_classes == 0:
+            continue
+        log(f"labels: {cfg.label_classes} classes x {cfg.label_templates} templates on {c.label}")
+        answer = measure({**c.probe, "kind": "labels", "classes": cfg.label_classes,
+                          "templates": cfg.label_templates})
+        rows.append({"key": f"text/{c.label}/labels", "backend": c.backend, "precision": c.precision,
+                     "label": c.label, "ran_device": c.ran.get("device"), "precision_hint": c.ran.get("precision_hint"),
+                     "float_layers": c.float_layers, **answer})
     return rows
 
 
@@ -321,7 +392,7 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
             ref = by.get((r["encoder"], ref_label, r["batch_size"], r["mode"]))
             if ref:
                 r[name] = round(ref["median_ms"] / r["median_ms"], 3)
-        if r["mode"] == "end_to_end":
+        if r["mode"].startswith("end_to_end"):
             model = by.get((r["encoder"], r["label"], r["batch_size"], "model"))
             if model:
                 r["end_to_end_over_model"] = round(r["median_ms"] / model["median_ms"], 3)
@@ -331,6 +402,8 @@ def warnings_for(report: dict[str, Any], max_drop: float) -> list[str]:
     out = []
     rows = [r for r in report["rows"] if r["mode"] == "model"]
     for r in rows:
+        if r.get("fell_back_to_cpu"):
+            out.append(f"{r['key']}: {r['requested_device']} was asked for, but the CPU ran it ({r['ran_device']})")
         if r["precision"].startswith("int8"):
             for ref in rows:
                 same = all(ref.get(k) == r.get(k) for k in ("encoder", "backend", "batch_size", "inference_precision"))

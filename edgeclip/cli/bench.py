@@ -29,6 +29,15 @@ def _ints(value: str) -> list[int]:
 @click.option("--checkpoint", default=None, type=click.Path(), help="Checkpoint for the torch baseline.")
 @click.option("--eval", "eval_data", default=None, help="builtin:shapes or an image folder (one sub-folder per class).")
 @click.option("--no-end-to-end", is_flag=True, help="Skip the decode+preprocess+infer rows.")
+@click.option("--camera-sizes", default="1280x720,4032x3024", show_default=True,
+              help="End-to-end rows (batch 1) on JPEGs of these sizes, made from the built-in data; '' for none.")
+@click.option("--device", default="CPU", show_default=True,
+              help="Device for every backend (openvino: CPU, GPU, NPU, AUTO; onnxruntime: CPU, CUDA). A row whose "
+                   "accelerator left the CPU to run it is flagged, with a warning.")
+@click.option("--no-memory", is_flag=True, help="Skip peak-RSS measurement (a fresh process per row).")
+@click.option("--label-classes", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Labels table: encode this many generated class names with each text artifact (0: skip).")
+@click.option("--label-templates", default=7, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_path", default=None, type=click.Path())
 @click.option("--markdown", "md_path", default=None, type=click.Path())
 @click.option("--csv", "csv_path", default=None, type=click.Path())
@@ -44,7 +53,8 @@ def _ints(value: str) -> list[int]:
 def bench(
     bundle: str, backends: str | None, precisions: str | None, encoders: str, batch_sizes: str,
     threads: int | None, runs: int | None, min_time: float, warmup: int, baseline: str, checkpoint: str | None,
-    eval_data: str | None, no_end_to_end: bool, json_path: str | None, md_path: str | None,
+    eval_data: str | None, no_end_to_end: bool, camera_sizes: str, device: str, no_memory: bool,
+    label_classes: int, label_templates: int, json_path: str | None, md_path: str | None,
     csv_path: str | None, plot_path: str | None, compare_path: str | None, max_regression: float,
 ) -> None:
     """Latency, size and accuracy of every artifact in BUNDLE, against a torch baseline.
@@ -55,6 +65,7 @@ def bench(
     """
     from pathlib import Path
 
+    from edgeclip.bench.inputs import parse_sizes
     from edgeclip.bench.report import compare, load_report, print_table, write_outputs
     from edgeclip.bench.run import BenchConfig, run_bench
 
@@ -67,7 +78,8 @@ def bench(
         encoders=csv_list(encoders) or [],
         batch_sizes=_ints(batch_sizes), threads=threads, runs=runs, min_time_s=min_time, warmup=warmup,
         baseline=baseline, checkpoint=Path(checkpoint) if checkpoint else None, eval_data=eval_data,
-        end_to_end=not no_end_to_end,
+        end_to_end=not no_end_to_end, camera_sizes=parse_sizes(camera_sizes), device=device,
+        memory=not no_memory, label_classes=label_classes, label_templates=label_templates,
     )
     report = run_bench(cfg, log=lambda msg: click.echo(msg, err=True))
     print_table(report)

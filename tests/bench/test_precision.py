@@ -45,6 +45,7 @@ def cli_run(ov_bundle: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.Tem
     out = tmp_path_factory.mktemp("ovbench") / "r.json"
     proc = run_cli("bench", str(ov_bundle), "--checkpoint", str(tiny_checkpoint), "--encoders", "image",
                    "--batch-sizes", "1", "--runs", "3", "--warmup", "1", "--threads", "1", "--json", str(out),
+                   "--no-memory", "--camera-sizes", "1280x720",
                    env={"COLUMNS": "80"})
     assert proc.returncode == 0, proc.stderr
     return proc, json.loads(out.read_text())
@@ -94,3 +95,13 @@ def test_terminal_table_shows_the_hint_at_80_columns(
     for r in report["rows"]:
         if r["mode"] == "model":
             assert f"{r['encoder']}/{r['label']}" in proc.stdout
+
+
+def test_each_row_counts_its_layers_by_the_precision_they_ran_in(
+    cli_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    """Issue 18 item 6: the runtime model's layers, read back per row, agree with the row's hint."""
+    _, report = cli_run
+    for r in (r for r in report["rows"] if r["backend"] == "openvino"):
+        assert r["ran_device"] == "CPU" and r["precision_hint"] == r["inference_precision"], r["key"]
+        assert set(r["compute_layers"]) == {r["inference_precision"]}, r["key"]

@@ -14,13 +14,14 @@ from tests.conftest import run_cli
 
 ROW_FIELDS = {"key", "encoder", "backend", "precision", "batch_size", "mode", "median_ms", "p90_ms", "p99_ms",
               "mean_ms", "std_ms", "runs", "outliers_clipped", "throughput_per_s", "cold_start_ms", "size_mb",
-              "rss_delta_mb"}
+              "rss_delta_mb", "ran_device", "requested_device", "precision_hint", "compute_layers", "float_layers",
+              "fell_back_to_cpu", "peak_rss_mb"}
 
 
 @pytest.fixture(scope="module")
 def report(tiny_bundle: Path, tiny_checkpoint: Path) -> dict:  # type: ignore[type-arg]
     cfg = BenchConfig(bundle=tiny_bundle, checkpoint=tiny_checkpoint, batch_sizes=[1, 2], runs=6, warmup=1,
-                      eval_data="builtin:shapes", eval_size=24, threads=1)
+                      eval_data="builtin:shapes", eval_size=24, threads=1, label_classes=100)
     return run_bench(cfg, log=lambda _: None)
 
 
@@ -45,6 +46,54 @@ def test_report_schema_rows_and_baseline(report: dict) -> None:  # type: ignore[
         r for r in report["rows"] if r["key"] == "image/onnxruntime-fp32/b1/model")["median_ms"], rel=0.01)
 
 
+def test_rows_say_what_ran_them_and_their_peak_memory(report: dict) -> None:  # type: ignore[type-arg]
+    for r in report["rows"]:
+        assert r["ran_device"] == "CPU" and r["requested_device"] == "CPU" and not r["fell_back_to_cpu"], r["key"]
+        assert r["peak_rss_mb"] > 0, r["key"]
+    ort = [r for r in report["rows"] if r["backend"] == "onnxruntime"]
+    assert all(r["providers"] == ["CPUExecutionProvider"] and r["compute_layers"]["float"] > 0 for r in ort)
+    assert all(r["float_layers"] is None for r in ort)  # fp32 artifacts: no calibration record
+    # torch loads the whole checkpoint (both towers, plus torch itself): more than one onnxruntime tower
+    peaks = {(r["encoder"], r["backend"]): r["peak_rss_mb"] for r in report["rows"]}
+    assert peaks[("image", "torch")] > peaks[("image", "onnxruntime")]
+
+
+def test_camera_size_end_to_end_rows(report: dict) -> None:  # type: ignore[type-arg]
+    by = {r["key"]: r for r in report["rows"]}
+    for impl in ("torch-fp32", "onnxruntime-fp32"):
+        model = by[f"image/{impl}/b1/model"]
+        for size in ("1280x720", "4032x3024"):
+            row = by[f"image/{impl}/b1/end_to_end_{size}"]
+            assert row["end_to_end_over_model"] == pytest.approx(row["median_ms"] / model["median_ms"], rel=0.01)
+        assert f"image/{impl}/b2/end_to_end_1280x720" not in by  # camera frames: batch 1
+    # decoding a 12 MP photo costs more than a 720p frame, with the same model after it
+    assert (by["image/onnxruntime-fp32/b1/end_to_end_4032x3024"]["median_ms"]
+            > by["image/onnxruntime-fp32/b1/end_to_end_1280x720"]["median_ms"])
+
+
+def test_labels_table(report: dict) -> None:  # type: ignore[type-arg]
+    rows = {r["key"]: r for r in report["labels"]}
+    assert set(rows) == {"text/onnxruntime-fp32/labels"}  # torch is the baseline, not a device backend
+    r = rows["text/onnxruntime-fp32/labels"]
+    assert (r["classes"], r["templates"], r["prompts"]) == (100, 7, 700)
+    assert r["prompts_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["ran_device"] == "CPU"
+    md = to_markdown(report)
+    assert "Label sets: 100 classes x 7 templates" in md and "| text/onnxruntime-fp32/labels | CPU |" in md
+
+
+def test_an_accelerator_that_left_the_cpu_to_run_is_flagged(tiny_bundle: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here: nothing falls back")
+    cfg = BenchConfig(bundle=tiny_bundle, baseline="none", batch_sizes=[1], runs=3, warmup=0, encoders=["image"],
+                      end_to_end=False, memory=False, device="CUDA")
+    rep = run_bench(cfg, log=lambda _: None)
+    (row,) = rep["rows"]
+    assert row["requested_device"] == "CUDA" and row["ran_device"] == "CPU" and row["fell_back_to_cpu"]
+    assert any("CUDA was asked for, but the CPU ran it" in w for w in rep["warnings"])
+
+
 def test_markdown_and_csv_have_every_row(report: dict) -> None:  # type: ignore[type-arg]
     md, csv_text = to_markdown(report), to_csv(report)
     for r in report["rows"]:
@@ -66,7 +115,7 @@ def test_compare_gate(report: dict, tmp_path: Path) -> None:  # type: ignore[typ
 def test_cli_writes_every_output_and_gates(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = {k: tmp_path / f"r.{k}" for k in ("json", "md", "csv", "png")}
     args = ["bench", str(tiny_bundle), "--checkpoint", str(tiny_checkpoint), "--batch-sizes", "1", "--runs", "5",
-            "--warmup", "1", "--encoders", "image", "--threads", "1"]
+            "--warmup", "1", "--encoders", "image", "--threads", "1", "--no-memory", "--camera-sizes", "1280x720"]
     proc = run_cli(*args, "--json", str(out["json"]), "--markdown", str(out["md"]), "--csv", str(out["csv"]),
                    "--plot", str(out["png"]))
     assert proc.returncode == 0, proc.stderr
@@ -86,7 +135,7 @@ def test_cli_writes_every_output_and_gates(tiny_bundle: Path, tiny_checkpoint: P
 
 def test_missing_backend_is_skipped_with_a_reason(tiny_bundle: Path) -> None:
     cfg = BenchConfig(bundle=tiny_bundle, backends=["onnxruntime", "openvino"], baseline="none", batch_sizes=[1],
-                      runs=3, warmup=0, encoders=["image"], end_to_end=False)
+                      runs=3, warmup=0, encoders=["image"], end_to_end=False, memory=False)
     rep = run_bench(cfg, log=lambda _: None)
     assert {r["backend"] for r in rep["rows"]} == {"onnxruntime"}
     assert any(s["row"] == "openvino" and "no artifact" in s["reason"] for s in rep["skipped"])

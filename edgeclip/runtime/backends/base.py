@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -61,6 +61,28 @@ class Backend(Protocol):
         ...
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+# Backend.describe(), where a backend has one (bench calls it once, after timing; it may build a
+# second session to find out): what ran the artifact, read back from the SDK, not from the options.
+#   requested:       the device asked for (BackendOptions.device)
+#   device:          what ran it: "CPU", "GPU.0", "CUDA", a GPU's name; None when the SDK does not say
+#   providers:       onnxruntime's execution providers, in priority order
+#   precision_hint:  the inference precision in effect ("f32", "bf16", "f16"), None where there is no hint
+#   compute_layers:  matmul / fully-connected / conv layers as they ran, counted by precision
+#                    ({"i8": 48, "u8": 1} or {"int8": 48, "float": 24}); None when the SDK does not say
+#   kernels:         every kernel that ran, counted by type (and provider, where there are several)
+DescribeInfo = dict[str, Any]
+CPU_DEVICES = ("CPU", "CPUEXECUTIONPROVIDER")
+# devices that name no accelerator: asking for them and getting the CPU is no fallback
+NOT_ACCELERATORS = ("CPU", "AUTO", "SIM")
+
+
+def fell_back_to_cpu(info: DescribeInfo) -> bool:
+    """An accelerator was asked for (a GPU, NPU, CUDA, a delegate) but the CPU ran the artifact."""
+    requested = str(info.get("requested") or "CPU").upper()
+    device = str(info.get("device") or "").upper()
+    return requested not in NOT_ACCELERATORS and device in CPU_DEVICES
 
 
 def missing_sdk(module: str, backend: str, extra: str) -> MissingDependencyError | None:

@@ -17,7 +17,7 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import ConfigError, EdgeclipError, PlatformError
-from edgeclip.runtime.backends.base import NP_DTYPES, BackendOptions, missing_sdk
+from edgeclip.runtime.backends.base import NP_DTYPES, BackendOptions, DescribeInfo, missing_sdk
 
 _NP_DTYPES = {**NP_DTYPES, "int64": np.int32}  # Core ML programs take int32 token ids
 # BackendOptions.device -> coremltools ComputeUnit name. "CPU" (the default) gives fp32-like
@@ -66,6 +66,7 @@ class CoreMLBackend:
         if unit is None:
             raise ConfigError(f"unknown CoreML device '{options.device}'",
                               fix=f"use one of: {', '.join(_COMPUTE_UNITS)}")
+        self.requested, self.compute_units = options.device, unit
         self.model = ct.models.MLModel(str(package_dir(Path(path))), compute_units=getattr(ct.ComputeUnit, unit))
         self.input_dtypes = {s.name: _NP_DTYPES.get(s.dtype, np.float32) for s in artifact.inputs}
         self.output_names = [s.name for s in artifact.outputs]
@@ -75,6 +76,12 @@ class CoreMLBackend:
         self.max_batch = 1 if fixed else artifact.environment.max_batch or 1 << 30
         self.image_input = artifact.environment.image_input
         self._lock = threading.Lock()  # MLModel.predict is not documented as thread-safe
+
+    def describe(self) -> DescribeInfo:
+        """What ran (base.DescribeInfo): Core ML places layers itself and does not say where; only
+        CPU_ONLY pins them to the CPU."""
+        return {"requested": self.requested, "device": "CPU" if self.compute_units == "CPU_ONLY" else None,
+                "precision_hint": None, "compute_layers": None, "kernels": {}, "compute_units": self.compute_units}
 
     def _feed(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         feed: dict[str, Any] = {}

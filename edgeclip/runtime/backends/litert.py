@@ -12,6 +12,7 @@ to the batch. Token ids go in as int32: LiteRT graphs carry no 64-bit integer in
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import ConfigError, EdgeclipError
-from edgeclip.runtime.backends.base import BackendOptions, missing_sdk
+from edgeclip.runtime.backends.base import BackendOptions, DescribeInfo, missing_sdk
 
 DELEGATE_PREFIX = "delegate:"
 
@@ -44,6 +45,7 @@ class LiteRTBackend:
         from ai_edge_litert import interpreter as litert
 
         delegates = _delegates(litert, options.device)
+        self.requested, self.delegated = options.device, bool(delegates)
         self.interpreter: Any = litert.Interpreter(
             model_path=str(path), num_threads=options.threads or None, experimental_delegates=delegates
         )
@@ -61,6 +63,15 @@ class LiteRTBackend:
         self.static_batch = int(first["shape"][0])
         self._lock = threading.Lock()  # one interpreter holds one set of tensors: calls take turns
         self._batch = self.static_batch
+
+    def describe(self) -> DescribeInfo:
+        """What ran (base.DescribeInfo): the interpreter's ops after delegation. A vendor delegate
+        that took no op (every op still a builtin kernel) means the CPU ran the graph."""
+        with self._lock:
+            ops = [str(d.get("op_name")) for d in self.interpreter._get_ops_details()]
+        took = self.delegated and "DELEGATE" in ops
+        return {"requested": self.requested, "device": self.requested if took else "CPU",
+                "precision_hint": None, "compute_layers": None, "kernels": dict(Counter(ops))}
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """inputs: {name: [N, ...]} -> {name: [N, D]}, whatever batch the graph was exported with."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,7 +12,11 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import EdgeclipError
-from edgeclip.runtime.backends.base import BackendOptions, as_feed, input_dtypes, missing_sdk
+from edgeclip.runtime.backends.base import BackendOptions, DescribeInfo, as_feed, input_dtypes, missing_sdk
+
+# the runtime model's layer types that do a layer's matmul / conv arithmetic
+COMPUTE_LAYERS = frozenset({"FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution",
+                            "ScaledDotProductAttention", "ScaledAttn"})
 
 
 class OpenVinoBackend:
@@ -33,6 +38,7 @@ class OpenVinoBackend:
             config["INFERENCE_NUM_THREADS"] = options.threads
         if options.precision_hint:
             config["INFERENCE_PRECISION_HINT"] = options.precision_hint
+        self.requested = options.device
         self.compiled = ov.Core().compile_model(str(path), options.device, config)
         self.input_dtypes = input_dtypes(artifact)
         self.output_names = [s.name for s in artifact.outputs]
@@ -43,6 +49,19 @@ class OpenVinoBackend:
         """The inference precision the device actually uses: "f32", "bf16" or "f16"."""
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         return str(hint.get_type_name() if hasattr(hint, "get_type_name") else hint)
+
+    def describe(self) -> DescribeInfo:
+        """What ran (base.DescribeInfo): EXECUTION_DEVICES, the precision hint, and the runtime
+        model's layers (what the plugin compiled: fused, with the precision each one runs in)."""
+        layers = [op.get_rt_info() for op in self.compiled.get_runtime_model().get_ordered_ops()]
+        kinds = [(str(r["layerType"].astype(str)), str(r["runtimePrecision"].astype(str))) for r in layers]
+        devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
+        return {
+            "requested": self.requested, "device": ",".join(devices) or None, "precision_hint": self.precision_hint,
+            "compute_layers": dict(Counter(prec for kind, prec in kinds if kind in COMPUTE_LAYERS)),
+            "runtime_precisions": dict(Counter(prec for _, prec in kinds)),
+            "kernels": dict(Counter(f"{kind}@{prec}" for kind, prec in kinds)),
+        }
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request = getattr(self._local, "request", None)

@@ -20,7 +20,7 @@ import numpy as np
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
 from edgeclip.errors import BundleError, EdgeclipError, MissingDependencyError, PlatformError
-from edgeclip.runtime.backends.base import BackendOptions, has_nvidia_gpu, missing_sdk
+from edgeclip.runtime.backends.base import BackendOptions, DescribeInfo, has_nvidia_gpu, missing_sdk
 from edgeclip.runtime.backends.tensorrt_engine import USER_PLAN, build_artifact_engine, engine_name
 
 
@@ -69,6 +69,7 @@ class TensorRTBackend:
         name = _check(cudart.cudaGetDeviceProperties(device)).name
         self.gpu = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).split("\0")[0].strip()
         self.tensorrt_version: str = trt.__version__
+        self.precision = artifact.precision
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.plan_path, self.engine = self._load_or_build(trt, Path(path), artifact)
         self.context = self.engine.create_execution_context()
@@ -109,6 +110,12 @@ class TensorRTBackend:
         if engine is None:
             raise BundleError(f"TensorRT {self.tensorrt_version} could not load the engine it just built: {plan}")
         return plan, engine
+
+    def describe(self) -> DescribeInfo:
+        """What ran (base.DescribeInfo): an engine runs only on the GPU it was built for."""
+        return {"requested": "GPU", "device": f"GPU {self.gpu}", "precision_hint": self.precision,
+                "compute_layers": None, "kernels": {"engine": 1}, "engine": str(self.plan_path),
+                "tensorrt": self.tensorrt_version}
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(inputs[self.input_name], dtype=self.input_dtype)
