@@ -1,6 +1,6 @@
 """Regenerate docs/bench-*.{md,png,json}: `edgeclip bench` on the quickstart bundle and on a ViT-B-32 bundle.
 
-    .venv/bin/python benchmarks/bench_docs.py [--work benchmarks/work] [--threads 2]
+    .venv/bin/python benchmarks/bench_docs.py [--work benchmarks/work] [--threads 2] [--quick] [--docs DIR]
 
 Builds what is missing under --work (kept between runs, git-ignored):
 - quickstart/: `edgeclip quickstart` (trained edge-tiny + bundle; its summary is copied to
@@ -8,7 +8,11 @@ Builds what is missing under --work (kept between runs, git-ignored):
   calibrated on builtin:shapes;
 - vit-b-32/: a random-init ViT-B-32 checkpoint (OpenAI tokenizer; no pretrained weights can be
   downloaded here) exported to ONNX and OpenVINO, fp32 and guarded INT8.
-Then runs `edgeclip bench` with the torch eager fp32 baseline interleaved, writing the tables and plots.
+Then runs `edgeclip bench` with the torch eager fp32 baseline interleaved, writing the tables and plots:
+end-to-end rows on model-size and camera-size JPEGs (1280x720, 4032x3024), what ran each row and its
+peak RSS (a fresh process per row) and, for ViT-B-32, the labels table (1,000 classes x 7 templates
+through every text artifact). --quick checks that it all runs (short timing, 20 classes); write its
+tables outside docs/ (--docs), since figures measured that way are not for publishing.
 """
 
 from __future__ import annotations
@@ -84,21 +88,29 @@ def vit_b32_bundle(work: Path) -> tuple[Path, Path]:
     return ckpt, bundle
 
 
+def bench_args(name: str, quick: bool) -> list[str]:
+    """The bench options of one docs page: its encoders, eval set, labels table and timing budget."""
+    args = ["--encoders", "image", "--eval", "builtin:shapes"] if name == "quickstart" else [
+        "--encoders", "image,text", "--label-classes", "20" if quick else "1000", "--label-templates", "7"]
+    return args + (["--min-time", "0.3", "--warmup", "1"] if quick else ["--min-time", "3"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work"))
     ap.add_argument("--threads", default="2")
     ap.add_argument("--only", default="quickstart,vit-b-32")
+    ap.add_argument("--quick", action="store_true", help="check it runs: short timing, a small labels table")
+    ap.add_argument("--docs", default=str(ROOT / "docs"), help="where the tables and plots go")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
     for name in args.only.split(","):
         ckpt, bundle = quickstart_bundle(work) if name == "quickstart" else vit_b32_bundle(work)
-        extra = ["--eval", "builtin:shapes"] if name == "quickstart" else []
-        run(*EDGECLIP, "bench", str(bundle), "--checkpoint", str(ckpt), "--encoders", "image",
-            "--batch-sizes", "1,8", "--threads", args.threads, "--min-time", "3", *extra,
+        run(*EDGECLIP, "bench", str(bundle), "--checkpoint", str(ckpt), "--batch-sizes", "1,8",
+            "--threads", args.threads, *bench_args(name, args.quick),
             "--json", str(docs / f"bench-{name}.json"), "--markdown", str(docs / f"bench-{name}.md"),
             "--plot", str(docs / f"bench-{name}.png"))
 

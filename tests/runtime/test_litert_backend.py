@@ -104,3 +104,13 @@ def test_auto_picks_litert_on_arm_linux(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     order, _ = auto_order()
     assert order.index("litert") > order.index("onnxruntime")
+
+
+def test_describe_lists_the_ops_that_ran_on_the_cpu(tower: tuple[Tower, Path]) -> None:
+    """Issue 18 item 6: XNNPACK on the CPU, the graph's ops read back from the interpreter."""
+    _, path = tower
+    backend = LiteRTBackend(path, artifact(), BackendOptions(threads=1))
+    backend.infer({"input_ids": np.zeros((1, 6), dtype=np.int64)})
+    info = backend.describe()
+    assert info["requested"] == "CPU" and info["device"] == "CPU"
+    assert sum(info["kernels"].values()) > 0
