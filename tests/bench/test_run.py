@@ -158,3 +158,20 @@ def test_bad_input(tiny_bundle: Path, tmp_path: Path) -> None:
     assert proc.returncode != 0 and "Error:" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("bench", str(tiny_bundle), "--compare", str(bad), "--baseline", "none")
     assert proc.returncode != 0 and "cannot read bench report" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_int8_rows_count_the_layers_the_manifest_left_in_float(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """An INT8 row carries its calibration record's float layers, and the integer kernels that ran."""
+    from edgeclip.bundle import Bundle
+    from edgeclip.export.driver import export_bundle
+
+    out = tmp_path / "int8.edgeclip"
+    export_bundle(tiny_checkpoint, out, targets=["onnx"], precision="int8-dynamic", encoders=["image"])
+    (art,) = Bundle.open(out).manifest.artifacts
+    assert art.calibration is not None
+    cfg = BenchConfig(bundle=out, baseline="none", batch_sizes=[1], runs=3, warmup=0, encoders=["image"],
+                      end_to_end=False, memory=False)
+    (row,) = run_bench(cfg, log=lambda _: None)["rows"]
+    assert row["precision"] == "int8-dynamic"
+    assert row["float_layers"] == len(art.calibration.excluded_layers)
+    assert row["compute_layers"].get("int8", 0) > 0
