@@ -18,7 +18,8 @@ COLUMNS = [
     ("throughput_per_s", "items/s"), ("cold_start_ms", "cold ms"), ("size_mb", "MB"), ("cosine_min", "cos min"),
     ("top1", "top-1 %"), ("top1_delta", "Δ top-1"), ("speedup_vs_baseline", "x torch"),
     ("speedup_vs_onnxruntime_fp32", "x ort fp32"), ("end_to_end_over_model", "e2e/model"),
-    ("ran_device", "ran on"), ("compute_layers", "matmul/conv ran in"), ("float_layers", "float layers (manifest)"),
+    ("decode", "decode"), ("ran_device", "ran on"), ("compute_layers", "matmul/conv ran in"),
+    ("float_layers", "float layers (manifest)"),
     ("peak_rss_mb", "peak RSS MB"),
 ]
 LABEL_COLUMNS = [

@@ -24,8 +24,8 @@ from edgeclip.errors import ConfigError
 from edgeclip.export.capabilities import CAPABILITIES
 from edgeclip.runtime.backends import backend_class
 from edgeclip.runtime.backends.base import BackendOptions, DescribeInfo, fell_back_to_cpu
-from edgeclip.runtime.classifier import Encoder
-from edgeclip.runtime.labels import label_embeddings
+from edgeclip.runtime.classifier import Encoder, ZeroShotClassifier
+from edgeclip.runtime.labels import Labels, label_embeddings
 from edgeclip.runtime.preprocess import preprocess
 from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.similarity import cosine_rows
@@ -253,12 +253,12 @@ def _latency_rows(cfg: BenchConfig, bs: int, cands: list[Candidate], probes: dic
         calls[f"{name}/model"], of[f"{name}/model"] = partial(c.run, probes[c.encoder][:bs]), (c, "model")
         if not (cfg.end_to_end and c.encoder == "image"):
             continue
-        calls[f"{name}/end_to_end"] = partial(_end_to_end, c, jpegs[:bs], bundle, labels)
+        calls[f"{name}/end_to_end"] = _end_to_end(c, jpegs[:bs], bundle, labels)
         of[f"{name}/end_to_end"] = (c, "end_to_end")
         for w, h in cfg.camera_sizes if bs == 1 else []:
             mode = f"end_to_end_{w}x{h}"
-            calls[f"{name}/{mode}"], of[f"{name}/{mode}"] = partial(_end_to_end, c, [camera_jpeg(w, h)], bundle,
-                                                                    labels), (c, mode)
+            calls[f"{name}/{mode}"] = _end_to_end(c, [camera_jpeg(w, h)], bundle, labels)
+            of[f"{name}/{mode}"] = (c, mode)
     log(f"timing batch size {bs}: {len(calls)} rows interleaved")
     timings = interleave(calls, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s)
     rows = []
@@ -271,6 +271,8 @@ def _latency_rows(cfg: BenchConfig, bs: int, cands: list[Candidate], probes: dic
             "size_mb": round(c.size_mb, 3), "rss_delta_mb": round(c.rss_delta_mb, 1),
             **_ran_fields(c), **accuracy["rows"].get(f"{c.encoder}/{c.label}", {}),
         })
+        if mode != "model":  # the JPEG decode path: the training transform for torch, the bundle's for edgeclip
+            rows[-1]["decode"] = "exact" if c.backend == "torch" else bundle.manifest.preprocess.decode
     return rows
 
 
@@ -317,8 +319,19 @@ def _label_rows(cfg: BenchConfig, cands: list[Candidate], log: Callable[[str], N
     return rows
 
 
-def _end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.ndarray | None) -> object:
-    """Decode + preprocess + infer + postprocess (the bundle's scoring rule over labels), as an app would do."""
+def _end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.ndarray | None) -> Callable[[], object]:
+    """Decode + preprocess + infer + postprocess, as an app does: an edgeclip row through the
+    classifier's public path (the decode path the bundle was validated with, its scoring rule over
+    `labels`); the torch baseline with the training transform, then the same scoring."""
+    if isinstance(c.run, Encoder):
+        classes = [str(i) for i in range(len(labels))] if labels is not None else []
+        clf = ZeroShotClassifier(bundle, c.run, Labels("bench", classes, labels) if labels is not None else None,
+                                 BackendOptions())
+        return partial(clf.classify, jpegs, top_k=5) if labels is not None else partial(clf.embed_images, jpegs)
+    return partial(_torch_end_to_end, c, jpegs, bundle, labels)
+
+
+def _torch_end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.ndarray | None) -> object:
     x = np.stack([preprocess(j, bundle.manifest.preprocess) for j in jpegs])
     emb = c.run(x)
     if labels is None:

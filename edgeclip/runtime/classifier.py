@@ -24,7 +24,7 @@ from edgeclip.errors import (
 )
 from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class, backend_target
 from edgeclip.runtime.backends.base import Backend, BackendOptions
-from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, Progress, label_embeddings
+from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, PromptProgress, label_embeddings
 from edgeclip.runtime.preprocess import ImageInput, decode_resize, model_input
 from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.signing import TrustedKeys, verify_signature
@@ -237,7 +237,7 @@ class ZeroShotClassifier:
 
     # ---- labels --------------------------------------------------------------------------
     def set_labels(self, classes: Sequence[str], templates: Sequence[str] | None = None, name: str = "custom",
-                   progress: Progress | None = None) -> None:
+                   progress: PromptProgress | None = None) -> None:
         """Compute a new label set on the device (open vocabulary) and make it current; memory stays
         bounded by one batch of prompts, `progress(done, total)` is called after each batch."""
         tmpl = list(templates or DEFAULT_TEMPLATES)

@@ -41,7 +41,7 @@ def prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:
     return [t.format(c) for c in classes for t in templates]
 
 
-Progress = Callable[[int, int], None]  # (prompts encoded so far, total prompts)
+PromptProgress = Callable[[int, int], None]  # (prompts encoded so far, total prompts)
 
 
 def label_embeddings(
@@ -49,7 +49,7 @@ def label_embeddings(
     templates: Sequence[str],
     encode: Callable[[list[str]], np.ndarray],
     batch_size: int = 256,
-    progress: Progress | None = None,
+    progress: PromptProgress | None = None,
 ) -> np.ndarray:
     """Encode every class x template prompt with `encode` (texts -> [N, D]) and average per class -> [C, D].
 

@@ -9,6 +9,7 @@ import pytest
 
 from edgeclip.bench.report import compare, load_report, to_csv, to_markdown
 from edgeclip.bench.run import SCHEMA, BenchConfig, run_bench
+from edgeclip.bundle import Bundle
 from edgeclip.errors import ConfigError
 from tests.conftest import run_cli
 
@@ -66,6 +67,10 @@ def test_camera_size_end_to_end_rows(report: dict) -> None:  # type: ignore[type
             row = by[f"image/{impl}/b1/end_to_end_{size}"]
             assert row["end_to_end_over_model"] == pytest.approx(row["median_ms"] / model["median_ms"], rel=0.01)
         assert f"image/{impl}/b2/end_to_end_1280x720" not in by  # camera frames: batch 1
+    # the edgeclip rows decode through the classifier, the way the bundle was validated; torch as it trained
+    assert {r["decode"] for r in report["rows"] if r["mode"] != "model" and r["backend"] == "torch"} == {"exact"}
+    assert ({r["decode"] for r in report["rows"] if r["mode"] != "model" and r["backend"] == "onnxruntime"}
+            == {Bundle.open(report["bundle"]["path"]).manifest.preprocess.decode})
     # decoding a 12 MP photo costs more than a 720p frame, with the same model after it
     assert (by["image/onnxruntime-fp32/b1/end_to_end_4032x3024"]["median_ms"]
             > by["image/onnxruntime-fp32/b1/end_to_end_1280x720"]["median_ms"])
@@ -162,7 +167,6 @@ def test_bad_input(tiny_bundle: Path, tmp_path: Path) -> None:
 
 def test_int8_rows_count_the_layers_the_manifest_left_in_float(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """An INT8 row carries its calibration record's float layers, and the integer kernels that ran."""
-    from edgeclip.bundle import Bundle
     from edgeclip.export.driver import export_bundle
 
     out = tmp_path / "int8.edgeclip"
