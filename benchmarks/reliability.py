@@ -33,6 +33,7 @@ AREAS = {
     "concurrency": "Concurrency and leaks",
     "cli": "CLI: every command, wrong arguments and bad files",
     "signatures": "Signatures: hostile manifest.sig and key files under a trust policy",
+    "install": "Install: SIGKILL at every step of an update (a bundle, a label set)",
 }
 FIGURES = ("inputs", "calls", "crashes", "code_executed", "corrupt_files", "lost_checkpoints", "weights_differ",
            "mismatches")
@@ -85,8 +86,9 @@ def render(rows: list[dict[str, Any]], fast: bool, wall: float) -> str:
     summary = summarize(rows)
     total: dict[str, float] = defaultdict(int)
     for s in summary.values():
-        for k in (*FIGURES, "tests", "passed", "failed", "xfail", "kills", "kills_in_checkpoint_write"):
+        for k in (*FIGURES, "tests", "passed", "failed", "xfail"):
             total[k] += s.get(k, 0)
+    training, install = summary.get("training", {}), summary.get("install", {})
     head = [
         "# Reliability: hostile input, hostile bundles, crashes and concurrency",
         "",
@@ -120,8 +122,13 @@ def render(rows: list[dict[str, Any]], fast: bool, wall: float) -> str:
         f"{int(total['corrupt_files'])} | {int(total['lost_checkpoints'])} | {int(total['weights_differ'])} | "
         f"{int(total['mismatches'])} |",
         "",
-        f"SIGKILLs during training: {int(total['kills'])} ({int(total['kills_in_checkpoint_write'])} inside a "
-        "checkpoint write, while a `.partial` step directory existed); every run resumed to bitwise-equal weights.",
+        f"SIGKILLs during training: {int(training.get('kills', 0))} "
+        f"({int(training.get('kills_in_checkpoint_write', 0))} inside a checkpoint write, while a `.partial` step "
+        "directory existed); every run resumed to bitwise-equal weights.",
+        "",
+        f"SIGKILLs during install: {int(install.get('kills', 0))}, one at each step of an update; live versions "
+        f"afterwards that did not verify, mixed old and new, or changed the old version: "
+        f"{int(install.get('corrupt_files', 0))}; every next update completed and rollback restored the old version.",
         "",
         f"Tests: {int(total['tests'])} run, {int(total['passed'])} passed, {int(total['failed'])} failed, "
         f"{int(total['xfail'])} expected failures (known open issues, below).",

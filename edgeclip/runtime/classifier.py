@@ -24,6 +24,7 @@ from edgeclip.errors import (
 )
 from edgeclip.runtime.backends import BACKENDS, DEFAULT_PRECISION_ORDER, auto_order, backend_class, backend_target
 from edgeclip.runtime.backends.base import Backend, BackendOptions
+from edgeclip.runtime.install import save_bundle_change
 from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, PromptProgress, label_embeddings
 from edgeclip.runtime.preprocess import ImageInput, decode_resize, model_input
 from edgeclip.runtime.scoring import scoring_from_manifest
@@ -246,7 +247,8 @@ class ZeroShotClassifier:
 
     def save_labels(self, name: str | None = None, overwrite: bool = False) -> None:
         """Write the current label set into the bundle (atomically) under `name`; replacing an
-        existing set (e.g. the one made at export) needs overwrite=True."""
+        existing set (e.g. the one made at export) needs overwrite=True. An install folder's version is
+        never written into: the set goes into a new version made current (runtime/install.py)."""
         current = self._require_labels()
         name = name or current.name
         check_label_name_free(self.bundle, name, overwrite)
@@ -258,10 +260,14 @@ class ZeroShotClassifier:
             "text_artifact_sha256": text.artifact.files[text.artifact.main_file] if text else None,
             "embedding_space": text.artifact.embedding_space if text else None,
         }
+        def write(bundle: Bundle) -> None:
+            bundle.write_label_set(name, current.embeddings, meta)
+            bundle.save_manifest()
+
         with self._lock:
             check_label_name_free(self.bundle, name, overwrite)  # another thread may have written it
-            self.bundle.write_label_set(name, current.embeddings, meta)
-            self.bundle.save_manifest()
+            # an installed version is never written into: the change becomes a new version (install.py)
+            self.bundle = save_bundle_change(self.bundle, write)
 
     # ---- classification ------------------------------------------------------------------
     def classify(self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5,

@@ -5,7 +5,7 @@ An install folder::
     INTO/NAME/
       current  -> versions/<id>     the live version (what `ZeroShotClassifier.load(INTO/NAME)` opens)
       previous -> versions/<id>     kept for `rollback`
-      versions/<id>/                complete, verified bundles (<id>: the manifest's sha256, 16 digits)
+      versions/<id>/                complete, verified bundles (<id>: sha256 of manifest + signature, 16 digits)
 
 `install` copies the files the manifest lists into a staging folder, verifies every one of them (and
 the signature, under a trust policy) there, renames the folder into versions/, points `previous` at
@@ -13,11 +13,14 @@ the live version and then `current` at the new one. Each link is replaced by ren
 it, which is atomic: a crash at any point leaves the old version live (or, after the last rename, the
 new one), never a mix. What a crash leaves behind (a staging folder, a temp link) is removed by the
 next install. One install or rollback runs at a time per folder (a lock file; POSIX, as the links).
+
+Changing an installed version (a label set computed on the device) never writes into it: `edit_installed`
+copies it, edits the copy, and installs that as a new version by the same path (copy-on-write), so the
+version that was live stays byte-identical as `previous`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -29,11 +32,17 @@ from pathlib import Path
 
 from edgeclip.bundle import CURRENT, MANIFEST, SIGNATURE, Bundle
 from edgeclip.errors import BundleError, ConfigError, InstallError
-from edgeclip.runtime.signing import TrustedKeys, read_signature, verify_signature
+from edgeclip.runtime.signing import TrustedKeys, read_signature, trust_policy, verify_signature
+
+try:  # flock is POSIX only, as is replacing a symlink atomically: elsewhere every entry point refuses
+    import fcntl
+except ImportError:
+    fcntl = None  # type: ignore[assignment]
 
 PREVIOUS, VERSIONS, LOCK = "previous", "versions", ".lock"
 STAGING_PREFIX, LINK_PREFIX = ".staging-", ".link-"
 Step = Callable[[str], None]  # told the name of each step as it completes (progress; crash tests)
+Edit = Callable[[Bundle], None]  # changes a staged copy of a bundle (files and manifest) in place
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ def install(bundle: str | os.PathLike[str], into: str | os.PathLike[str], name: 
             trusted_keys: TrustedKeys | None = None, on_step: Step | None = None) -> Installed:
     """Install BUNDLE as INTO/NAME's current version (NAME: the bundle folder's name without its
     suffix); the version it replaces becomes `previous`."""
+    _require_posix()
     source = Bundle.open(bundle)  # refuses paths that escape and symlinks before anything is copied
     folder = Path(into) / (name or Path(bundle).name.split(".")[0])
     _check_name(folder.name)
@@ -56,28 +66,13 @@ def install(bundle: str | os.PathLike[str], into: str | os.PathLike[str], name: 
         return _install(source, folder, trusted_keys, on_step or (lambda _: None))
 
 
-def _install(source: Bundle, folder: Path, trusted_keys: TrustedKeys | None, step: Step) -> Installed:
-    raw = source.manifest_bytes
-    assert raw is not None  # set by open
-    version = hashlib.sha256(raw).hexdigest()[:16]
-    final = folder / VERSIONS / version
-    if not final.is_dir():
-        staged = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
-        try:
-            _stage(source, staged, step)
-            checked = Bundle.open(staged)  # what was copied, not the source (which could change meanwhile)
-            verify_signature(checked, trusted_keys)
-            checked.verify()
-            step("verified")
-            staged.rename(final)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)  # refused or failed: the live version was never touched
-            raise
-        _fsync(final.parent)
-        step("moved")
+def _install(source: Bundle, folder: Path, trusted_keys: TrustedKeys | None, step: Step,
+             edit: Edit | None = None) -> Installed:
+    version = _version(source)
+    if edit is not None or not (folder / VERSIONS / version).is_dir():
+        version = _stage_version(source, folder, trusted_keys, step, edit)
     else:  # installed before (e.g. re-installing the version rolled back from): check it again
-        verify_signature(Bundle.open(final), trusted_keys)
-        Bundle.open(final).verify()
+        _check(Bundle.open(folder / VERSIONS / version), trusted_keys)
     old = _target(folder / CURRENT)
     if old is not None and old != version:
         _point(folder, PREVIOUS, old, step)
@@ -87,14 +82,114 @@ def _install(source: Bundle, folder: Path, trusted_keys: TrustedKeys | None, ste
     return Installed(folder, version, _target(folder / PREVIOUS))
 
 
+def _version(bundle: Bundle) -> str:
+    """The manifest's sha256 (16 digits), with its signature's: a signed copy is another version than
+    an unsigned one, so installing it never reuses the unsigned copy."""
+    assert bundle.manifest_bytes is not None  # set by open
+    digest = hashlib.sha256(bundle.manifest_bytes)
+    signature = bundle.root / SIGNATURE
+    if signature.is_file() and not signature.is_symlink():  # a linked one is refused when staged
+        digest.update(signature.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _check(bundle: Bundle, trusted_keys: TrustedKeys | None) -> None:
+    verify_signature(bundle, trusted_keys)
+    bundle.verify()
+
+
+def _stage_version(source: Bundle, folder: Path, trusted_keys: TrustedKeys | None, step: Step,
+                   edit: Edit | None) -> str:
+    """Copy `source` into a staging folder, apply `edit` to the copy, verify what is there and rename
+    it into versions/; returns its version. Nothing live is touched."""
+    staged = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    try:
+        _stage(source, staged, step)
+        if edit is not None:
+            edit(Bundle.open(staged))
+            step("edited")
+        checked = Bundle.open(staged)  # what was copied, not the source (which could change meanwhile)
+        _check(checked, trusted_keys)
+        step("verified")
+        final = folder / VERSIONS / _version(checked)
+        if final.is_dir():  # an edit that changed nothing: that version is already here
+            shutil.rmtree(staged)
+            return final.name
+        staged.rename(final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # refused or failed: the live version was never touched
+        raise
+    _fsync(final.parent)
+    step("moved")
+    return final.name
+
+
+def installed_folder(root: Path) -> Path | None:
+    """The install folder (INTO/NAME) when `root` is one of its versions (what `Bundle.open(INTO/NAME)`
+    resolves to), else None."""
+    folder = root.parent.parent
+    if root.parent.name == VERSIONS and (folder / CURRENT).is_symlink():
+        return folder
+    return None
+
+
+def edit_installed(folder: str | os.PathLike[str], edit: Edit, base: str | None = None,
+                   trusted_keys: TrustedKeys | None = None, on_step: Step | None = None) -> Installed:
+    """Copy-on-write change of INTO/NAME: stage a copy of the current version, apply `edit` to it,
+    verify it and make it current; the version it was made from is kept, unchanged, as `previous`.
+    `base`: the version the edit was computed from (refused if another install replaced it since)."""
+    _require_posix()
+    folder = Path(folder)
+    current = _target(folder / CURRENT)
+    if current is None:
+        raise InstallError(f"{folder} is not an install folder (no '{CURRENT}' link)",
+                           fix="pass INTO/NAME as given to `edgeclip install`")
+    with _locked(folder):
+        _clean_leftovers(folder)
+        current = _target(folder / CURRENT)
+        if base is not None and current != base:
+            raise InstallError(f"{folder}'s current version changed (now {current}, was {base}) while this "
+                               "change was computed", fix="load the install again and repeat the change")
+        assert current is not None
+        source = Bundle.open(folder / VERSIONS / current)
+        # the changed manifest is unsigned and a device holds no signing key: a signed install (or one under
+        # a trust policy) would stop loading, so the change belongs where the key is
+        if read_signature(source) is not None or trust_policy(trusted_keys) is not None:
+            raise InstallError(f"{folder} is signed (or under a trust policy); a changed version would be unsigned",
+                               fix="make the change where the signing key is (edgeclip labels BUNDLE ...; edgeclip "
+                                   "sign BUNDLE --key KEY), then edgeclip install the signed bundle")
+        return _install(source, folder, trusted_keys, on_step or (lambda _: None), edit)
+
+
+def save_bundle_change(bundle: Bundle, edit: Edit) -> Bundle:
+    """Apply `edit` to `bundle` and return the bundle that holds it: `bundle` itself when it is a plain
+    folder; when it is an installed version, a new version made current by `edit_installed`."""
+    folder = installed_folder(bundle.root)
+    if folder is None:
+        edit(bundle)
+        return bundle
+    done = edit_installed(folder, edit, base=bundle.root.name)
+    return Bundle.open(folder / VERSIONS / done.version)
+
+
 def rollback(folder: str | os.PathLike[str]) -> Installed:
     """Make INTO/NAME's previous version current again (and the current one previous)."""
+    _require_posix()
     folder = Path(folder)
     if _target(folder / CURRENT) is None:
         raise InstallError(f"{folder} is not an install folder (no '{CURRENT}' link)",
                            fix="pass INTO/NAME as given to `edgeclip install`")
     with _locked(folder):
         return _rollback(folder)
+
+
+def _require_posix() -> None:
+    """The atomic flip (rename onto a symlink) and the lock (flock) need a POSIX system."""
+    if os.name != "posix" or fcntl is None:
+        raise InstallError("edgeclip install and rollback need a POSIX system (Linux, macOS): they flip a "
+                           "symlink atomically and lock with flock",
+                           fix="on this system, copy the bundle folder and load it directly "
+                               "(ZeroShotClassifier.load(BUNDLE)); install on the Linux or macOS device")
 
 
 def _rollback(folder: Path) -> Installed:

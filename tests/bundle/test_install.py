@@ -1,5 +1,6 @@
-"""Atomic install with rollback: the live version is always complete and verifiable, whatever step
-an install is killed at (SIGKILL, in a real subprocess), and rollback restores the previous one."""
+"""Atomic install with rollback, and label sets added to an install copy-on-write (a new version; the
+one that was live stays byte-identical for rollback). The SIGKILL-at-every-step matrix is in
+tests/reliability/test_install.py."""
 
 from __future__ import annotations
 
@@ -10,27 +11,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgeclip.bundle import Bundle
 from edgeclip.errors import BundleError, InstallError, UnsignedBundleError
 from edgeclip.runtime import ZeroShotClassifier
-from edgeclip.runtime.install import install, rollback
+from edgeclip.runtime.install import edit_installed, install, rollback
 from tests.bundle.conftest import edit_manifest
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-KILL_AT = """
-import os, signal, sys
-from edgeclip.runtime.install import install
-src, into, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-done = []
-def step(name):
-    if len(done) == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    done.append(name)
-install(src, into, "cam", on_step=step)
-"""
 
 
 def second_version(src: Path, dst: Path) -> Path:
@@ -57,6 +49,11 @@ def live(folder: Path) -> bytes:
     b.verify()
     assert b.manifest_bytes is not None
     return b.manifest_bytes
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under root, by relative path: to prove a folder was not touched."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -130,26 +127,75 @@ def test_an_unsigned_bundle_never_goes_live_under_a_policy(versions: tuple[Path,
     assert ZeroShotClassifier.load(tmp_path / "cam", trusted_keys=[pub]).classes[0] == "circle"
 
 
-def test_sigkill_at_every_step_leaves_a_complete_live_version(versions: tuple[Path, Path], tmp_path: Path) -> None:
+def test_labels_on_an_install_make_a_new_version_and_keep_the_live_one_byte_identical(
+        bundle_copy: Path, tmp_path: Path) -> None:
+    first = install(bundle_copy, tmp_path, "cam")
+    folder, before = tmp_path / "cam", tree_bytes(tmp_path / "cam/versions" / first.version)
+    (tmp_path / "classes.txt").write_text("moon\nstar\n")
+    done = run_cli("labels", str(folder), "--classes", str(tmp_path / "classes.txt"), "--name", "sky")
+    assert done.returncode == 0, done.stderr
+    now, prev = os.readlink(folder / "current"), os.readlink(folder / "previous")
+    assert prev == f"versions/{first.version}" and now != prev  # a new version, made current
+    assert tree_bytes(folder / "versions" / first.version) == before  # the old one untouched
+    Bundle.open(folder).verify()
+    assert ZeroShotClassifier.load(folder, labels="sky").classes == ["moon", "star"]
+    clf = ZeroShotClassifier.load(folder, labels=None)  # the Python API takes the same path
+    clf.set_labels(["sun", "cloud"])
+    clf.save_labels("day")
+    assert clf.bundle.root == (folder / "current").resolve() and "day" in clf.bundle.manifest.labels
+    assert ZeroShotClassifier.load(folder, labels="day").classes == ["sun", "cloud"]
+    assert rollback(folder).version == now.split("/")[1]  # previous: the version with 'sky' only
+    assert sorted(Bundle.open(folder).manifest.labels) == ["default", "sky"]
+    rollback(folder)  # and forward again
+    assert sorted(Bundle.open(folder).manifest.labels) == ["day", "default", "sky"]
+
+
+def test_labels_on_a_signed_or_moved_install_are_refused(versions: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = versions
-    start = tmp_path / "start"
-    install(old, start, "cam")
-    shutil.copytree(start, tmp_path / "dry", symlinks=True)
-    steps: list[str] = []
-    install(new, tmp_path / "dry", "cam", on_step=steps.append)  # the steps an update takes, in order
-    assert steps[-5:] == ["previous link made", "previous link renamed", "current link made",
-                          "current link renamed", "pruned"] and len(steps) > 10
-    flipped = steps.index("current link renamed")
-    old_bytes, new_bytes = (old / "manifest.json").read_bytes(), (new / "manifest.json").read_bytes()
-    for k, name in enumerate(steps):  # killed in step k's report, so steps[0..k] have happened
-        into = tmp_path / f"k{k}"
-        shutil.copytree(start, into, symlinks=True)
-        proc = subprocess.run([sys.executable, "-c", KILL_AT, str(new), str(into), str(k)], cwd=REPO,
-                              capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert proc.returncode == -9, (k, name, proc.stderr)  # it was killed, at this step
-        assert live(into / "cam") == (new_bytes if k >= flipped else old_bytes), (k, name)
-        install(new, into, "cam")  # the next install completes and cleans what the crash left
-        assert live(into / "cam") == new_bytes
-        assert rollback(into / "cam").version and live(into / "cam") == old_bytes, (k, name)
-        assert leftovers(into / "cam") == []
-        shutil.rmtree(into)
+    folder = tmp_path / "cam"
+    first = install(old, tmp_path, "cam")
+    clf = ZeroShotClassifier.load(folder, labels=None)
+    install(new, tmp_path, "cam")  # another install replaced what clf was loaded from
+    clf.set_labels(["sun", "cloud"])
+    with pytest.raises(InstallError, match="current version changed") as e:
+        clf.save_labels("day")
+    assert "load the install again" in (e.value.fix or "")
+    pytest.importorskip("cryptography")
+    from edgeclip.runtime.signing import generate_keys, sign_bundle
+
+    priv, _, _ = generate_keys(tmp_path / "keys")
+    sign_bundle(old, priv)
+    signed = install(old, tmp_path, "cam")
+    before = tree_bytes(folder / "versions" / signed.version)
+    clf = ZeroShotClassifier.load(folder, labels=None)
+    clf.set_labels(["sun", "cloud"])
+    with pytest.raises(InstallError, match="would be unsigned") as e:
+        clf.save_labels("day")
+    assert "edgeclip sign" in (e.value.fix or "")
+    assert os.readlink(folder / "current") == f"versions/{signed.version}" != f"versions/{first.version}"
+    assert tree_bytes(folder / "versions" / signed.version) == before and leftovers(folder) == []
+
+
+def test_install_on_a_non_posix_system_is_a_typed_refusal(bundle_copy: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No non-POSIX machine here: os.name is patched, and a fresh interpreter runs without fcntl (as
+    on Windows). Each entry point refuses before touching anything."""
+    install(bundle_copy, tmp_path, "cam")
+    calls: dict[str, Any] = {"install": lambda: install(bundle_copy, tmp_path / "b", "cam"),
+                             "rollback": lambda: rollback(tmp_path / "cam"),
+                             "edit": lambda: edit_installed(tmp_path / "cam", lambda b: None)}
+    monkeypatch.setattr(os, "name", "nt")
+    for what, call in calls.items():
+        with pytest.raises(InstallError, match="need a POSIX system") as e:
+            call()
+        assert "ZeroShotClassifier.load(BUNDLE)" in (e.value.fix or ""), what
+    monkeypatch.undo()
+    assert not (tmp_path / "b").exists()
+    code = ("import sys; sys.modules['fcntl'] = None\nimport edgeclip.runtime\n"
+            "from edgeclip.errors import InstallError\nfrom edgeclip.runtime.install import install\n"
+            "try: install(sys.argv[1], sys.argv[2])\n"
+            "except InstallError as e: print(type(e).__name__, e.message)")
+    done = subprocess.run([sys.executable, "-c", code, str(bundle_copy), str(tmp_path / "c")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.startswith("InstallError edgeclip install and rollback need a POSIX"), done.stderr
+    assert not (tmp_path / "c").exists()

@@ -44,9 +44,10 @@ class Session:
         return self._finish(out)
 
     def prepare_int8(self, platform: str, onnx: str, input: str, shape: list[int], dataset: str,
-                     algorithm: str, workdir: str) -> dict[str, Any]:
-        """Calibrate (hybrid quantization step 1): writes <name>.model/.data/.quantization.cfg to workdir."""
-        rknn = self._fresh(platform, quantized_algorithm=algorithm)
+                     algorithm: str, workdir: str, method: str = "channel", dtype: str = "w8a8") -> dict[str, Any]:
+        """Calibrate (hybrid quantization step 1): writes <name>.model/.data/.quantization.cfg to workdir.
+        algorithm: normal | mmse | kl_divergence; method: channel | layer; dtype: w8a8 | w8a16."""
+        rknn = self._fresh(platform, quantized_algorithm=algorithm, quantized_method=method, quantized_dtype=dtype)
         _check(rknn.load_onnx(onnx, inputs=[input], input_size_list=[shape]), "load_onnx")
         os.chdir(workdir)
         _check(rknn.hybrid_quantization_step1(dataset=dataset), "hybrid_quantization_step1")
