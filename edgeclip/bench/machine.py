@@ -10,7 +10,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
-PACKAGES = ("edgeclip", "numpy", "pillow", "onnxruntime", "openvino", "torch", "coremltools", "tensorrt")
+PACKAGES = ("edgeclip", "numpy", "pillow", "onnxruntime", "openvino", "torch", "coremltools", "tensorrt",
+            "ai-edge-litert", "rknn-toolkit2", "rknn-toolkit-lite2")
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
          "asimd", "sve")
 

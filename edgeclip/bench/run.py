@@ -18,6 +18,7 @@ from edgeclip.bench.evalset import EvalImages, bundle_label_rows, load_eval_set
 from edgeclip.bench.inputs import CAMERA_SIZES, camera_jpeg, model_size_jpegs
 from edgeclip.bench.machine import machine_info, peak_rss_mb, rss_mb
 from edgeclip.bench.probe import encoder_request, measure
+from edgeclip.bench.simulated import runs_simulated, simulated_rows
 from edgeclip.bench.stats import interleave
 from edgeclip.bundle import Artifact, Bundle
 from edgeclip.errors import ConfigError
@@ -194,6 +195,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         _peak_memory(all_cands, log)
     # accuracy: embedding cosine against torch fp32 (or the fp32 artifact when torch is absent)
     accuracy = _accuracy(cfg, bundle, all_cands, baseline, probes, tok)
+    refs = {e: (ref.run, ref.label) for e in cfg.encoders if (ref := _reference(e, cands, baseline))}
+    simulated, sim_skipped = simulated_rows(cfg, bundle, probes, refs, accuracy.get("labels"))
+    skipped = [s for s in skipped if s["row"].split("-")[0] not in {r["backend"] for r in simulated}] + sim_skipped
     rows = [row for bs in cfg.batch_sizes
             for row in _latency_rows(cfg, bs, all_cands, probes, jpegs, bundle, accuracy, log)]
     _ratios(rows)
@@ -206,6 +210,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                    "image_size": bundle.manifest.preprocess.image_size, "embed_dim": bundle.manifest.embed_dim},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "rows": rows, "skipped": skipped, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "simulated": simulated,  # accuracy only (bench/simulated.py)
     }
     if label_rows:
         report["labels"] = label_rows
@@ -226,6 +231,8 @@ def _candidates(cfg: BenchConfig, bundle: Bundle, options: BackendOptions, probe
             continue
         backend = CAPABILITIES[a.target].backend if a.target in CAPABILITIES else a.target
         if (cfg.backends and backend not in cfg.backends) or (cfg.precisions and a.precision not in cfg.precisions):
+            continue
+        if runs_simulated(backend):  # never timed: bench/simulated.py gives its accuracy row
             continue
         if not backend_class(backend).available():
             skipped.append({"row": f"{a.key} on {backend}", "reason": f"{backend} is not usable on this machine"})

@@ -120,7 +120,7 @@ def quantize_rknn(ctx: ExportContext, spec: EncoderSpec, worker: ToolkitWorker, 
     def quantize(excluded: list[str]) -> Run:
         cfg_path.write_text(with_float_layers(measured, excluded))
         worker.call("build_int8", platform=platform, model=made["model"], data=made["data"], cfg=str(cfg_path),
-                    out=str(folder / "model.rknn"))
+                    out=str(folder / "model.rknn"), algorithm=ALGORITHMS[opts.method])
         return worker.infer
 
     result = guarded_quantize(quantize, candidates, defaults, data.heldout, opts.budget, what=f"{spec.name}/rknn-int8")

@@ -63,15 +63,19 @@ class TestRknn(TargetTemplate):
 
 @needs_toolkit
 @pytest.mark.slow
-def test_int8_is_calibrated_guarded_and_runs_on_the_simulator(tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("method", "algorithm"), [("minmax", "normal"), ("entropy", "kl_divergence")])
+def test_int8_is_calibrated_guarded_and_runs_on_the_simulator(method: str, algorithm: str, tiny_checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    """Each --calib-method: RKNN's hybrid step 2 (the guard's rebuilds, the simulator's) must repeat
+    step 1's quantization config, or the toolkit refuses it."""
     out = tmp_path / "b.edgeclip"
     export_bundle(tiny_checkpoint, out, targets=["rknn"], precision="int8", labels={"default": (TINY_CLASSES, None)},
-                  options={"rknn_platform": "rk3588", "calib": "builtin:shapes"})
+                  options={"rknn_platform": "rk3588", "calib": "builtin:shapes", "calib_method": method})
     bundle = Bundle.open(out)
     for a in bundle.manifest.artifacts:
         held = a.validation.heldout
         assert a.validation.passed is True and held is not None and held.cosine_min >= INT8_MIN_COSINE
-        assert a.calibration is not None and a.calibration.details["rknn_algorithm"] == "normal"
+        assert a.calibration is not None and a.calibration.details["rknn_algorithm"] == algorithm
         assert sorted(Path(f).name for f in a.files) == ["model.data", "model.model", "model.quantization.cfg",
                                                           "model.rknn"]
     images = [ShapesDataset("heldout", 12, 32)[i].image for i in range(12)]

@@ -107,8 +107,11 @@ def _simulator(path: Path, artifact: Artifact) -> ToolkitWorker:
             worker.call("build", platform=env["rknn_platform"], onnx=str(folder / sources[0]),
                         input=artifact.inputs[0].name, shape=list(env["input_shape"]), out="")
         else:
+            # step 2 repeats step 1's quantization algorithm, which the calibration record names
+            algorithm = artifact.calibration.details.get("rknn_algorithm") if artifact.calibration else None
             worker.call("build_int8", platform=env["rknn_platform"], model=str(folder / sources[0]),
-                        data=str(folder / sources[1]), cfg=str(folder / sources[2]), out="")
+                        data=str(folder / sources[1]), cfg=str(folder / sources[2]), out="",
+                        algorithm=algorithm or "normal")
     except BaseException:
         worker.close()
         raise

@@ -62,9 +62,11 @@ class Session:
         graph = onnx.load(model, load_external_data=False).graph
         return {"layers": [[n.op_type, n.output[0]] for n in graph.node if n.output]}
 
-    def build_int8(self, platform: str, model: str, data: str, cfg: str, out: str) -> dict[str, Any]:
-        """Build from the calibrated model with the layers the cfg names kept in float16 (step 2)."""
-        rknn = self._fresh(platform)
+    def build_int8(self, platform: str, model: str, data: str, cfg: str, out: str, algorithm: str = "normal",
+                   method: str = "channel", dtype: str = "w8a8") -> dict[str, Any]:
+        """Build from the calibrated model with the layers the cfg names kept in float16 (step 2). The
+        config must repeat step 1's (the toolkit refuses a step 2 configured otherwise)."""
+        rknn = self._fresh(platform, quantized_algorithm=algorithm, quantized_method=method, quantized_dtype=dtype)
         _check(rknn.hybrid_quantization_step2(model, data, cfg), "hybrid_quantization_step2")
         return self._finish(out)
 
