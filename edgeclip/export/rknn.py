@@ -66,6 +66,8 @@ class RknnTarget:
                 calibration = quantize_rknn(ctx, spec, worker, platform, folder)
         environment = {**versions, "rknn_platform": platform, "input_shape": shape, "source": "onnx",
                        "batch": "static 1", "verified_on": "simulator"}
+        if calibration is not None:  # the simulator's rebuild (hybrid step 2) must repeat step 1's algorithm
+            environment["rknn_quantized_algorithm"] = calibration.details["rknn_algorithm"]
         # the driver checks the files through the runtime's rknn backend on the simulator, which
         # rebuilds the graph from the sources the artifact carries: what a PC user of the bundle runs
         return Built(["model.rknn", *SIM_SOURCES[precision]], environment, calibration, checked_with=CHECKED_WITH,

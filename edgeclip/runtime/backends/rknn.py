@@ -107,11 +107,10 @@ def _simulator(path: Path, artifact: Artifact) -> ToolkitWorker:
             worker.call("build", platform=env["rknn_platform"], onnx=str(folder / sources[0]),
                         input=artifact.inputs[0].name, shape=list(env["input_shape"]), out="")
         else:
-            # step 2 repeats step 1's quantization algorithm, which the calibration record names
-            algorithm = artifact.calibration.details.get("rknn_algorithm") if artifact.calibration else None
+            # step 2 repeats step 1's quantization algorithm (the toolkit refuses another config)
             worker.call("build_int8", platform=env["rknn_platform"], model=str(folder / sources[0]),
                         data=str(folder / sources[1]), cfg=str(folder / sources[2]), out="",
-                        algorithm=algorithm or "normal")
+                        algorithm=env.get("rknn_quantized_algorithm", "normal"))
     except BaseException:
         worker.close()
         raise
