@@ -36,7 +36,7 @@ from edgeclip.data.shapes import COLOURS, SHAPES, ZERO_SHOT_TEMPLATES
 from edgeclip.data.tasks import shapes_tasks
 from edgeclip.errors import EdgeclipError, ExportError
 from edgeclip.export.driver import export_bundle
-from edgeclip.export.rknn import FLOAT_DEFAULT_OPS, with_float_layers
+from edgeclip.export.rknn import FLOAT_DEFAULT_OPS, GUARDED_OPS, with_float_layers
 from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends.rknn_toolkit import ToolkitWorker, toolkit_python
@@ -45,13 +45,18 @@ from edgeclip.runtime.preprocess import preprocess
 RESULTS = Path(__file__).parent / "results" / "rknn_models.json"
 PLATFORM = "rk3588"
 MIN_COSINE = 0.995  # the README's INT8 budget (--min-cosine)
-# name -> (quantized_algorithm, quantized_method, quantized_dtype, also float: the MLP's GELU and its fc2)
-INT8_CONFIGS = {
-    "normal": ("normal", "channel", "w8a8", False),
-    "normal+mlp-float": ("normal", "channel", "w8a8", True),
-    "kl_divergence": ("kl_divergence", "channel", "w8a8", False),
-    "mmse": ("mmse", "channel", "w8a8", False),
-    "w8a16": ("normal", "channel", "w8a16", False),
+# name -> (quantized_algorithm, quantized_method, quantized_dtype, RKNN op types kept in float16 besides
+# FLOAT_DEFAULT_OPS). "+mlp-float": GELU and the layer after it (the MLP's second projection, whose
+# inputs have outliers); "+residual-float": the residual adds; "all-float": every op the guard may keep
+# in float, the best int8 can do when only the ops between stay quantized
+INT8_CONFIGS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "normal": ("normal", "channel", "w8a8", ()),
+    "normal+mlp-float": ("normal", "channel", "w8a8", ("+mlp",)),
+    "normal+residual-float": ("normal", "channel", "w8a8", ("Add",)),
+    "all-float": ("normal", "channel", "w8a8", GUARDED_OPS),
+    "kl_divergence": ("kl_divergence", "channel", "w8a8", ()),
+    "mmse": ("mmse", "channel", "w8a8", ()),
+    "w8a16": ("normal", "channel", "w8a16", ()),
 }
 
 
@@ -173,14 +178,14 @@ def _calibration(cfg: Any, n: int, folder: Path) -> Path:
 def _try_config(worker: ToolkitWorker, name: str, onnx: Path, dataset: Path, pixels: np.ndarray, ref: np.ndarray,
                 work: Path) -> dict[str, Any]:
     """Calibrate and build one int8 configuration; the simulator keeps the built model for infer."""
-    algorithm, method, dtype, mlp_float = INT8_CONFIGS[name]
+    algorithm, method, dtype, float_ops = INT8_CONFIGS[name]
     t0 = time.perf_counter()
     made = worker.call("prepare_int8", platform=PLATFORM, onnx=str(onnx), input="pixel_values",
                        shape=[1, *pixels.shape[1:]], dataset=str(dataset), algorithm=algorithm, workdir=str(work),
                        method=method, dtype=dtype)
     layers = worker.call("layers", model=made["model"])["layers"]
-    keep = [n for kind, n in layers if kind in FLOAT_DEFAULT_OPS]
-    if mlp_float:  # GELU and the layer after it (the MLP's second projection), whose inputs have outliers
+    keep = [n for kind, n in layers if kind in FLOAT_DEFAULT_OPS or kind in float_ops]
+    if "+mlp" in float_ops:
         keep += [n for i, (kind, n) in enumerate(layers) if kind == "exGelu" or (i and layers[i - 1][0] == "exGelu")]
     cfg = Path(made["quantization.cfg"])
     cfg.write_text(with_float_layers(cfg.read_text(), keep))
@@ -208,7 +213,11 @@ def main() -> None:
     configs = args.int8_configs.split(",")
 
     def saver(part: str, head: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
-        def save(row: dict[str, Any]) -> None:
+        before = result.get(part, {}).get("int8_options", {}).get("configs", {})
+
+        def save(row: dict[str, Any]) -> None:  # configs measured by an earlier run are kept
+            if "int8_options" in row:
+                row["int8_options"]["configs"] = {**before, **row["int8_options"]["configs"]}
             result[part] = {**head, **row}
             write_json(args.out, result)
         return save
