@@ -56,6 +56,8 @@ INT8_CONFIGS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "all-float": ("normal", "channel", "w8a8", GUARDED_OPS),
     "kl_divergence": ("kl_divergence", "channel", "w8a8", ()),
     "mmse": ("mmse", "channel", "w8a8", ()),
+    "kl_divergence+residual-float": ("kl_divergence", "channel", "w8a8", ("Add",)),
+    "mmse+residual-float": ("mmse", "channel", "w8a8", ("Add",)),
     "w8a16": ("normal", "channel", "w8a16", ()),
 }
 
