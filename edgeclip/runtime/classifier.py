@@ -260,6 +260,7 @@ class ZeroShotClassifier:
             "text_artifact_sha256": text.artifact.files[text.artifact.main_file] if text else None,
             "embedding_space": text.artifact.embedding_space if text else None,
         }
+
         def write(bundle: Bundle) -> None:
             bundle.write_label_set(name, current.embeddings, meta)
             bundle.save_manifest()
