@@ -292,8 +292,12 @@ def labels(bundle: str, classes_file: str, templates_file: str | None, name: str
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: nothing was written; {bundle} is unchanged", err=True)
         raise click.exceptions.Exit(130) from None
-    signed = (clf.bundle.root / SIGNATURE).is_file()
+    signed, before = (clf.bundle.root / SIGNATURE).is_file(), clf.bundle.root
     clf.save_labels(name, overwrite=overwrite)
-    click.echo(f"labels/{name}: {len(classes)} classes written to {bundle}")
+    if clf.bundle.root != before:  # an install: the set went into a new version, made current
+        click.echo(f"labels/{name}: {len(classes)} classes written to a new version of {bundle} "
+                   f"({clf.bundle.root.name}), now current; `edgeclip rollback {bundle}` restores the previous one")
+    else:
+        click.echo(f"labels/{name}: {len(classes)} classes written to {bundle}")
     if signed:
         click.echo(STALE_SIGNATURE, err=True)

@@ -136,6 +136,7 @@ def test_labels_on_an_install_make_a_new_version_and_keep_the_live_one_byte_iden
     assert done.returncode == 0, done.stderr
     now, prev = os.readlink(folder / "current"), os.readlink(folder / "previous")
     assert prev == f"versions/{first.version}" and now != prev  # a new version, made current
+    assert f"new version of {folder} ({now.split('/')[1]}), now current" in done.stdout  # and it says so
     assert tree_bytes(folder / "versions" / first.version) == before  # the old one untouched
     Bundle.open(folder).verify()
     assert ZeroShotClassifier.load(folder, labels="sky").classes == ["moon", "star"]
