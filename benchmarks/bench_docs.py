@@ -88,10 +88,10 @@ def vit_b32_bundle(work: Path) -> tuple[Path, Path]:
     return ckpt, bundle
 
 
-def bench_args(name: str, quick: bool) -> list[str]:
+def bench_args(name: str, quick: bool, label_classes: int) -> list[str]:
     """The bench options of one docs page: its encoders, eval set, labels table and timing budget."""
     args = ["--encoders", "image", "--eval", "builtin:shapes"] if name == "quickstart" else [
-        "--encoders", "image,text", "--label-classes", "20" if quick else "1000", "--label-templates", "7"]
+        "--encoders", "image,text", "--label-classes", "20" if quick else str(label_classes), "--label-templates", "7"]
     return args + (["--min-time", "0.3", "--warmup", "1"] if quick else ["--min-time", "3"])
 
 
@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--only", default="quickstart,vit-b-32")
     ap.add_argument("--quick", action="store_true", help="check it runs: short timing, a small labels table")
     ap.add_argument("--docs", default=str(ROOT / "docs"), help="where the tables and plots go")
+    ap.add_argument("--label-classes", type=int, default=1000,
+                    help="labels table size (x 7 templates) through every text artifact and hint")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,7 @@ def main() -> None:
     for name in args.only.split(","):
         ckpt, bundle = quickstart_bundle(work) if name == "quickstart" else vit_b32_bundle(work)
         run(*EDGECLIP, "bench", str(bundle), "--checkpoint", str(ckpt), "--batch-sizes", "1,8",
-            "--threads", args.threads, *bench_args(name, args.quick),
+            "--threads", args.threads, *bench_args(name, args.quick, args.label_classes),
             "--json", str(docs / f"bench-{name}.json"), "--markdown", str(docs / f"bench-{name}.md"),
             "--plot", str(docs / f"bench-{name}.png"))
 
