@@ -12,13 +12,11 @@ token ids, and for FastViT towers also after timm's `reparameterize_model`. Driv
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from open_clip_peer import ensure_ocenv, image_size, max_abs, perturbed, run, write_report
+from open_clip_peer import image_size, max_abs, models_main, perturbed
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "mobileclip_parity.json"
@@ -97,20 +95,10 @@ def compare(work: Path, models: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ocenv", default="/tmp/ocenv", help="venv for open_clip (created if missing)")
-    parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(Path(args.worker), args.models)
-        return
-    sys.path.insert(0, str(ROOT))
-    peer, cases = run(__file__, ensure_ocenv(Path(args.ocenv)), ["--models", *args.models],
-                      lambda work: compare(work, args.models))
-    write_report(RESULT, "edgeclip import of random-init open_clip MobileCLIP models vs open_clip's fp32 embeddings "
-                 "(L2-normalised, batch 2 of noise at the model's image size, 3 texts), training form and, for "
-                 "FastViT towers, reparameterized", peer, cases, ("image_max_abs", "text_max_abs", REPARAMETERIZED))
+    models_main(__file__, __doc__, MODELS, worker, compare, RESULT,
+                "edgeclip import of random-init open_clip MobileCLIP models vs open_clip's fp32 embeddings "
+                "(L2-normalised, batch 2 of noise at the model's image size, 3 texts), training form and, for "
+                "FastViT towers, reparameterized", ("image_max_abs", "text_max_abs", REPARAMETERIZED))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ This module imports neither torch nor open_clip at top level: both venvs load it
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -86,3 +87,22 @@ def write_report(path: Path, what: str, peer: dict[str, Any], cases: dict[str, A
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"worst max abs diff {worst:.2e}; wrote {path}")
     return report
+
+
+def models_main(script: str, doc: str, models: list[str], worker: Callable[[Path, list[str]], None],
+                compare: Callable[[Path, list[str]], dict[str, Any]], result: Path, what: str,
+                keys: tuple[str, ...]) -> None:
+    """The command line of a per-model parity script: `--models`, `--ocenv`, and the hidden `--worker`
+    entry that runs inside the open_clip venv."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--ocenv", default="/tmp/ocenv", help="venv for open_clip (created if missing)")
+    parser.add_argument("--models", nargs="+", default=models)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(Path(args.worker), args.models)
+        return
+    sys.path.insert(0, str(Path(script).resolve().parents[1]))
+    peer, cases = run(script, ensure_ocenv(Path(args.ocenv)), ["--models", *args.models],
+                      lambda work: compare(work, args.models))
+    write_report(result, what, peer, cases, keys)

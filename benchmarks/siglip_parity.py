@@ -12,13 +12,11 @@ it and compares embeddings, scale and bias. Writes benchmarks/results/siglip_par
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from open_clip_peer import ensure_ocenv, image_size, max_abs, perturbed, run, write_report
+from open_clip_peer import image_size, max_abs, models_main, perturbed
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "siglip_parity.json"
@@ -90,20 +88,10 @@ def compare(work: Path, models: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ocenv", default="/tmp/ocenv", help="venv for open_clip (created if missing)")
-    parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(Path(args.worker), args.models)
-        return
-    sys.path.insert(0, str(ROOT))
-    peer, cases = run(__file__, ensure_ocenv(Path(args.ocenv)), ["--models", *args.models],
-                      lambda work: compare(work, args.models))
-    write_report(RESULT, "edgeclip import of random-init open_clip SigLIP / SigLIP 2 models vs open_clip's fp32 "
-                 "embeddings (L2-normalised, batch 2 of noise at the model's image size, 3 random id rows)",
-                 peer, cases, ("image_max_abs", "text_max_abs", "logit_scale_abs", "logit_bias_abs"))
+    models_main(__file__, __doc__, MODELS, worker, compare, RESULT,
+                "edgeclip import of random-init open_clip SigLIP / SigLIP 2 models vs open_clip's fp32 "
+                "embeddings (L2-normalised, batch 2 of noise at the model's image size, 3 random id rows)",
+                ("image_max_abs", "text_max_abs", "logit_scale_abs", "logit_bias_abs"))
 
 
 if __name__ == "__main__":
