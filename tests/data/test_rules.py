@@ -130,13 +130,15 @@ def test_export_probes_are_heldout_shapes_of_the_reference_seed(tiny_checkpoint:
     so the resize and crop are exercised)."""
     from edgeclip.export.driver import _probes
     from edgeclip.model.checkpoint import read_checkpoint_info
+    from edgeclip.runtime.preprocess import DEFAULT_DECODE
     from edgeclip.train.config import TrainConfig
 
     info = read_checkpoint_info(tiny_checkpoint)
     pre = info.preprocess
-    images = _probes(info, None)["image"].numpy()
+    images = _probes(info, None, DEFAULT_DECODE)["image"].numpy()  # the path new bundles record
     held = shapes_heldout(pre.image_size + 13, seed=TrainConfig().seed, size=6)
-    np.testing.assert_array_equal(images[:6], np.stack([preprocess(held[i].image, pre) for i in range(6)]))
+    np.testing.assert_array_equal(images[:6], np.stack([preprocess(held[i].image, pre, DEFAULT_DECODE)
+                                                        for i in range(6)]))
     assert len(images) > 6  # plus noise images
 
 
