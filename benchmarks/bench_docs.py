@@ -18,6 +18,7 @@ tables outside docs/ (--docs), since figures measured that way are not for publi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,15 @@ def vit_b32_bundle(work: Path) -> tuple[Path, Path]:
         run(*EDGECLIP, "export", str(ckpt), "--target", "onnx,openvino", "--precision", "int8",
             "--calib", "builtin:shapes", "--labels", str(classes), "--templates", str(templates),
             "--out", str(bundle))
+    if importlib.util.find_spec("litert_torch") and not Bundle.open(bundle).manifest.find("image", "litert"):
+        # LiteRT rows beside onnxruntime and OpenVINO in the same interleaved run (the export side is the
+        # opt-in [litert-export] extra; without it the page has no LiteRT rows)
+        try:
+            run(*EDGECLIP, "export", str(ckpt), "--target", "litert", "--precision", "fp32,int8",
+                "--calib", "builtin:shapes", "--labels", str(classes), "--templates", str(templates),
+                "--out", str(bundle))
+        except subprocess.CalledProcessError as e:  # the page is still worth having without them
+            print(f"no LiteRT rows: the export failed ({e})", flush=True)
     return ckpt, bundle
 
 
