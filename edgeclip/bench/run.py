@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip.bench.evalset import EvalImages, bundle_label_rows, load_eval_set
-from edgeclip.bench.inputs import CAMERA_SIZES, camera_jpeg, model_size_jpegs
+from edgeclip.bench.inputs import CAMERA_SIZES, camera_jpeg, model_size_jpegs, uint8_feed
 from edgeclip.bench.machine import machine_info, peak_rss_mb, rss_mb
 from edgeclip.bench.probe import encoder_request, measure
 from edgeclip.bench.simulated import runs_simulated, simulated_rows
@@ -98,6 +98,7 @@ class Candidate:
     float_layers: int | None = None  # INT8: layers the manifest's calibration record left in float
     peak_rss_mb: float | None = None  # load + first prediction, in a fresh process
     probe: dict[str, Any] | None = None  # the request that measures it in a fresh process
+    loaded: Encoder | None = None  # the artifact's encoder (None for the torch baseline): end-to-end rows use it
 
     @property
     def label(self) -> str:
@@ -120,17 +121,19 @@ def _load_candidate(bundle: Bundle, artifact: Artifact, backend: str, options: B
     rss0 = rss_mb()
     t0 = time.perf_counter()
     enc = Encoder(backend_class(backend)(bundle.artifact_path(artifact), artifact, options), artifact, "bench")
-    enc(probe[:1])
+    uint8_input = artifact.inputs[0].dtype == "uint8"  # --image-input uint8: normalised inside the graph
+    run = uint8_feed(enc, bundle.manifest.preprocess) if uint8_input else enc
+    run(probe[:1])
     cold = (time.perf_counter() - t0) * 1000
     size = sum(bundle.resolve(f).stat().st_size for f in artifact.files) / 1e6
     hint = getattr(enc.backend, "precision_hint", None)  # OpenVINO: the hint the compiled model uses
     describe = getattr(enc.backend, "describe", None)
     ran: DescribeInfo = describe() if describe else {"requested": options.device, "device": None}
     cal = artifact.calibration
-    return Candidate(artifact.encoder, backend, artifact.precision, enc, size, cold, rss_mb() - rss0,
+    return Candidate(artifact.encoder, backend, artifact.precision, run, size, cold, rss_mb() - rss0,
                      str(hint) if hint is not None else None, ran,
                      len(cal.excluded_layers) if cal is not None else None,
-                     probe=encoder_request("encoder", bundle, artifact.key, backend, options))
+                     probe=encoder_request("encoder", bundle, artifact.key, backend, options), loaded=enc)
 
 
 def _load_candidates(bundle: Bundle, artifact: Artifact, backend: str, options: BackendOptions,
@@ -330,9 +333,9 @@ def _end_to_end(c: Candidate, jpegs: list[bytes], bundle: Bundle, labels: np.nda
     """Decode + preprocess + infer + postprocess, as an app does: an edgeclip row through the
     classifier's public path (the decode path the bundle was validated with, its scoring rule over
     `labels`); the torch baseline with the training transform, then the same scoring."""
-    if isinstance(c.run, Encoder):
+    if c.loaded is not None:
         classes = [str(i) for i in range(len(labels))] if labels is not None else []
-        clf = ZeroShotClassifier(bundle, c.run, Labels("bench", classes, labels) if labels is not None else None,
+        clf = ZeroShotClassifier(bundle, c.loaded, Labels("bench", classes, labels) if labels is not None else None,
                                  BackendOptions())
         return partial(clf.classify, jpegs, top_k=5) if labels is not None else partial(clf.embed_images, jpegs)
     return partial(_torch_end_to_end, c, jpegs, bundle, labels)

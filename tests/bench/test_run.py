@@ -179,3 +179,19 @@ def test_int8_rows_count_the_layers_the_manifest_left_in_float(tiny_checkpoint: 
     assert row["precision"] == "int8-dynamic"
     assert row["float_layers"] == len(art.calibration.excluded_layers)
     assert row["compute_layers"].get("int8", 0) > 0
+
+
+def test_a_uint8_input_artifact_is_benched_on_the_pixels_its_graph_normalises(tiny_checkpoint: Path,
+                                                                             tmp_path: Path) -> None:
+    """--image-input uint8: model rows get the uint8 pixels the float probes came from (so the same
+    embeddings as torch), and end-to-end rows go through the classifier, which feeds it uint8 itself."""
+    from edgeclip.export.driver import export_bundle
+
+    out = tmp_path / "u8.edgeclip"
+    export_bundle(tiny_checkpoint, out, targets=["onnx"], precision="fp32", encoders=["image"],
+                  options={"image_input": "uint8"})
+    cfg = BenchConfig(bundle=out, checkpoint=tiny_checkpoint, batch_sizes=[1], runs=3, warmup=1, threads=1,
+                      encoders=["image"], camera_sizes=[], memory=False, label_classes=0)
+    rows = {r["key"]: r for r in run_bench(cfg, log=lambda _: None)["rows"]}
+    assert rows["image/onnxruntime-fp32/b1/model"]["cosine_min"] >= 0.99999
+    assert rows["image/onnxruntime-fp32/b1/end_to_end"]["decode"] is not None  # the classifier's path, not torch's
