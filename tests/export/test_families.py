@@ -49,8 +49,12 @@ CASES = [
     pytest.param("onnx", "int8", CALIB, marks=pytest.mark.slow),
     pytest.param("openvino", "int8", CALIB, marks=pytest.mark.slow),
     pytest.param("tensorrt", "int8", CALIB, marks=pytest.mark.slow),
+    pytest.param("openvino", "fp16", {}, marks=pytest.mark.slow),
     pytest.param("coreml", "fp16", {}, marks=pytest.mark.slow),
+    pytest.param("coreml", "int8w", {}, marks=pytest.mark.slow),
+    pytest.param("coreml", "palette6", {}, marks=pytest.mark.slow),
     pytest.param("litert", "fp32", {}, marks=[pytest.mark.slow, litert]),
+    pytest.param("litert", "int8", CALIB, marks=[pytest.mark.slow, litert]),
     pytest.param("rknn", "fp16", {"rknn_platform": "rk3588"}, marks=[pytest.mark.slow, rknn]),
 ]
 
