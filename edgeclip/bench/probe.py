@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from edgeclip.bench.machine import peak_rss_mb, rss_mb
-from edgeclip.bundle import Bundle
+from edgeclip.bundle import Bundle, TensorSpec
 from edgeclip.errors import ConfigError
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.classifier import Encoder
 from edgeclip.runtime.labels import label_embeddings
+from edgeclip.runtime.preprocess import model_input
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 TIMEOUT_S = 1800  # 80k prompts on a slow board
@@ -72,17 +73,21 @@ def _encoder(req: dict[str, Any]) -> tuple[Bundle, Encoder]:
     return bundle, Encoder.open(bundle.artifact_path(artifact), artifact, req["backend"], options)
 
 
-def _first_input(bundle: Bundle, encoder: str) -> np.ndarray:
+def _first_input(bundle: Bundle, encoder: str, spec: TensorSpec | None = None) -> np.ndarray:
+    """A first prediction's input: a tokenised prompt, or a black image in the form `spec` (the artifact's
+    input) takes: float32 NCHW, or uint8 NHWC for an artifact that normalises inside its graph."""
     if encoder == "text":
         return TextTokenizer(bundle.tokenizer_path(), bundle.manifest.tokenizer)(["a photo of a dog."])
-    size = bundle.manifest.preprocess.image_size
-    return np.zeros((1, 3, size, size), dtype=np.float32)
+    pre = bundle.manifest.preprocess
+    black = np.zeros((1, pre.image_size, pre.image_size, 3), dtype=np.uint8)
+    float_input = TensorSpec("pixel_values", "float32", (1, 3, pre.image_size, pre.image_size))
+    return model_input(black, pre, spec or float_input)
 
 
 def probe_encoder(req: dict[str, Any]) -> dict[str, Any]:
     before = rss_mb()
     bundle, enc = _encoder(req)
-    enc(_first_input(bundle, enc.artifact.encoder))
+    enc(_first_input(bundle, enc.artifact.encoder, enc.artifact.inputs[0]))
     return {"peak_rss_mb": round(high_water_mb(), 1), "rss_before_load_mb": round(before, 1)}
 
 

@@ -191,7 +191,8 @@ def test_a_uint8_input_artifact_is_benched_on_the_pixels_its_graph_normalises(ti
     export_bundle(tiny_checkpoint, out, targets=["onnx"], precision="fp32", encoders=["image"],
                   options={"image_input": "uint8"})
     cfg = BenchConfig(bundle=out, checkpoint=tiny_checkpoint, batch_sizes=[1], runs=3, warmup=1, threads=1,
-                      encoders=["image"], camera_sizes=[], memory=False, label_classes=0)
+                      encoders=["image"], camera_sizes=[], label_classes=0)
     rows = {r["key"]: r for r in run_bench(cfg, log=lambda _: None)["rows"]}
     assert rows["image/onnxruntime-fp32/b1/model"]["cosine_min"] >= 0.99999
     assert rows["image/onnxruntime-fp32/b1/end_to_end"]["decode"] is not None  # the classifier's path, not torch's
+    assert rows["image/onnxruntime-fp32/b1/model"]["peak_rss_mb"] > 0  # its fresh-process probe fed it uint8 too
