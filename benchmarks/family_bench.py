@@ -70,7 +70,7 @@ def mobileclip_checkpoint(d: Path, model: str) -> Path:
     return d / "checkpoint"
 
 
-def bundle_for(name: str, work: Path, quick: bool) -> tuple[Path, Path]:
+def bundle_for(name: str, work: Path, quick: bool, precision: str) -> tuple[Path, Path]:
     d = work / name
     ckpt, bundle = d / "checkpoint", d / f"{name}.edgeclip"
     if not (ckpt / "config.json").exists():
@@ -83,7 +83,7 @@ def bundle_for(name: str, work: Path, quick: bool) -> tuple[Path, Path]:
 
         classes.write_text("\n".join(SHAPES) + "\n")
         templates.write_text("\n".join(ZERO_SHOT_TEMPLATES["shape"]) + "\n")
-        run(*EDGECLIP, "export", str(ckpt), "--target", "onnx,openvino", "--precision", "fp32,int8",
+        run(*EDGECLIP, "export", str(ckpt), "--target", "onnx,openvino", "--precision", precision,
             "--calib", "builtin:shapes", "--labels", str(classes), "--templates", str(templates),
             "--out", str(bundle))
     return ckpt, bundle
@@ -96,6 +96,8 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(MODELS))
     ap.add_argument("--quick", action="store_true", help="tiny configs, short timing (checks the script runs)")
     ap.add_argument("--docs", default=str(ROOT / "docs"), help="where the tables go")
+    ap.add_argument("--precision", default="fp32,int8",
+                    help="export precisions (int8 runs the guard, whose sensitivity pass on a random B/16 is long)")
     args = ap.parse_args()
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def main() -> None:
     docs.mkdir(parents=True, exist_ok=True)
     timing = ["--min-time", "0.3", "--warmup", "1"] if args.quick else ["--min-time", "3"]
     for name in args.only.split(","):
-        ckpt, bundle = bundle_for(name, work, args.quick)
+        ckpt, bundle = bundle_for(name, work, args.quick, args.precision)
         run(*EDGECLIP, "bench", str(bundle), "--checkpoint", str(ckpt), "--batch-sizes", "1", "--threads", args.threads,
             "--encoders", "image,text", "--camera-sizes", "", "--label-classes", "0", *timing,
             "--json", str(docs / f"bench-{name}.json"), "--markdown", str(docs / f"bench-{name}.md"))
