@@ -2,7 +2,7 @@
 against chance, with the wall time: `edge-tiny-siglip` with the sigmoid loss, `edge-mci` (MCi blocks)
 with the CLIP loss, each `--steps 300 --seed 0` on builtin:shapes from random init.
 
-    .venv/bin/python benchmarks/family_training.py [--steps 300] [--threads 2]
+    .venv/bin/python benchmarks/family_training.py [--steps 300] [--threads 2] [--only edge-mci] [--out F]
 
 Writes benchmarks/results/family_training.json (top-1 from each run's own end-of-training evaluation
 on the held-out split, as `train_log.jsonl` records it).
@@ -40,12 +40,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "family-training")
+    ap.add_argument("--only", default=",".join(RUNS), help="comma-separated configs")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "family_training.json")
     args = ap.parse_args()
-    results = {m: train(m, loss, args.work / m, args.steps, args.threads) for m, loss in RUNS.items()}
+    results = {m: train(m, RUNS[m], args.work / f"{m}-{args.steps}", args.steps, args.threads)
+               for m in args.only.split(",")}
     report = {"what": "held-out zero-shot top-1 after training from random init on builtin:shapes",
               "threads": args.threads, "runs": results}
-    out = ROOT / "benchmarks" / "results" / "family_training.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
