@@ -57,14 +57,16 @@ def mobileclip_checkpoint(d: Path, model: str) -> Path:
     from edgeclip.bundle import PreprocessConfig
     from edgeclip.model.checkpoint import save_checkpoint
     from edgeclip.model.clip import create_model
+    from edgeclip.model.config import get_config
     from edgeclip.model.mobileclip_keys import release_preprocess
     from edgeclip.model.openai_tokenizer import openai_clip_tokenizer
 
     torch.manual_seed(0)
     tok, tok_cfg = openai_clip_tokenizer()
     tok.save(str(d / "tokenizer.json"))
+    vision = get_config(model).vision_cfg
     clip = create_model(model).eval()
-    pre = release_preprocess(clip.config.vision_cfg) or PreprocessConfig(image_size=clip.config.vision_cfg.image_size)
+    pre = release_preprocess(vision) or PreprocessConfig(image_size=vision.image_size)
     save_checkpoint(d / "checkpoint", clip, d / "tokenizer.json", pre, tok_cfg,
                     meta={"weights": "random init (seed 0)"})
     return d / "checkpoint"
