@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgeclip._io import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"edge-tiny-siglip": "siglip", "edge-mci": "clip"}
 CHANCE = {"shape": 1 / 6, "colour": 1 / 8}
@@ -47,7 +49,7 @@ def main() -> None:
                for m in args.only.split(",")}
     report = {"what": "held-out zero-shot top-1 after training from random init on builtin:shapes",
               "threads": args.threads, "runs": results}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(json.dumps(report, indent=2))
 
 

@@ -32,6 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeclip._io import write_json  # noqa: E402
 from edgeclip.data.builtin import REFERENCE_SEED, shapes_heldout  # noqa: E402
 from edgeclip.runtime import ZeroShotClassifier  # noqa: E402
 from edgeclip.runtime import preprocess as pre  # noqa: E402
@@ -142,10 +143,9 @@ def main() -> None:
     result = {**run(bundle, n_shapes), "quick": args.quick}
     if args.cosine_bundle is not None:
         result["cosine_only"] = run(args.cosine_bundle, n_shapes, top1=False)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if not args.quick:
-        args.out.write_text(text + "\n")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeclip._io import write_json  # noqa: E402
 from edgeclip.runtime import ZeroShotClassifier  # noqa: E402
 from edgeclip.runtime.preprocess import decode_resize, model_input  # noqa: E402
 
@@ -119,10 +120,9 @@ def main() -> None:
               "conditions": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                              "threads": args.threads, "load_average_1min": os.getloadavg()[0]},
               **figures, "quick": args.quick}
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if not args.quick:
-        args.out.write_text(text + "\n")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeclip.bench.report import compare, load_report, to_csv, to_markdown
@@ -196,3 +197,12 @@ def test_a_uint8_input_artifact_is_benched_on_the_pixels_its_graph_normalises(ti
     assert rows["image/onnxruntime-fp32/b1/model"]["cosine_min"] >= 0.99999
     assert rows["image/onnxruntime-fp32/b1/end_to_end"]["decode"] is not None  # the classifier's path, not torch's
     assert rows["image/onnxruntime-fp32/b1/model"]["peak_rss_mb"] > 0  # its fresh-process probe fed it uint8 too
+    # the end-to-end call is the classifier's, on the loaded encoder (the torch path would feed it floats)
+    from edgeclip.bench.run import _end_to_end, _load_candidate
+    from edgeclip.runtime.backends.base import BackendOptions
+
+    bundle = Bundle.open(out)
+    cand = _load_candidate(bundle, bundle.manifest.artifacts[0], "onnxruntime", BackendOptions(threads=1),
+                           np.zeros((1, 3, *[bundle.manifest.preprocess.image_size] * 2), np.float32))
+    call = _end_to_end(cand, [], bundle, None)
+    assert getattr(call.func, "__self__", None) is not None and call.func.__self__.image is cand.loaded
