@@ -78,6 +78,46 @@ class ResidualBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class FirstTokenBlock(nn.Module):
+    """A ResidualBlock computed for its first `keep` tokens only: every token is still a key and a
+    value, but only the kept ones are queries and go through the residual adds and the MLP.
+
+    Exact wherever nothing after the block reads the other tokens: the last block of a ViT pooled
+    at its class token. There it skips the query and output projections, the attention rows and
+    the MLP of every patch token (about 7 % of ViT-B/32's multiply-adds). q, k and v are separate
+    projections (the form OpenVINO's INT8 wants: see export/openvino.py's SeparateQKV)."""
+
+    def __init__(self, block: ResidualBlock, keep: int = 1) -> None:
+        super().__init__()
+        if not isinstance(block.attn, Attention):
+            raise TypeError(f"FirstTokenBlock wraps a clip.ResidualBlock, not one with {type(block.attn).__name__}")
+        attn = block.attn
+        d = attn.out_proj.in_features
+        self.keep, self.heads = keep, attn.heads
+        self.ln_1, self.ln_2, self.mlp, self.out_proj = block.ln_1, block.ln_2, block.mlp, attn.out_proj
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d) for _ in range(3))
+        with torch.no_grad():
+            for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+                proj.weight.copy_(attn.in_proj_weight[i * d : (i + 1) * d])
+                proj.bias.copy_(attn.in_proj_bias[i * d : (i + 1) * d])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise ValueError("FirstTokenBlock is for unmasked (image) towers")
+        n, d = x.shape[1:]
+        m, h = self.keep, self.heads
+        hd = d // h
+        y = self.ln_1(x)
+        q = self.q_proj(y[:, :m]).reshape(-1, m, h, hd).transpose(1, 2)
+        k, v = (p(y).reshape(-1, n, h, hd).transpose(1, 2) for p in (self.k_proj, self.v_proj))
+        if torch.compiler.is_exporting():  # written out, as in Attention
+            out = ((q * hd**-0.5) @ k.transpose(2, 3)).softmax(-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        x = x[:, :m] + self.out_proj(out.transpose(1, 2).reshape(-1, m, d))
+        return x + self.mlp(self.ln_2(x))
+
+
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool,
                  eps: float = 1e-5) -> None:
@@ -145,6 +185,16 @@ class VisionTransformer(nn.Module):
         x = self.transformer(self.ln_pre(x))
         out = self.ln_post(x[:, 0]) @ self.proj
         return out if self.proj_bias is None else out + self.proj_bias
+
+
+def class_token_form(visual: VisionTransformer) -> VisionTransformer:
+    """`visual` (modified in place) with its last block computed for the class token only: the
+    same embeddings, since the tower reads nothing else after that block (see FirstTokenBlock)."""
+    blocks = visual.transformer.resblocks
+    last = blocks[-1]
+    if isinstance(last, ResidualBlock):
+        blocks[-1] = FirstTokenBlock(last)
+    return visual
 
 
 def _conv_stem(cfg: VisionConfig) -> tuple[nn.Sequential, int]:
