@@ -48,12 +48,12 @@ class OpenVinoBackend:
         if self._model.inputs[0].get_partial_shape()[0].is_dynamic:
             # a batch of 1 (a camera frame, one prompt) runs on a compiled copy with every shape static:
             # the CPU plugin spends about 0.4 ms per call on a dynamic batch, 4-5 % of ViT-B/32 int8 at
-            # batch 1 (benchmarks/results/e2e_floor.json). The first larger batch compiles the dynamic
-            # model, which then serves every batch: one compiled copy in memory at a time.
+            # batch 1. Larger batches compile the dynamic model on first use; both are then kept, so a
+            # process that runs both holds two compiled copies (+120 MB for ViT-B/32 int8).
             self._single = self._compile(_with_batch(self._model, 1))
         else:
             self._batched = self._compile(self._model)
-        self._local = threading.local()  # an infer request is not thread-safe: one per thread
+        self._local = threading.local()  # an infer request is not thread-safe: one per thread and model
         self._lock = threading.Lock()
 
     def _compile(self, model: Any) -> Any:
@@ -61,28 +61,21 @@ class OpenVinoBackend:
 
     @property
     def compiled(self) -> Any:
-        """The compiled model that runs a batch of 1 now (what describe() reports)."""
-        single = self._single
-        return single if single is not None else self._batched
-
-    def _for_batch(self, batch: int) -> Any:
-        single = self._single
-        if batch == 1 and single is not None:
-            return single
-        if self._batched is None:
-            with self._lock:
-                if self._batched is None:
-                    self._local.request = None  # this thread's static request: freed before the compile
-                    self._single = None
-                    self._batched = self._compile(self._model)
-        return self._batched
+        """The compiled model that runs a batch of 1 (what describe() reports)."""
+        return self._single if self._single is not None else self._batched
 
     def _request(self, batch: int) -> Any:
-        compiled = self._for_batch(batch)
-        cached = getattr(self._local, "request", None)
-        if cached is None or cached[0] is not compiled:
-            cached = self._local.request = (compiled, compiled.create_infer_request())
-        return cached[1]
+        single = batch == 1 and self._single is not None
+        if not single and self._batched is None:
+            with self._lock:
+                if self._batched is None:
+                    self._batched = self._compile(self._model)
+        key = "single" if single else "batched"
+        request = getattr(self._local, key, None)
+        if request is None:
+            request = (self._single if single else self._batched).create_infer_request()
+            setattr(self._local, key, request)
+        return request
 
     @property
     def precision_hint(self) -> str:
