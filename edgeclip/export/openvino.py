@@ -22,7 +22,7 @@ from edgeclip.export.encoders import UINT8_INPUT, EncoderSpec, encoder_spec, exa
 from edgeclip.export.int8.openvino import quantize_openvino
 from edgeclip.export.targets import Built, ExportContext
 from edgeclip.model.build import Model
-from edgeclip.model.clip import Attention, ResidualBlock
+from edgeclip.model.clip import Attention, PatchEmbedding, ResidualBlock, VisionTransformer
 from edgeclip.runtime.backends.base import BackendOptions
 
 # parity is checked at fp32 inference precision: the CPU default may be bf16 (see BackendOptions)
@@ -58,11 +58,15 @@ class SeparateQKV(nn.Module):
 
 
 def openvino_module(encoder: str, model: Model) -> nn.Module:
-    """`export_module` with every ViT/text attention block's q, k and v projected separately (on a copy)."""
+    """`export_module` with every ViT/text attention block's q, k and v projected separately, and a
+    ViT's patch stem as a matmul (PatchEmbedding: 3.4 % faster at batch 1 on ViT-B/32 int8 than
+    the strided convolution), on a copy."""
     module = copy.deepcopy(export_module(encoder, model))
     for block in module.modules():
         if isinstance(block, ResidualBlock) and isinstance(block.attn, Attention):
             block.attn = SeparateQKV(block.attn)  # type: ignore[assignment]
+        if isinstance(block, VisionTransformer) and block.cfg.stem == "patch":
+            block.conv1 = PatchEmbedding(block.conv1)  # type: ignore[assignment]
     return module
 
 

@@ -118,6 +118,25 @@ class FirstTokenBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class PatchEmbedding(nn.Module):
+    """A patch stem's conv1 (kernel = stride = patch size, no bias) as one matmul over flattened
+    patches: the same arithmetic, returning tokens [B, g*g, W]. OpenVINO's CPU plugin runs it as an
+    int8 FullyConnected instead of a strided convolution. The weight keeps conv1's name."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.kernel_size != conv.stride or conv.bias is not None or conv.padding != (0, 0):
+            raise ValueError("PatchEmbedding replaces a bias-free conv whose kernel equals its stride")
+        self.patch = int(conv.kernel_size[0])
+        self.weight = nn.Parameter(conv.weight.detach().reshape(conv.out_channels, -1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, p = x.shape[1], self.patch
+        gh, gw = x.shape[2] // p, x.shape[3] // p
+        patches = x.reshape(-1, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, gh * gw, c * p * p)
+        return F.linear(patches, self.weight)
+
+
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool,
                  eps: float = 1e-5) -> None:
@@ -178,7 +197,8 @@ class VisionTransformer(nn.Module):
         if self.cfg.stem != "patch":
             x = self.stem(x)
         x = self.conv1(x)  # [B, W, g, g]
-        x = x.flatten(2).transpose(1, 2)  # [B, g*g, W]
+        # -> [B, g*g, W]; a PatchEmbedding (OpenVINO's export form of the patch stem) gives tokens already
+        x = x if x.dim() == 3 else x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         pos = self.positional_embedding.to(x.dtype)
         x = torch.cat([cls, x], dim=1) + pos if self.cfg.pos_embed_class else torch.cat([cls, x + pos], dim=1)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -93,17 +93,46 @@ def test_clip_float_defaults_are_found_in_the_converted_model() -> None:
 
     from edgeclip.export.encoders import export_module
     from edgeclip.export.int8.openvino import float_defaults
+    from edgeclip.export.openvino import openvino_module
     from edgeclip.model.build import build_model
 
     torch.manual_seed(0)
     model = build_model("test-tiny").eval()
-    for encoder, expected in (("image", ["Convolution", "MatMul"]), ("text", ["MatMul"])):
-        module = export_module(encoder, model)
-        x = torch.randn(2, 3, 32, 32) if encoder == "image" else torch.randint(1, 100, (2, 16))
-        ir = ov.convert_model(module, example_input=x)
-        names = float_defaults(ir, module)
+    # the patch stem is a MatMul in the IR (PatchEmbedding), found by conv1's weight all the same
+    for encoder, expected in (("image", ["MatMul", "MatMul"]), ("text", ["MatMul"])):
+        # as quantize_openvino does: the IR of openvino_module, the parameters of export_module
+        ir = ov.convert_model(openvino_module(encoder, model), example_input=_example(encoder))
+        names = float_defaults(ir, export_module(encoder, model))
         ops = {op.get_friendly_name(): op for op in ir.get_ordered_ops()}
         assert [ops[n].get_type_name() for n in names] == expected, (encoder, names)
         projection = ops[names[-1]]  # the last MatMul before the L2 normalisation
         last = [op for op in ir.get_ordered_ops() if op.get_type_name() == "MatMul"][-1]
         assert projection.get_friendly_name() == last.get_friendly_name()
+
+
+def _example(encoder: str) -> Any:
+    import torch
+
+    return torch.randn(2, 3, 32, 32) if encoder == "image" else torch.randint(1, 100, (2, 16))
+
+
+def test_patch_stem_is_one_matmul_with_the_convolutions_arithmetic() -> None:
+    """OpenVINO's export form of a ViT's patch stem (PatchEmbedding): no Convolution in the IR, and
+    the same embeddings as the convolution (a conv-stem ViT keeps its convolutions)."""
+    import openvino as ov
+    import torch
+
+    from edgeclip.export.encoders import export_module
+    from edgeclip.export.openvino import openvino_module
+    from edgeclip.model.build import build_model
+
+    for name, convs in (("test-tiny", 0), ("edge-tiny", 4)):
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        s = model.cfg.vision_cfg.image_size
+        x = torch.randn(3, 3, s, s, generator=torch.Generator().manual_seed(1))
+        module = openvino_module("image", model)
+        with torch.no_grad():
+            assert (module(x) - export_module("image", model)(x)).abs().max().item() < 1e-5
+        ir = ov.convert_model(module, example_input=x)
+        assert sum(op.get_type_name() == "Convolution" for op in ir.get_ordered_ops()) == convs, name
