@@ -22,7 +22,7 @@ from edgeclip.export.encoders import UINT8_INPUT, EncoderSpec, encoder_spec, exa
 from edgeclip.export.int8.openvino import quantize_openvino
 from edgeclip.export.targets import Built, ExportContext
 from edgeclip.model.build import Model
-from edgeclip.model.clip import Attention, PatchEmbedding, ResidualBlock, VisionTransformer
+from edgeclip.model.clip import Attention, PatchEmbedding, ResidualBlock, VisionTransformer, split_in_proj
 from edgeclip.runtime.backends.base import BackendOptions
 
 # parity is checked at fp32 inference precision: the CPU default may be bf16 (see BackendOptions)
@@ -40,13 +40,8 @@ class SeparateQKV(nn.Module):
 
     def __init__(self, attn: Attention) -> None:
         super().__init__()
-        d = attn.out_proj.in_features
         self.heads = attn.heads
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d) for _ in range(3))
-        with torch.no_grad():
-            for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
-                proj.weight.copy_(attn.in_proj_weight[i * d : (i + 1) * d])
-                proj.bias.copy_(attn.in_proj_bias[i * d : (i + 1) * d])
+        self.q_proj, self.k_proj, self.v_proj = split_in_proj(attn)
         self.out_proj = attn.out_proj
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
