@@ -45,11 +45,12 @@ class OpenVinoBackend:
         self._model = self._core.read_model(str(path))
         self._batched: Any = None
         self._single: Any = None
-        if self._model.inputs[0].get_partial_shape()[0].is_dynamic:
-            # a batch of 1 (a camera frame, one prompt) runs on a compiled copy with every shape static:
-            # the CPU plugin spends about 0.4 ms per call on a dynamic batch, 4-5 % of ViT-B/32 int8 at
-            # batch 1. Larger batches compile the dynamic model on first use; both are then kept, so a
-            # process that runs both holds two compiled copies (+120 MB for ViT-B/32 int8).
+        if artifact.encoder == "image" and self._model.inputs[0].get_partial_shape()[0].is_dynamic:
+            # one image (a camera frame) runs on a compiled copy with every shape static: the CPU plugin
+            # spends about 0.4 ms per call on a dynamic batch, 4-5 % of ViT-B/32 int8 at batch 1. The
+            # first larger batch compiles the dynamic model and both are kept, so a process that runs
+            # both holds two compiled copies (+120 MB for ViT-B/32 int8). Text towers, which encode
+            # prompts in batches, compile the dynamic model alone, as before.
             self._single = self._compile(_with_batch(self._model, 1))
         else:
             self._batched = self._compile(self._model)
