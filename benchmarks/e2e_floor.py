@@ -9,9 +9,11 @@ resampled, no crop) is a lower bound on the decode of any preprocessing built on
 
 - batch 1:   e2e / model-only  >= (model + floor) / model  (one image: nothing to overlap its decode with)
 - torch:     best e2e x torch  <= torch e2e / (model + floor)
-- streams:   stream / model-only throughput <= cores / (model CPU + floor CPU per image) / model-only
-             throughput, where "model CPU" is the process CPU time per image of the model alone at
-             batch 8, with 2 threads or 1 (the cheaper); every core is busy in both.
+- streams:   stream / model-only throughput <= m / (m + floor CPU per image), where m is the CPU time
+             per image of the model alone in its best batch-8 mode (all cores busy: m = cores / its
+             throughput). Modes measured: one request on all threads (the runtime's LATENCY hint) and,
+             for OpenVINO, one single-thread stream per core (THROUGHPUT hint, requests in flight on
+             every stream). A stream must decode too, so it cannot beat that ratio whatever it overlaps.
 
 Rows run in interleaved rounds (every row once per round, same order), next to what edgeclip does
 now (`decode_resize`, `classify`), so the distance between edgeclip and the floor shows too.
@@ -47,6 +49,7 @@ from edgeclip.runtime import ZeroShotClassifier  # noqa: E402
 from edgeclip.runtime.preprocess import decode_resize, model_input  # noqa: E402
 
 BATCH = 8
+STREAM_BATCHES = 4  # batches of 8 per timed call of the THROUGHPUT-hint row
 
 
 def floor_decode(data: bytes) -> None:
@@ -66,6 +69,26 @@ def timed(fn: Callable[[], object], reps: int) -> tuple[float, float]:
         cpu.append(time.process_time() - c)
         wall.append(time.perf_counter() - w)
     return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+
+
+def openvino_streams(clf: ZeroShotClassifier, x8: np.ndarray) -> Callable[[], object]:
+    """The image artifact compiled with OpenVINO's THROUGHPUT hint (one stream per core, one thread
+    each): STREAM_BATCHES batches of 8 kept in flight on every stream at once."""
+    import openvino as ov
+
+    artifact = clf.image.artifact
+    path = clf.bundle.artifact_path(artifact)
+    cores = os.cpu_count() or 1
+    compiled = ov.Core().compile_model(str(path), "CPU", {
+        "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": cores, "INFERENCE_NUM_THREADS": cores})
+    queue = ov.AsyncInferQueue(compiled, cores)
+
+    def run() -> None:
+        for _ in range(STREAM_BATCHES):
+            queue.start_async({0: x8})
+        queue.wait_all()
+
+    return run
 
 
 def torch_e2e(checkpoint: Path, clf: ZeroShotClassifier) -> Callable[[bytes], object]:
@@ -106,6 +129,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "model_b8": lambda: clf.image(x8),
         "model_b8_1thread": lambda: clf1.image(x8),
     }
+    if args.backend == "openvino":
+        rows["model_b8_streams"] = openvino_streams(clf, x8)
     baseline = torch_e2e(args.checkpoint, clf) if args.checkpoint else None
     for name, data in frames.items():
         rows[f"{name}/floor_decode"] = lambda d=data: floor_decode(d)
@@ -123,14 +148,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     cores = os.cpu_count() or 1
-    model_cpu = min(med_cpu["model_b8"], med_cpu["model_b8_1thread"]) / BATCH
-    model_ips = BATCH / med["model_b8"] * 1e3
+    # the best model-only batch-8 throughput, and the CPU time per image it takes with every core busy
+    modes = {"latency": BATCH / med["model_b8"] * 1e3}
+    if "model_b8_streams" in med:
+        modes["streams"] = STREAM_BATCHES * BATCH / med["model_b8_streams"] * 1e3
+    best = max(modes, key=lambda k: modes[k])
+    model_ips = modes[best]
+    model_cpu = cores / model_ips * 1e3
     bounds: dict[str, Any] = {}
     for name in frames:
         floor, e2e = med[f"{name}/floor_decode"], med[f"{name}/edgeclip_e2e"]
         b = {"e2e_over_model_floor": (med["model_b1"] + floor) / med["model_b1"],
              "e2e_over_model_edgeclip": e2e / med["model_b1"],
-             "stream_over_model_ceiling": cores / (model_cpu + med_cpu[f"{name}/floor_decode"]) * 1e3 / model_ips,
+             "stream_over_model_ceiling": model_cpu / (model_cpu + med_cpu[f"{name}/floor_decode"]),
+             "stream_over_model_edgeclip_decode_ceiling":
+                 model_cpu / (model_cpu + med_cpu[f"{name}/edgeclip_decode_resize"]),
              "edgeclip_preprocess_above_floor_ms": med[f"{name}/edgeclip_decode_resize"] - floor}
         if f"{name}/torch_e2e" in med:
             torch_ms = med[f"{name}/torch_e2e"]
@@ -139,7 +171,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         bounds[name] = {k: round(v, 3) for k, v in b.items()}
     return {"median_ms": {k: round(v, 3) for k, v in med.items()},
             "median_cpu_ms": {k: round(v, 3) for k, v in med_cpu.items()},
-            "model_cpu_ms_per_image_b8": round(model_cpu, 3), "model_b8_images_per_s": round(model_ips, 2),
+            "model_b8_images_per_s": {k: round(v, 2) for k, v in modes.items()}, "model_b8_best_mode": best,
+            "model_cpu_ms_per_image_b8_best": round(model_cpu, 3),
             "bounds": bounds, "frame_bytes": {k: len(v) for k, v in frames.items()},
             "artifact": clf.image.artifact.key, "decode": clf.decode}
 
