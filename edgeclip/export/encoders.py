@@ -17,7 +17,7 @@ from edgeclip.bundle import PreprocessConfig, TensorSpec
 from edgeclip.errors import ConfigError
 from edgeclip.model.build import Model, encoder_of
 from edgeclip.model.checkpoint import CheckpointInfo
-from edgeclip.model.clip import CLIP, ImageEncoder, VisionTransformer, class_token_form
+from edgeclip.model.clip import CLIP, ImageEncoder, TextEncoder, VisionTransformer, class_token_form, text_pooled_form
 from edgeclip.model.config import ModelConfig
 from edgeclip.model.reparameterize import in_training_form, inference_config, reparameterize
 
@@ -78,16 +78,17 @@ def export_config(cfg: ModelConfig) -> ModelConfig:
 
 def export_module(encoder: str, model: Model) -> torch.nn.Module:
     """The module that gets exported: `encoder_module` of the inference form (FastViT towers:
-    `reparameterize`), with every remaining BatchNorm folded into the conv before it, and a ViT's
-    last block run for its class token alone (the only token the tower reads after it); both on a
-    copy. Runtimes fold Conv+BN in float graphs themselves, but not once the conv is quantized: the
-    int8 edge stem ran BatchNorm as separate Mul/Add ops around QLinearConv, and the GELU between
-    them stayed unfused."""
+    `reparameterize`), with every remaining BatchNorm folded into the conv before it, and the last
+    block of a ViT / CLIP text tower run for its pooled token alone (class token / end-of-text: the
+    only token the tower reads after it); all on a copy. Runtimes fold Conv+BN in float graphs
+    themselves, but not once the conv is quantized: the int8 edge stem ran BatchNorm as separate
+    Mul/Add ops around QLinearConv, and the GELU between them stayed unfused."""
     if encoder == "image" and isinstance(model, CLIP) and in_training_form(model.cfg):
         model = reparameterize(model)
     module = encoder_module(encoder, model)
     if encoder != "image":
-        return module
+        # pooled at the end-of-text token: the last block runs for that token alone (same embeddings)
+        return text_pooled_form(module) if isinstance(module, TextEncoder) else module
     fold = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.visual.modules())
     vit = isinstance(model.visual, VisionTransformer)
     if fold or vit:

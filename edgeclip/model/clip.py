@@ -7,6 +7,7 @@ by name. Tensors are batch-first inside; the state dict does not depend on that.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 
@@ -90,13 +91,15 @@ class ResidualBlock(nn.Module):
 
 
 class FirstTokenBlock(nn.Module):
-    """A ResidualBlock computed for its first `keep` tokens only: every token is still a key and a
-    value, but only the kept ones are queries and go through the residual adds and the MLP.
+    """A ResidualBlock computed for one pooled token per row only: every token is still a key and a
+    value, but only the pooled one is a query and goes through the residual adds and the MLP.
 
-    Exact wherever nothing after the block reads the other tokens: the last block of a ViT pooled
-    at its class token. There it skips the query and output projections, the attention rows and
-    the MLP of every patch token (6.6 % of ViT-B/32's multiply-adds). q, k and v are separate
-    projections (the form OpenVINO's INT8 wants: see export/openvino.py's SeparateQKV)."""
+    Exact wherever nothing after the block reads the other tokens: the last block of a ViT pooled at
+    its class token (the first `keep` tokens), or of a text tower pooled at its end-of-text token
+    (`index`, one position per row, with that row of the causal mask). It skips the query and output
+    projections, the attention rows and the MLP of every other token (6.6 % of ViT-B/32's image
+    multiply-adds). q, k and v are separate projections (the form OpenVINO's INT8 wants: see
+    export/openvino.py's SeparateQKV)."""
 
     def __init__(self, block: ResidualBlock, keep: int = 1) -> None:
         super().__init__()
@@ -107,20 +110,29 @@ class FirstTokenBlock(nn.Module):
         self.ln_1, self.ln_2, self.mlp, self.out_proj = block.ln_1, block.ln_2, block.mlp, attn.out_proj
         self.q_proj, self.k_proj, self.v_proj = split_in_proj(attn)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is not None:
-            raise ValueError("FirstTokenBlock is for unmasked (image) towers")
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, n, d] -> [B, keep, d], or [B, 1, d] for the token at `index` [B] of each row."""
         n, d = x.shape[1:]
-        m, h = self.keep, self.heads
+        h = self.heads
         hd = d // h
         y = self.ln_1(x)
-        q = self.q_proj(y[:, :m]).reshape(-1, m, h, hd).transpose(1, 2)
+        if index is None:
+            if mask is not None:
+                raise ValueError("FirstTokenBlock needs the pooled positions (index) under a mask")
+            m, kept, y_kept, rows = self.keep, x[:, : self.keep], y[:, : self.keep], None
+        else:
+            batch = torch.arange(x.shape[0], device=x.device)
+            m, kept, y_kept = 1, x[batch, index].unsqueeze(1), y[batch, index].unsqueeze(1)
+            rows = None if mask is None else mask[index].unsqueeze(1).unsqueeze(1)  # [B, 1, 1, n]
+        q = self.q_proj(y_kept).reshape(-1, m, h, hd).transpose(1, 2)
         k, v = (p(y).reshape(-1, n, h, hd).transpose(1, 2) for p in (self.k_proj, self.v_proj))
         if torch.compiler.is_exporting():  # written out, as in Attention
-            out = ((q * hd**-0.5) @ k.transpose(2, 3)).softmax(-1) @ v
+            logits = (q * hd**-0.5) @ k.transpose(2, 3)
+            out = (logits if rows is None else logits + rows).softmax(-1) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        x = x[:, :m] + self.out_proj(out.transpose(1, 2).reshape(-1, m, d))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=rows)
+        x = kept + self.out_proj(out.transpose(1, 2).reshape(-1, m, d))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -317,6 +329,17 @@ class TextEncoder(nn.Module):
         return F.normalize(_text_forward(self, input_ids), dim=-1)
 
 
+def text_pooled_form(encoder: TextEncoder) -> TextEncoder:
+    """`encoder` with a copy of its transformer whose last block runs for the end-of-text token
+    alone (the only token the tower reads after it): the same embeddings."""
+    transformer = copy.deepcopy(encoder.transformer)
+    last = transformer.resblocks[-1]
+    if isinstance(last, ResidualBlock):
+        transformer.resblocks[-1] = FirstTokenBlock(last)
+    encoder.transformer = transformer
+    return encoder
+
+
 def _text_forward(tower: CLIP | TextEncoder, input_ids: torch.Tensor) -> torch.Tensor:
     """Pooled at the end-of-text token, found as the argmax id: the tokenizer gives EOT the
     highest id in the vocabulary (as OpenAI's does) and pads with 0."""
@@ -324,9 +347,16 @@ def _text_forward(tower: CLIP | TextEncoder, input_ids: torch.Tensor) -> torch.T
     x = tower.token_embedding(input_ids) + tower.positional_embedding[:n]
     causal = tower.attn_mask
     mask = None if causal is None else causal[:n, :n].to(x.dtype)  # type: ignore[index]
-    x = tower.ln_final(tower.transformer(x, mask))
     eot = input_ids.argmax(dim=-1)
-    pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+    blocks = tower.transformer.resblocks
+    last = blocks[-1]
+    if isinstance(last, FirstTokenBlock):  # the export form (text_pooled_form): the last block for EOT alone
+        for block in blocks[:-1]:
+            x = block(x, mask)
+        pooled = tower.ln_final(last(x, mask, eot)[:, 0])
+    else:
+        x = tower.ln_final(tower.transformer(x, mask))
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
     return pooled @ tower.text_projection
 
 
