@@ -11,7 +11,7 @@ import numpy as np
 
 from edgeclip import _deps
 from edgeclip.bundle import Artifact
-from edgeclip.errors import EdgeclipError
+from edgeclip.errors import ConfigError, EdgeclipError
 from edgeclip.runtime.backends.base import BackendOptions, DescribeInfo, as_feed, input_dtypes, missing_sdk
 
 # the runtime model's layer types that do a layer's matmul / conv arithmetic
@@ -54,6 +54,11 @@ class OpenVinoBackend:
             self._single = self._compile(_with_batch(self._model, 1))
         else:
             self._batched = self._compile(self._model)
+        # each input's dims, None where dynamic: checked before a run, since with INFERENCE_NUM_THREADS=1
+        # the CPU plugin runs a dynamic-batch model on a wrongly shaped input with no error (an empty
+        # or garbage result)
+        self._dims = {name: [None if d.is_dynamic else d.get_length() for d in port.get_partial_shape()]
+                      for port in self._model.inputs for name in port.get_names()}
         self._local = threading.local()  # an infer request is not thread-safe: one per thread and model
         self._lock = threading.Lock()
 
@@ -99,10 +104,21 @@ class OpenVinoBackend:
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = as_feed(self.input_dtypes, inputs)
+        self._check_shapes(feed)
         request = self._request(len(next(iter(feed.values()))))
         result = request.infer(feed)
         # results alias the request's buffers, which the next call overwrites
         return {name: np.array(result[name], copy=True) for name in self.output_names}
+
+    def _check_shapes(self, feed: dict[str, np.ndarray]) -> None:
+        for name, x in feed.items():
+            dims = self._dims.get(name)
+            if dims is None:
+                continue
+            if x.ndim != len(dims) or any(d not in (None, n) for d, n in zip(dims, x.shape, strict=True)):
+                want = ["N" if d is None else d for d in dims]
+                raise ConfigError(f"input '{name}' takes shape {want}, got {list(x.shape)}",
+                                  fix="feed arrays of the shape the bundle's manifest gives for this input")
 
 
 def _with_batch(model: Any, batch: int) -> Any:
