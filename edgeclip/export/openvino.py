@@ -54,8 +54,8 @@ class SeparateQKV(nn.Module):
 
 def openvino_module(encoder: str, model: Model) -> nn.Module:
     """`export_module` with every ViT/text attention block's q, k and v projected separately, and a
-    ViT's patch stem as a matmul (PatchEmbedding: 3.4 % faster at batch 1 on ViT-B/32 int8 than
-    the strided convolution), on a copy."""
+    ViT's patch stem as a matmul (PatchEmbedding: 1.025x at batch 1 on ViT-B/32 int8 against the
+    strided convolution, benchmarks/results/export_forms_speed.json), on a copy."""
     module = copy.deepcopy(export_module(encoder, model))
     for block in module.modules():
         if isinstance(block, ResidualBlock) and isinstance(block.attn, Attention):
