@@ -5,6 +5,7 @@ and the saved graph really computes less."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -47,17 +48,23 @@ def test_only_the_last_block_is_replaced_and_the_model_is_untouched(name: str) -
     assert type(model.visual.transformer.resblocks[-1]) is ResidualBlock
 
 
-def test_saved_onnx_runs_the_last_mlp_for_one_token(tiny_bundle: Path, tmp_path: Path) -> None:
-    bundle = Bundle.open(tiny_bundle)
-    artifact = next(a for a in bundle.manifest.artifacts if a.encoder == "image" and a.target == "onnx")
+def _mlp_tokens(bundle_path: Path, encoder: str) -> tuple[list[int], Any]:
+    """Tokens each block's first MLP matmul ([tokens] x [width, hidden]) runs on in the saved ONNX of
+    `encoder`, in graph order, and that tower's config."""
+    bundle = Bundle.open(bundle_path)
+    artifact = next(a for a in bundle.manifest.artifacts if a.encoder == encoder and a.target == "onnx")
     graph = shape_inference.infer_shapes(onnx.load(str(bundle.artifact_path(artifact)))).graph
-    cfg = ModelConfig.from_dict(bundle.manifest.model_config).vision_cfg
+    model = ModelConfig.from_dict(bundle.manifest.model_config)
+    cfg = model.vision_cfg if encoder == "image" else model.text_cfg
     hidden = round(cfg.width * cfg.mlp_ratio)
     weights = {i.name: list(i.dims) for i in graph.initializer}
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
-    # the MLP's first matmul of each block: [tokens] x [width, hidden]
-    tokens = [shapes[n.output[0]][1] for n in graph.node
-              if n.op_type == "MatMul" and weights.get(n.input[1]) == [cfg.width, hidden]]
+    return [shapes[n.output[0]][1] for n in graph.node
+            if n.op_type == "MatMul" and weights.get(n.input[1]) == [cfg.width, hidden]], cfg
+
+
+def test_saved_onnx_runs_the_last_mlp_for_one_token(tiny_bundle: Path) -> None:
+    tokens, cfg = _mlp_tokens(tiny_bundle, "image")
     assert tokens == [cfg.grid**2 + 1] * (cfg.layers - 1) + [1]
 
 
@@ -93,13 +100,5 @@ def test_exported_text_tower_gives_the_full_towers_embeddings(name: str) -> None
 
 
 def test_saved_text_onnx_runs_the_last_mlp_for_one_token(tiny_bundle: Path) -> None:
-    bundle = Bundle.open(tiny_bundle)
-    artifact = next(a for a in bundle.manifest.artifacts if a.encoder == "text" and a.target == "onnx")
-    graph = shape_inference.infer_shapes(onnx.load(str(bundle.artifact_path(artifact)))).graph
-    cfg = ModelConfig.from_dict(bundle.manifest.model_config).text_cfg
-    hidden = round(cfg.width * cfg.mlp_ratio)
-    weights = {i.name: list(i.dims) for i in graph.initializer}
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
-    tokens = [shapes[n.output[0]][1] for n in graph.node
-              if n.op_type == "MatMul" and weights.get(n.input[1]) == [cfg.width, hidden]]
+    tokens, cfg = _mlp_tokens(tiny_bundle, "text")
     assert tokens == [cfg.context_length] * (cfg.layers - 1) + [1]
