@@ -49,7 +49,7 @@ class OpenVinoBackend:
             # one image (a camera frame) runs on a compiled copy with every shape static: ViT-B/32 int8
             # ran 1.07x faster at batch 1 than on the dynamic batch (export_forms_speed.json). The first
             # larger batch compiles the dynamic model and both are kept, so a process that runs both
-            # holds two compiled copies (about +140 MB RSS for ViT-B/32 int8). Text towers, which
+            # holds two compiled copies (the weights twice over). Text towers, which
             # encode prompts in batches, compile the dynamic model alone, as before.
             self._single = self._compile(_with_batch(self._model, 1))
         else:
