@@ -47,19 +47,18 @@ IMAGE_FORMS = ("separate-qkv", "+class-token-block", "+patch-matmul")
 
 
 @contextlib.contextmanager
-def forms(class_token: bool, patch: bool, text_pooled: bool) -> Iterator[None]:
-    """openvino_module with some export forms switched off (each replaced by the identity)."""
-    saved = encoders.class_token_form, ov_export.PatchEmbedding, encoders.text_pooled_form
-    if not class_token:
-        encoders.class_token_form = lambda visual: visual  # type: ignore[assignment]
+def forms(pooled: bool, patch: bool) -> Iterator[None]:
+    """openvino_module with some export forms switched off (each replaced by the identity): the
+    pooled last block (class token / end-of-text token) and the patch stem as a matmul."""
+    saved = encoders.pooled_last_block, ov_export.PatchEmbedding
+    if not pooled:
+        encoders.pooled_last_block = lambda transformer: transformer  # type: ignore[assignment]
     if not patch:
         ov_export.PatchEmbedding = lambda conv: conv  # type: ignore[assignment,misc]
-    if not text_pooled:
-        encoders.text_pooled_form = lambda module: module  # type: ignore[assignment]
     try:
         yield
     finally:
-        encoders.class_token_form, ov_export.PatchEmbedding, encoders.text_pooled_form = saved  # type: ignore[misc]
+        encoders.pooled_last_block, ov_export.PatchEmbedding = saved  # type: ignore[misc]
 
 
 def quantized(model: Any, encoder: str, example: torch.Tensor, samples: list[np.ndarray]) -> Any:
@@ -120,7 +119,7 @@ def main() -> None:
     calls: dict[str, Callable[[], object]] = {}
     cosines: dict[str, float] = {}
     for i, name in enumerate(IMAGE_FORMS):
-        with forms(class_token=i >= 1, patch=i >= 2, text_pooled=True):
+        with forms(pooled=i >= 1, patch=i >= 2):
             q = quantized(model, "image", example_image, images)
         static = compiled(q, 1, args.threads)
         request = static.create_infer_request()
@@ -132,7 +131,7 @@ def main() -> None:
             calls[f"image/{name}/dynamic-batch"] = lambda r=dynamic: r.infer({0: held[:1]})
             cosines[f"image/{name}/dynamic-batch"] = cosines[f"image/{name}/static-b1"]
     for name, pooled in (("full-last-block", False), ("+eot-block", True)):
-        with forms(class_token=True, patch=True, text_pooled=pooled):
+        with forms(pooled=pooled, patch=True):
             q = quantized(model, "text", example_text, text_samples)
         text = compiled(q, None, args.threads)
         request = text.create_infer_request()

@@ -17,7 +17,7 @@ from edgeclip.bundle import PreprocessConfig, TensorSpec
 from edgeclip.errors import ConfigError
 from edgeclip.model.build import Model, encoder_of
 from edgeclip.model.checkpoint import CheckpointInfo
-from edgeclip.model.clip import CLIP, ImageEncoder, TextEncoder, VisionTransformer, class_token_form, text_pooled_form
+from edgeclip.model.clip import CLIP, ImageEncoder, TextEncoder, VisionTransformer, pooled_last_block
 from edgeclip.model.config import ModelConfig
 from edgeclip.model.reparameterize import in_training_form, inference_config, reparameterize
 
@@ -87,15 +87,18 @@ def export_module(encoder: str, model: Model) -> torch.nn.Module:
         model = reparameterize(model)
     module = encoder_module(encoder, model)
     if encoder != "image":
-        # pooled at the end-of-text token: the last block runs for that token alone (same embeddings)
-        return text_pooled_form(module) if isinstance(module, TextEncoder) else module
+        if isinstance(module, TextEncoder):  # pooled at the end-of-text token
+            module.transformer = pooled_last_block(copy.deepcopy(module.transformer))
+        return module
     fold = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.visual.modules())
     vit = isinstance(model.visual, VisionTransformer)
     if fold or vit:
         assert isinstance(module, ImageEncoder)
         visual = copy.deepcopy(model.visual).eval()
         visual = fold_batchnorm(visual) if fold else visual
-        module.visual = class_token_form(visual) if isinstance(visual, VisionTransformer) else visual  # type: ignore[assignment]
+        if isinstance(visual, VisionTransformer):  # pooled at the class token
+            pooled_last_block(visual.transformer)
+        module.visual = visual  # type: ignore[assignment]
     return module
 
 

@@ -7,7 +7,6 @@ by name. Tensors are batch-first inside; the state dict does not depend on that.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import OrderedDict
 
@@ -63,12 +62,12 @@ class Attention(nn.Module):
 def split_in_proj(attn: Attention) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
     """The q, k and v projections of `attn`'s fused in_proj, as three Linear layers (copies)."""
     d = attn.out_proj.in_features
-    projections = tuple(nn.Linear(d, d) for _ in range(3))
+    q, k, v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
     with torch.no_grad():
-        for i, proj in enumerate(projections):
+        for i, proj in enumerate((q, k, v)):
             proj.weight.copy_(attn.in_proj_weight[i * d : (i + 1) * d])
             proj.bias.copy_(attn.in_proj_bias[i * d : (i + 1) * d])
-    return projections  # type: ignore[return-value]
+    return q, k, v
 
 
 class ResidualBlock(nn.Module):
@@ -95,24 +94,24 @@ class FirstTokenBlock(nn.Module):
     value, but only the pooled one is a query and goes through the residual adds and the MLP.
 
     Exact wherever nothing after the block reads the other tokens: the last block of a ViT pooled at
-    its class token (the first `keep` tokens), or of a text tower pooled at its end-of-text token
-    (`index`, one position per row, with that row of the causal mask). It skips the query and output
+    its class token (the first token), or of a text tower pooled at its end-of-text token (`index`,
+    one position per row, with that row of the causal mask). It skips the query and output
     projections, the attention rows and the MLP of every other token (6.6 % of ViT-B/32's image
     multiply-adds). q, k and v are separate projections (the form OpenVINO's INT8 wants: see
     export/openvino.py's SeparateQKV)."""
 
-    def __init__(self, block: ResidualBlock, keep: int = 1) -> None:
+    def __init__(self, block: ResidualBlock) -> None:
         super().__init__()
         if not isinstance(block.attn, Attention):
             raise TypeError(f"FirstTokenBlock wraps a clip.ResidualBlock, not one with {type(block.attn).__name__}")
         attn = block.attn
-        self.keep, self.heads = keep, attn.heads
+        self.heads = attn.heads
         self.ln_1, self.ln_2, self.mlp, self.out_proj = block.ln_1, block.ln_2, block.mlp, attn.out_proj
         self.q_proj, self.k_proj, self.v_proj = split_in_proj(attn)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 index: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, n, d] -> [B, keep, d], or [B, 1, d] for the token at `index` [B] of each row."""
+        """x [B, n, d] -> [B, 1, d]: the first token, or the token at `index` [B] of each row."""
         n, d = x.shape[1:]
         h = self.heads
         hd = d // h
@@ -120,19 +119,19 @@ class FirstTokenBlock(nn.Module):
         if index is None:
             if mask is not None:
                 raise ValueError("FirstTokenBlock needs the pooled positions (index) under a mask")
-            m, kept, y_kept, rows = self.keep, x[:, : self.keep], y[:, : self.keep], None
+            kept, y_kept, rows = x[:, :1], y[:, :1], None
         else:
             batch = torch.arange(x.shape[0], device=x.device)
-            m, kept, y_kept = 1, x[batch, index].unsqueeze(1), y[batch, index].unsqueeze(1)
+            kept, y_kept = x[batch, index].unsqueeze(1), y[batch, index].unsqueeze(1)
             rows = None if mask is None else mask[index].unsqueeze(1).unsqueeze(1)  # [B, 1, 1, n]
-        q = self.q_proj(y_kept).reshape(-1, m, h, hd).transpose(1, 2)
+        q = self.q_proj(y_kept).reshape(-1, 1, h, hd).transpose(1, 2)
         k, v = (p(y).reshape(-1, n, h, hd).transpose(1, 2) for p in (self.k_proj, self.v_proj))
         if torch.compiler.is_exporting():  # written out, as in Attention
             logits = (q * hd**-0.5) @ k.transpose(2, 3)
             out = (logits if rows is None else logits + rows).softmax(-1) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=rows)
-        x = kept + self.out_proj(out.transpose(1, 2).reshape(-1, m, d))
+        x = kept + self.out_proj(out.transpose(1, 2).reshape(-1, 1, d))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -225,14 +224,14 @@ class VisionTransformer(nn.Module):
         return out if self.proj_bias is None else out + self.proj_bias
 
 
-def class_token_form(visual: VisionTransformer) -> VisionTransformer:
-    """`visual` (modified in place) with its last block computed for the class token only: the
-    same embeddings, since the tower reads nothing else after that block (see FirstTokenBlock)."""
-    blocks = visual.transformer.resblocks
-    last = blocks[-1]
+def pooled_last_block(transformer: Transformer) -> Transformer:
+    """`transformer` (modified in place) with its last block computed for the pooled token only (a
+    ViT's class token, a CLIP text tower's end-of-text token): the same embeddings, since the tower
+    reads nothing else after that block (see FirstTokenBlock)."""
+    last = transformer.resblocks[-1]
     if isinstance(last, ResidualBlock):
-        blocks[-1] = FirstTokenBlock(last)
-    return visual
+        transformer.resblocks[-1] = FirstTokenBlock(last)
+    return transformer
 
 
 def _conv_stem(cfg: VisionConfig) -> tuple[nn.Sequential, int]:
@@ -329,17 +328,6 @@ class TextEncoder(nn.Module):
         return F.normalize(_text_forward(self, input_ids), dim=-1)
 
 
-def text_pooled_form(encoder: TextEncoder) -> TextEncoder:
-    """`encoder` with a copy of its transformer whose last block runs for the end-of-text token
-    alone (the only token the tower reads after it): the same embeddings."""
-    transformer = copy.deepcopy(encoder.transformer)
-    last = transformer.resblocks[-1]
-    if isinstance(last, ResidualBlock):
-        transformer.resblocks[-1] = FirstTokenBlock(last)
-    encoder.transformer = transformer
-    return encoder
-
-
 def _text_forward(tower: CLIP | TextEncoder, input_ids: torch.Tensor) -> torch.Tensor:
     """Pooled at the end-of-text token, found as the argmax id: the tokenizer gives EOT the
     highest id in the vocabulary (as OpenAI's does) and pads with 0."""
@@ -350,7 +338,7 @@ def _text_forward(tower: CLIP | TextEncoder, input_ids: torch.Tensor) -> torch.T
     eot = input_ids.argmax(dim=-1)
     blocks = tower.transformer.resblocks
     last = blocks[-1]
-    if isinstance(last, FirstTokenBlock):  # the export form (text_pooled_form): the last block for EOT alone
+    if isinstance(last, FirstTokenBlock):  # the export form (pooled_last_block): the last block for EOT alone
         for block in blocks[:-1]:
             x = block(x, mask)
         pooled = tower.ln_final(last(x, mask, eot)[:, 0])
