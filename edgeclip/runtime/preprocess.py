@@ -62,12 +62,18 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS, draft: int | None 
     size the file declares, before anything is decoded.
     Raises ImageError (never anything else) for an input that cannot be used.
     """
+    return _load(src, max_pixels, draft)[0]
+
+
+def _load(src: ImageInput, max_pixels: int, draft: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """`load_image`, and the size the input declares (before a reduced-size decode)."""
     name = _describe(src)
     try:
         if isinstance(src, Image.Image):
-            return _decode(src, name, max_pixels, None)  # already decoded, or the caller's to draft
+            return _decode(src, name, max_pixels, None), src.size  # already decoded, or the caller's to draft
         if isinstance(src, np.ndarray):
-            return _from_array(src, name)
+            img = _from_array(src, name)
+            return img, img.size
         if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
             raise ImageError(f"image not found: {name}")
         fp = io.BytesIO(src) if isinstance(src, bytes) else src
@@ -75,7 +81,8 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS, draft: int | None 
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(fp)
         with opened:  # the decoded copy outlives the file handle
-            return _decode(opened, name, max_pixels, draft)
+            declared = opened.size  # draft() changes it
+            return _decode(opened, name, max_pixels, draft), declared
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -172,12 +179,13 @@ def uses_fast_path(width: int, height: int, cfg: PreprocessConfig) -> bool:
     return min(width, height) >= FAST_GAP * cfg.image_size
 
 
-def resize_crop_fast(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+def resize_crop_fast(img: Image.Image, cfg: PreprocessConfig, declared: tuple[int, int] | None = None) -> Image.Image:
     """The fast path's resize: `resize_crop`'s geometry, but only the kept region is resampled, after
-    an integer reduce that leaves >= FAST_GAP x the output size. Smaller images: `resize_crop`."""
+    an integer reduce that leaves >= FAST_GAP x the output size. Images whose `declared` size (the
+    file's, before a reduced-size decode; default: `img`'s own) is smaller: `resize_crop`."""
     _check_mode(cfg)
     w, h = img.size
-    if not uses_fast_path(w, h, cfg):
+    if not uses_fast_path(*(declared or img.size), cfg):
         return resize_crop(img, cfg)
     size = cfg.image_size
     box = _crop_box(w, h, size) if cfg.resize == "shortest" else (0.0, 0.0, float(w), float(h))
@@ -220,7 +228,11 @@ def decode_resize(src: ImageInput, cfg: PreprocessConfig, decode: str = "exact")
     if decode == "exact":
         img = resize_crop(load_image(src), cfg)
     else:
-        img = resize_crop_fast(load_image(src, draft=DRAFT_GAP * cfg.image_size), cfg)
+        # the fast path's choice goes by the size the file declares: a 1280x720 frame decoded at
+        # 640x360 for a 224-px model still resamples only the cropped region (0.9 ms of Pillow's
+        # bicubic instead of 1.6 ms for the whole frame, then a crop)
+        img, declared = _load(src, MAX_PIXELS, DRAFT_GAP * cfg.image_size)
+        img = resize_crop_fast(img, cfg, declared)
     return np.asarray(img, dtype=np.uint8)
 
 

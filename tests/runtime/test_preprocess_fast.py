@@ -81,11 +81,30 @@ def test_fast_path_decodes_a_large_jpeg_at_reduced_size(camera: dict[str, bytes]
     assert full.size == (4032, 3024) and drafted.size[0] < 4032 and min(drafted.size) >= 224
     fast = decode_resize(data, cfg, "fast")
     # the fast result is what the reduced-size decode gives, not what a full-size decode gives
-    np.testing.assert_array_equal(fast, np.asarray(resize_crop_fast(drafted, cfg)))
+    np.testing.assert_array_equal(fast, np.asarray(resize_crop_fast(drafted, cfg, declared=full.size)))
     assert not np.array_equal(fast, np.asarray(resize_crop_fast(full, cfg)))
     # and it shows the same picture as the exact path (crop placement, colours)
     diff = np.abs(fast.astype(np.int16) - decode_resize(data, cfg, "exact").astype(np.int16))
     assert diff.mean() < 2.0 and not np.array_equal(fast, decode_resize(data, cfg, "exact"))
+
+
+def test_a_frame_decoded_at_half_size_resamples_only_the_region_the_crop_keeps(camera: dict[str, bytes]) -> None:
+    # 1280x720 for a 224-px model decodes at 640x360: below 2 x 224, but the file qualified, so the
+    # fast path still resamples just the centre square instead of the whole frame and then cropping
+    cfg = PreprocessConfig(image_size=224)
+    with Image.open(io.BytesIO(camera["720p"])) as im:
+        im.draft(None, (224, 224))
+        drafted = im.convert("RGB")
+    assert drafted.size == (640, 360)
+    nw = int(224 * 640 / 360)  # shortest side to 224, long side floored: 398
+    crop = (nw - 224) // 2
+    whole_then_crop = drafted.resize((nw, 224), Image.Resampling.BICUBIC).crop((crop, 0, crop + 224, 224))
+    left = crop * 640 / nw  # the crop's left edge, in drafted pixels
+    centre = drafted.resize((224, 224), Image.Resampling.BICUBIC, box=(left, 0.0, left + 224 * 640 / nw, 360.0))
+    fast = decode_resize(camera["720p"], cfg, "fast")
+    np.testing.assert_array_equal(fast, np.asarray(centre))
+    assert not np.array_equal(fast, np.asarray(whole_then_crop))
+    assert np.abs(fast.astype(np.int16) - np.asarray(whole_then_crop, dtype=np.int16)).max() <= 2
 
 
 def test_small_images_are_identical_on_both_paths(camera: dict[str, bytes]) -> None:
