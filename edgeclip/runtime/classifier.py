@@ -179,12 +179,14 @@ class ZeroShotClassifier:
         out = np.full((len(images), self.bundle.manifest.embed_dim), np.nan, dtype=np.float32)
         errors: list[str | None] = [None] * len(images)
         chunks = [range(i, min(i + self.max_batch, len(images))) for i in range(0, len(images), self.max_batch)]
-        # one image has nothing to overlap with: decoded inline, no thread started for its latency
+        # one image has nothing to overlap with: decoded inline, its resample split over two threads
+        # (unless the classifier was limited to one), the model idle meanwhile
         pool = ThreadPoolExecutor(DECODE_THREADS, "edgeclip-decode") if len(images) > 1 else None
+        split = pool is None and self.options.threads != 1
 
         def decode(chunk: range) -> list[Future[np.ndarray]]:
             args = [(images[i], self.preprocess_cfg, self.decode) for i in chunk]
-            return [pool.submit(decode_resize, *a) if pool else _run_now(decode_resize, *a) for a in args]
+            return [pool.submit(decode_resize, *a) if pool else _run_now(decode_resize, *a, split) for a in args]
 
         try:
             ahead = decode(chunks[0]) if chunks else []

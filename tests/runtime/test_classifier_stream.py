@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,3 +85,26 @@ def test_decode_path_follows_the_bundle_record(tiny_bundle: Path, tmp_path: Path
     (copy / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(BundleError, match="decode"):
         ZeroShotClassifier.load(copy)
+
+
+def test_one_image_splits_its_resample_over_two_threads_unless_limited_to_one(
+        tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeclip.runtime import preprocess
+
+    calls: list[int] = []
+    real = preprocess._resample_halves
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(preprocess, "_resample_halves", counted)
+    frame = camera_jpegs()[0]  # 1280x720: on the fast path for the tiny model
+    fast = ZeroShotClassifier.load(tiny_bundle, exact_preprocess=False)
+    one = fast.embed_images([frame])[0]
+    assert len(calls) == 1
+    two = fast.embed_images([frame, frame])[0]  # a stream: images decode in parallel instead
+    assert len(calls) == 1
+    np.testing.assert_allclose(two, np.concatenate([one, one]), atol=1e-6)
+    ZeroShotClassifier.load(tiny_bundle, exact_preprocess=False, threads=1).embed_images([frame])
+    assert len(calls) == 1
