@@ -207,6 +207,16 @@ _halves_pool: ThreadPoolExecutor | None = None
 _halves_lock = threading.Lock()
 
 
+def _forget_halves_pool() -> None:
+    """In a forked child the pool's thread does not exist (a task sent to it would never run)."""
+    global _halves_pool, _halves_lock
+    _halves_pool, _halves_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_halves_pool)
+
+
 def _resample_halves(img: Image.Image, size: int, resample: Image.Resampling,
                      box: tuple[float, float, float, float]) -> Image.Image:
     """`img.resize((size, size), resample, box=box)` as two calls at once, one per half of the output

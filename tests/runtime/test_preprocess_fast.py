@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import threading
 
 import numpy as np
@@ -176,3 +178,27 @@ def test_one_image_resamples_on_two_threads_with_the_one_pass_result(camera: dic
         np.testing.assert_array_equal(split, one)
         assert len(ran_on) == 2 and len(set(ran_on)) == 2  # two halves, on two threads at once
         together.reset()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_still_resamples_one_image_on_two_threads(camera: dict[str, bytes]) -> None:
+    # the parent's resample thread does not exist in a child forked after it started (a server
+    # that warms up, then forks workers): the child must start its own, not wait on the parent's
+    cfg = PreprocessConfig(image_size=224)
+    want = decode_resize(camera["720p"], cfg, "fast", split=True)  # starts the parent's thread
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when the split resample gives the parent's pixels
+        os.close(read)
+        code = 1
+        try:
+            signal.alarm(20)  # a wait that never ends fails the test instead of hanging it
+            code = 0 if np.array_equal(decode_resize(camera["720p"], cfg, "fast", split=True), want) else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    got = os.read(read, 1)
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert got == bytes([0]) and os.waitstatus_to_exitcode(status) == 0
