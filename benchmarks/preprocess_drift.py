@@ -4,7 +4,9 @@ moves image embeddings and zero-shot answers away from the exact training transf
     .venv/bin/python benchmarks/preprocess_drift.py --bundle quickstart/shapes.edgeclip [--quick]
 
 Images, as JPEG files at camera sizes (1280x720 and 4032x3024):
-- scikit-learn's sample photos (china.jpg, flower.jpg, 640x427), upscaled bicubic and saved at quality 90;
+- scikit-learn's sample photos (china.jpg, flower.jpg, 640x427) and the seven colour photos in
+  scikit-image's wheel (astronaut, chelsea, coffee, rocket, motorcycle_left, hubble_deep_field,
+  retina; 300-1411 px), upscaled bicubic and saved at quality 90;
 - held-out built-in shapes (edgeclip.data.shapes, the export probes' seed) rendered at the frame's
   height, the frame's width filled by mirroring the edges, saved at quality 90.
 The bundle should be a trained one (`edgeclip quickstart`'s): its "default" (shape) and "colour"
@@ -49,14 +51,21 @@ def jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+# the colour photos that ship inside scikit-image's wheel (skimage/data), read as files
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                  "hubble_deep_field.jpg", "retina.jpg")
+
+
 def photos(w: int, h: int) -> list[tuple[str, bytes]]:
+    from importlib.resources import files
+
     import sklearn.datasets
 
-    out = []
-    for name in ("china.jpg", "flower.jpg"):
-        img = Image.fromarray(sklearn.datasets.load_sample_image(name))
-        out.append((name, jpeg(img.resize((w, h), Image.Resampling.BICUBIC))))
-    return out
+    sources = [(n, Image.fromarray(sklearn.datasets.load_sample_image(n))) for n in ("china.jpg", "flower.jpg")]
+    for name in SKIMAGE_PHOTOS:
+        with Image.open(files("skimage") / "data" / name) as img:  # type: ignore[arg-type]
+            sources.append((f"skimage/{name}", img.convert("RGB")))
+    return [(name, jpeg(img.resize((w, h), Image.Resampling.BICUBIC))) for name, img in sources]
 
 
 def shapes(w: int, h: int, n: int) -> list[tuple[str, bytes, str, str]]:
