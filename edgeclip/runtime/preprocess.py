@@ -16,7 +16,8 @@ import io
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Union
 
@@ -198,8 +199,13 @@ def resize_crop_fast(img: Image.Image, cfg: PreprocessConfig, declared: tuple[in
     # Pillow reduces by an integer factor first once the box is >= 2 x FAST_GAP x the output; the
     # halves' boxes would align that reduction differently, so such images resample in one pass
     no_reduce = max(box[2] - box[0], box[3] - box[1]) < 2 * FAST_GAP * size
-    if split and no_reduce and size >= 2 and (os.cpu_count() or 1) > 1:
-        return _resample_halves(img, size, resample, box)
+    if no_reduce and size >= 2:
+        if split and (os.cpu_count() or 1) > 1:
+            return _resample_halves(img, size, resample, box)
+        # the same two calls in turn: Pillow (13+) picks each call's pass order by its own shape, so
+        # one whole call can round differently from the halves (5 levels on a square JPEG), and an
+        # image alone (split) must give the pixels it gives inside a batch
+        return _halves(img, size, resample, box, _finished)
     return img.resize((size, size), resample, box=box, reducing_gap=FAST_GAP)
 
 
@@ -222,17 +228,29 @@ def _resample_halves(img: Image.Image, size: int, resample: Image.Resampling,
     """`img.resize((size, size), resample, box=box)` as two calls at once, one per half of the output
     rows (Pillow releases the GIL while it resamples): 0.57 ms instead of 0.94 ms for a 640x360
     frame's centre on 2 cores. Each output row reads the source rows its own kernel covers, so the
-    halves equal the one-pass result, up to float rounding of the lower box's start (bit-equal on a
-    1280x720 or 4032x3024 JPEG for 224 px; elsewhere a level off in at most one row's worth)."""
+    halves are the one-pass result up to rounding (bit-equal on a 1280x720 or 4032x3024 JPEG for
+    224 px), and exactly what the fast path gives on one thread (the same two calls in turn)."""
     global _halves_pool
     with _halves_lock:
         if _halves_pool is None:
             _halves_pool = ThreadPoolExecutor(1, "edgeclip-resample")
         pool = _halves_pool
+    return _halves(img, size, resample, box, pool.submit)
+
+
+def _finished(fn: Callable[..., Image.Image], *args: Any) -> Future[Image.Image]:
+    future: Future[Image.Image] = Future()
+    future.set_result(fn(*args))
+    return future
+
+
+def _halves(img: Image.Image, size: int, resample: Image.Resampling, box: tuple[float, float, float, float],
+            submit: Callable[..., Future[Image.Image]]) -> Image.Image:
+    """The upper half of the output rows through `submit`, the lower half here, pasted together."""
     left, top, right, bottom = box
     rows = size // 2
     mid = top + (bottom - top) * rows / size  # where the lower half's rows start, in source pixels
-    upper = pool.submit(img.resize, (size, rows), resample, (left, top, right, mid))
+    upper = submit(img.resize, (size, rows), resample, (left, top, right, mid))
     lower = img.resize((size, size - rows), resample, (left, mid, right, bottom))
     out = Image.new(img.mode, (size, size))
     out.paste(upper.result(), (0, 0))
