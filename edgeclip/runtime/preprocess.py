@@ -235,7 +235,14 @@ def _resample_halves(img: Image.Image, size: int, resample: Image.Resampling,
         if _halves_pool is None:
             _halves_pool = ThreadPoolExecutor(1, "edgeclip-resample")
         pool = _halves_pool
-    return _halves(img, size, resample, box, pool.submit)
+
+    def submit(fn: Callable[..., Image.Image], *args: Any) -> Future[Image.Image]:
+        try:
+            return pool.submit(fn, *args)
+        except RuntimeError:  # the interpreter is shutting down (an atexit hook): no new threads
+            return _finished(fn, *args)
+
+    return _halves(img, size, resample, box, submit)
 
 
 def _finished(fn: Callable[..., Image.Image], *args: Any) -> Future[Image.Image]:

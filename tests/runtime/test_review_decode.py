@@ -4,6 +4,9 @@ files, real Pillow and the tiny onnxruntime bundle (tests/conftest.py)."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -119,3 +122,22 @@ def test_split_one_image_classify_equals_the_one_thread_classifier(tiny_bundle: 
     a, b = split_on.embed_images([landscape])[0], split_off.embed_images([landscape])[0]
     np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(a, split_on.embed_images([landscape, landscape])[0][:1], atol=1e-6)
+
+
+def test_one_image_still_decodes_while_the_interpreter_shuts_down(tmp_path: Path) -> None:
+    # an atexit hook (a server flushing its last request) runs after concurrent.futures refuses new
+    # work: the split resample must fall back to this thread, not raise an untyped RuntimeError
+    frame = tmp_path / "frame.jpg"
+    frame.write_bytes(encode(1280, 720))
+    script = (
+        "import atexit\n"
+        "from edgeclip.bundle import PreprocessConfig\n"
+        "from edgeclip.runtime.preprocess import decode_resize\n"
+        f"path, cfg = {str(frame)!r}, PreprocessConfig(image_size=224)\n"
+        "want = decode_resize(path, cfg, 'fast', split=True)\n"
+        "atexit.register(lambda: print('same' if (decode_resize(path, cfg, 'fast', split=True) == want).all()"
+        " else 'differs'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert run.stdout.strip() == "same", run.stderr[-2000:]
