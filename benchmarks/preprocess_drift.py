@@ -3,12 +3,12 @@ moves image embeddings and zero-shot answers away from the exact training transf
 
     .venv/bin/python benchmarks/preprocess_drift.py --bundle quickstart/shapes.edgeclip [--quick]
 
-Images, as JPEG files at camera sizes (1280x720 and 4032x3024):
+Images, as JPEG files at camera sizes (1280x720 and 4032x3024, landscape and portrait):
 - scikit-learn's sample photos (china.jpg, flower.jpg, 640x427) and the seven colour photos in
   scikit-image's wheel (astronaut, chelsea, coffee, rocket, motorcycle_left, hubble_deep_field,
   retina; 300-1411 px), upscaled bicubic and saved at quality 90;
 - held-out built-in shapes (edgeclip.data.shapes, the export probes' seed) rendered at the frame's
-  height, the frame's width filled by mirroring the edges, saved at quality 90.
+  short side, the long side filled by mirroring the edges, saved at quality 90.
 The bundle should be a trained one (`edgeclip quickstart`'s): its "default" (shape) and "colour"
 label sets give held-out zero-shot top-1 on the shapes. Without --bundle, quickstart is run first.
 --cosine-bundle adds cosine-only rows for another bundle (e.g. bench_docs.py's random-init ViT-B/32
@@ -39,7 +39,7 @@ from edgeclip.data.builtin import REFERENCE_SEED, shapes_heldout  # noqa: E402
 from edgeclip.runtime import ZeroShotClassifier  # noqa: E402
 from edgeclip.runtime import preprocess as pre  # noqa: E402
 
-SIZES = ((1280, 720), (4032, 3024))
+SIZES = ((1280, 720), (4032, 3024), (720, 1280), (3024, 4032))  # landscape and portrait (a phone held upright)
 # the bound the issue proposes: embeddings nearly unchanged and no zero-shot answer changed
 BOUND = {"cosine_min": 0.999, "top1_changes": 0}
 QUALITY = 90
@@ -70,13 +70,14 @@ def photos(w: int, h: int) -> list[tuple[str, bytes]]:
 
 def shapes(w: int, h: int, n: int) -> list[tuple[str, bytes, str, str]]:
     """(name, JPEG bytes, true shape, true colour) for n held-out shapes in a w x h frame."""
-    ds = shapes_heldout(h, REFERENCE_SEED, size=n)
+    side = min(w, h)
+    ds = shapes_heldout(side, REFERENCE_SEED, size=n)
     out = []
     for i in range(n):
         s = ds[i]
         sq = np.asarray(s.image.convert("RGB"))
-        pad = (w - h) // 2
-        frame = np.pad(sq, ((0, 0), (pad, w - h - pad), (0, 0)), mode="symmetric")
+        px, py = (w - side) // 2, (h - side) // 2  # the long side filled by mirroring the edges
+        frame = np.pad(sq, ((py, h - side - py), (px, w - side - px), (0, 0)), mode="symmetric")
         out.append((f"shape{i}", jpeg(Image.fromarray(frame)), s.shape, s.colour))
     return out
 
@@ -114,7 +115,7 @@ def run(bundle: Path, n_shapes: dict[int, int], top1: bool = True) -> dict[str, 
     fast = ZeroShotClassifier.load(bundle, backend="onnxruntime", precision="fp32", labels=None, exact_preprocess=False)
     size = exact.preprocess_cfg.image_size
     have = set(exact.bundle.manifest.labels) if top1 else set()
-    data = {wh: (photos(*wh), shapes(*wh, n_shapes[wh[1]])) for wh in SIZES}
+    data = {wh: (photos(*wh), shapes(*wh, n_shapes[min(wh)])) for wh in SIZES}
     variants = []
     chosen = pre.DRAFT_GAP
     for gap in (2, 1):
