@@ -12,11 +12,11 @@ own `thumbnail` recipe). Its drift from "exact" is measured by benchmarks/prepro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
 import warnings
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Union
@@ -205,7 +205,7 @@ def resize_crop_fast(img: Image.Image, cfg: PreprocessConfig, declared: tuple[in
         # the same two calls in turn: Pillow (13+) picks each call's pass order by its own shape, so
         # one whole call can round differently from the halves (5 levels on a square JPEG), and an
         # image alone (split) must give the pixels it gives inside a batch
-        return _halves(img, size, resample, box, _finished)
+        return _halves(img, size, resample, box)
     return img.resize((size, size), resample, box=box, reducing_gap=FAST_GAP)
 
 
@@ -225,42 +225,33 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 def _resample_halves(img: Image.Image, size: int, resample: Image.Resampling,
                      box: tuple[float, float, float, float]) -> Image.Image:
-    """`img.resize((size, size), resample, box=box)` as two calls at once, one per half of the output
-    rows (Pillow releases the GIL while it resamples): 0.57 ms instead of 0.94 ms for a 640x360
-    frame's centre on 2 cores. Each output row reads the source rows its own kernel covers, so the
-    halves are the one-pass result up to rounding (bit-equal on a 1280x720 or 4032x3024 JPEG for
-    224 px), and exactly what the fast path gives on one thread (the same two calls in turn)."""
+    """`_halves` with the upper half on a second thread (Pillow releases the GIL while it resamples):
+    0.3 ms sooner for a 1280x720 frame (benchmarks/results/e2e_floor.json), the same pixels."""
     global _halves_pool
     with _halves_lock:
         if _halves_pool is None:
             _halves_pool = ThreadPoolExecutor(1, "edgeclip-resample")
         pool = _halves_pool
-
-    def submit(fn: Callable[..., Image.Image], *args: Any) -> Future[Image.Image]:
-        try:
-            return pool.submit(fn, *args)
-        except RuntimeError:  # the interpreter is shutting down (an atexit hook): no new threads
-            return _finished(fn, *args)
-
-    return _halves(img, size, resample, box, submit)
-
-
-def _finished(fn: Callable[..., Image.Image], *args: Any) -> Future[Image.Image]:
-    future: Future[Image.Image] = Future()
-    future.set_result(fn(*args))
-    return future
+    return _halves(img, size, resample, box, pool)
 
 
 def _halves(img: Image.Image, size: int, resample: Image.Resampling, box: tuple[float, float, float, float],
-            submit: Callable[..., Future[Image.Image]]) -> Image.Image:
-    """The upper half of the output rows through `submit`, the lower half here, pasted together."""
+            pool: ThreadPoolExecutor | None = None) -> Image.Image:
+    """`img.resize((size, size), resample, box=box)` as two calls, one per half of the output rows
+    (the upper one on `pool` if given). Each output row reads the source rows its own kernel covers,
+    so this is the one-call result up to rounding (bit-equal on a 1280x720 or 4032x3024 JPEG at 224
+    px), and the same with or without a pool."""
     left, top, right, bottom = box
     rows = size // 2
     mid = top + (bottom - top) * rows / size  # where the lower half's rows start, in source pixels
-    upper = submit(img.resize, (size, rows), resample, (left, top, right, mid))
+    upper_args = ((size, rows), resample, (left, top, right, mid))
+    upper: Future[Image.Image] | None = None
+    if pool is not None:
+        with contextlib.suppress(RuntimeError):  # the interpreter is shutting down (an atexit hook)
+            upper = pool.submit(img.resize, *upper_args)
     lower = img.resize((size, size - rows), resample, (left, mid, right, bottom))
     out = Image.new(img.mode, (size, size))
-    out.paste(upper.result(), (0, 0))
+    out.paste(upper.result() if upper is not None else img.resize(*upper_args), (0, 0))
     out.paste(lower, (0, rows))
     return out
 
@@ -303,8 +294,8 @@ def decode_resize(src: ImageInput, cfg: PreprocessConfig, decode: str = "exact",
         img = resize_crop(load_image(src), cfg)
     else:
         # the fast path's choice goes by the size the file declares: a 1280x720 frame decoded at
-        # 640x360 for a 224-px model still resamples only the cropped region (0.9 ms of Pillow's
-        # bicubic instead of 1.6 ms for the whole frame, then a crop)
+        # 640x360 for a 224-px model still resamples only the cropped region, not the whole frame
+        # (preprocessing above libjpeg's floor 2.16 -> 1.51 ms, benchmarks/results/e2e_floor.json)
         img, declared = _load(src, MAX_PIXELS, DRAFT_GAP * cfg.image_size)
         img = resize_crop_fast(img, cfg, declared, split)
     return np.asarray(img, dtype=np.uint8)
