@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# timing records (runtime/timings.py) change which precision loads: tests never read a developer's,
+# and never write theirs into the home folder; set here so subprocesses (the CLI) see it too
+os.environ["EDGECLIP_TIMINGS"] = os.path.join(tempfile.mkdtemp(prefix="edgeclip-timings-"), "timings.json")
 REPO = Path(__file__).resolve().parents[1]
 # Parity budgets as the README states them ("Export targets": cosine >= 0.99999 for fp32, >= 0.999
 # for fp16, >= 0.99 for weight-only compression), written here so that a loosened constant in

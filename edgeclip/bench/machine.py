@@ -10,28 +10,10 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from edgeclip.runtime.timings import cpu_description
+
 PACKAGES = ("edgeclip", "numpy", "pillow", "onnxruntime", "openvino", "torch", "coremltools", "tensorrt",
             "ai-edge-litert", "rknn-toolkit2", "rknn-toolkit-lite2")
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
-         "asimd", "sve")
-
-
-def _cpu() -> tuple[str, list[str]]:
-    model = platform.processor() or platform.machine()
-    flags: list[str] = []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Hardware") and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    present = set(value.split())
-                    flags = [fl for fl in FLAGS if fl in present]
-    except OSError:
-        pass
-    return model, flags
 
 
 def _gpu() -> str | None:
@@ -46,7 +28,7 @@ def _gpu() -> str | None:
 
 
 def machine_info(threads: int | None) -> dict[str, Any]:
-    model, flags = _cpu()
+    model, flags = cpu_description()
     versions = {}
     for pkg in PACKAGES:
         try:

@@ -30,6 +30,7 @@ from edgeclip.runtime.labels import Labels, label_embeddings
 from edgeclip.runtime.preprocess import preprocess
 from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.similarity import cosine_rows
+from edgeclip.runtime.timings import record, timings_path
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 SCHEMA = "edgeclip-bench"
@@ -99,6 +100,7 @@ class Candidate:
     peak_rss_mb: float | None = None  # load + first prediction, in a fresh process
     probe: dict[str, Any] | None = None  # the request that measures it in a fresh process
     loaded: Encoder | None = None  # the artifact's encoder (None for the torch baseline): end-to-end rows use it
+    options: BackendOptions | None = None  # what it was loaded with (None for the torch baseline)
 
     @property
     def label(self) -> str:
@@ -133,7 +135,8 @@ def _load_candidate(bundle: Bundle, artifact: Artifact, backend: str, options: B
     return Candidate(artifact.encoder, backend, artifact.precision, run, size, cold, rss_mb() - rss0,
                      str(hint) if hint is not None else None, ran,
                      len(cal.excluded_layers) if cal is not None else None,
-                     probe=encoder_request("encoder", bundle, artifact.key, backend, options), loaded=enc)
+                     probe=encoder_request("encoder", bundle, artifact.key, backend, options), loaded=enc,
+                     options=options)
 
 
 def _load_candidates(bundle: Bundle, artifact: Artifact, backend: str, options: BackendOptions,
@@ -204,6 +207,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     rows = [row for bs in cfg.batch_sizes
             for row in _latency_rows(cfg, bs, all_cands, probes, jpegs, bundle, accuracy, log)]
     _ratios(rows)
+    recorded = _record_timings(cands, rows, log)
     label_rows = _label_rows(cfg, cands, log)
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
@@ -214,6 +218,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "rows": rows, "skipped": skipped, "peak_rss_mb": round(peak_rss_mb(), 1),
         "simulated": simulated,  # accuracy only (bench/simulated.py)
+        "timings_recorded": recorded,
     }
     if label_rows:
         report["labels"] = label_rows
@@ -284,6 +289,30 @@ def _latency_rows(cfg: BenchConfig, bs: int, cands: list[Candidate], probes: dic
         if mode != "model":  # the JPEG decode path: the training transform for torch, the bundle's for edgeclip
             rows[-1]["decode"] = "exact" if c.backend == "torch" else bundle.manifest.preprocess.decode
     return rows
+
+
+def _record_timings(cands: list[Candidate], rows: list[dict[str, Any]], log: Callable[[str], None]) -> list[str]:
+    """Each encoder timed at batch 1 in several precisions on one backend, under one set of options:
+    recorded as one comparison, from which the runtime picks the fastest precision on this host
+    (runtime/timings.py). Returns what was recorded, as "encoder/backend: precision ms, ..."."""
+    by_label = {(c.encoder, c.label): c for c in cands}
+    groups: dict[tuple[str, str, BackendOptions], dict[str, tuple[Artifact, float]]] = {}
+    for r in rows:
+        c = by_label.get((r["encoder"], r["label"]))
+        if c is None or c.loaded is None or c.options is None or r["batch_size"] != 1 or r["mode"] != "model":
+            continue
+        groups.setdefault((c.encoder, c.backend, c.options), {})[c.loaded.artifact.key] = (
+            c.loaded.artifact, r["median_ms"])
+    recorded = []
+    for (encoder, backend, options), latencies in groups.items():
+        if len(latencies) > 1:
+            record(backend, options, latencies, by="edgeclip bench")
+            hint = f" (hint {options.precision_hint})" if options.precision_hint else ""
+            recorded.append(f"{encoder}/{backend}{hint}: " + ", ".join(
+                f"{a.precision} {ms:.2f} ms" for a, ms in sorted(latencies.values(), key=lambda am: am[1])))
+    if recorded:
+        log(f"recorded for the runtime's precision choice on this host ({timings_path()}): " + "; ".join(recorded))
+    return recorded
 
 
 def _ran_fields(c: Candidate) -> dict[str, Any]:

@@ -18,6 +18,9 @@ EXACT_PREPROCESS = click.option(
     "--exact-preprocess", is_flag=True, default=None,
     help="Decode and resize exactly as in training (bit for bit); default: the path the bundle was validated "
          "with (`decode` in its manifest; 'fast' decodes large JPEGs at reduced size).")
+PRECISION_HELP = ("Artifact precision. Default: the fastest measured on this host with these settings (by "
+                  "`edgeclip bench`, or an earlier --precision fastest), else the backend's preference (int8 "
+                  "first); 'fastest' times each precision now and records it.")
 BATCH_SIZE = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
                           help="Images per inference call; the next batch is decoded while one runs.")
 
@@ -68,7 +71,7 @@ class _ProgressBar:
 @EXACT_PREPROCESS
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime, openvino, tensorrt, coreml.")
-@click.option("--precision", default=None, help="Artifact precision (default: the backend's preference).")
+@click.option("--precision", default=None, help=PRECISION_HELP)
 @click.option("--labels", default="default", show_default=True, help="Label set name in the bundle.")
 @click.option("--threads", default=None, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
@@ -195,7 +198,7 @@ def _compare_spaces(old: Any, new: Any, as_json: bool) -> None:
 @click.option("--text", "text", is_flag=True,
               help='INPUTS are texts: --text "a dog" "a cat", or --text "a dog" --text "a cat".')
 @click.option("--backend", default="auto", show_default=True)
-@click.option("--precision", default=None)
+@click.option("--precision", default=None, help=PRECISION_HELP)
 @click.option("--out", required=True, type=click.Path(),
               help="Output .npy file ([N, D] float32, one row per input that succeeded, in input order).")
 @BATCH_SIZE

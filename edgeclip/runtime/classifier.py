@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, PromptProgress, l
 from edgeclip.runtime.preprocess import ImageInput, decode_resize, model_input
 from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.signing import TrustedKeys, verify_signature
+from edgeclip.runtime.timings import FASTEST, fastest_now, recorded_choice
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 log = logging.getLogger("edgeclip.runtime")
@@ -339,15 +340,31 @@ def missing_label_set(bundle: Bundle, name: str) -> EdgeclipError:
 
 def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | None,
                  options: BackendOptions) -> Encoder:
-    name, artifact, reason = choose_artifact(bundle, encoder, backend, precision)
+    """The encoder's artifact for `backend` at `precision`: None takes the fastest recorded on this
+    host (runtime/timings.py), else the backend's preference; "fastest" times the candidates now."""
+    if precision == FASTEST:
+        return _load_fastest(bundle, encoder, backend, options)
+    name, artifact, reason = choose_artifact(bundle, encoder, backend, precision, options)
     path = bundle.artifact_path(artifact)  # verifies the sha256 before anything runs it
     return Encoder.open(path, artifact, name, options, reason)
 
 
+def _load_fastest(bundle: Bundle, encoder: str, backend: str, options: BackendOptions) -> Encoder:
+    name, first, reason = choose_artifact(bundle, encoder, backend, None)
+    candidates = bundle.manifest.find(encoder, first.target)
+    if len(candidates) < 2:
+        return Encoder.open(bundle.artifact_path(first), first, name, options, f"{reason} (the only precision)")
+    loaded = {a.key: Encoder.open(bundle.artifact_path(a), a, name, options) for a in candidates}
+    choice = fastest_now({k: (e.artifact, e) for k, e in loaded.items()}, name, options)
+    return replace(loaded[choice.artifact.key], reason=f"{name}: {choice.reason}")
+
+
 def choose_artifact(
-    bundle: Bundle, encoder: str, backend: str, precision: str | None
+    bundle: Bundle, encoder: str, backend: str, precision: str | None, options: BackendOptions | None = None
 ) -> tuple[str, Artifact, str]:
-    """Pick (backend name, artifact, reason). An explicit backend must run here and have an artifact."""
+    """Pick (backend name, artifact, reason). An explicit backend must run here and have an artifact.
+    With `options` and no precision asked for, a comparison recorded on this host under those
+    options (runtime/timings.py) overrides the backend's precision preference."""
     m = bundle.manifest
     if backend == "auto":
         names, why = auto_order()
@@ -365,6 +382,9 @@ def choose_artifact(
             continue
         order = list(getattr(cls, "precision_order", DEFAULT_PRECISION_ORDER))
         best = sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))[0]
+        measured = recorded_choice(candidates, name, options) if precision is None and options else None
+        if measured is not None:
+            return name, measured.artifact, f"{name}: {measured.reason}"
         return name, best, f"{name}: {why}" if backend == "auto" else why
     have = sorted({f"{a.target}-{a.precision}" for a in m.artifacts if a.encoder == encoder})
     if blocked:

@@ -49,6 +49,7 @@ class Backend(Protocol):
 
     name: ClassVar[str]  # e.g. "onnxruntime"; the target it runs is in the registry (backend_target)
     extra: ClassVar[str]  # pip extra that installs its SDK
+    sdk: ClassVar[str]  # the SDK's module (its version keys timing records: runtime/timings.py)
 
     @classmethod
     def available(cls) -> bool:

@@ -34,6 +34,7 @@ def package_dir(path: Path) -> Path:
 class CoreMLBackend:
     name: ClassVar[str] = "coreml"
     extra: ClassVar[str] = "coreml"
+    sdk: ClassVar[str] = "coremltools"  # the module whose version goes into timing records (runtime/timings.py)
 
     model: Any  # coremltools.models.MLModel
     input_dtypes: dict[str, type[np.generic]]
@@ -56,7 +57,7 @@ class CoreMLBackend:
                 fix="export a target for this machine (edgeclip export CKPT --target onnx,openvino --out BUNDLE) "
                     "and use another backend, or run this bundle on a Mac or iPhone",
             )
-        return missing_sdk("coremltools", cls.name, cls.extra)
+        return missing_sdk(cls.sdk, cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         if (reason := self.unavailable()) is not None:

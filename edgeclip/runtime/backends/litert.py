@@ -29,6 +29,7 @@ DELEGATE_PREFIX = "delegate:"
 class LiteRTBackend:
     name: ClassVar[str] = "litert"
     extra: ClassVar[str] = "litert"
+    sdk: ClassVar[str] = "ai_edge_litert"  # the module whose version goes into timing records (runtime/timings.py)
     # fp16 weights are dequantized to fp32 at load by XNNPACK: same speed as fp32, half the file
     precision_order: ClassVar[tuple[str, ...]] = ("int8", "int8-dynamic", "fp32", "fp16")
 
@@ -38,7 +39,7 @@ class LiteRTBackend:
 
     @classmethod
     def unavailable(cls) -> EdgeclipError | None:
-        return missing_sdk("ai_edge_litert", cls.name, cls.extra)
+        return missing_sdk(cls.sdk, cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         _deps.require("ai_edge_litert", extra=self.extra, purpose="the litert backend")

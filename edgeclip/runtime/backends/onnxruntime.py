@@ -50,6 +50,7 @@ def _device(provider: str) -> str:
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
     extra: ClassVar[str] = "onnx"
+    sdk: ClassVar[str] = "onnxruntime"  # the module whose version goes into timing records (runtime/timings.py)
     # fp16 graphs run slower than fp32 on CPU execution providers (casts around most kernels)
     precision_order: ClassVar[tuple[str, ...]] = ("int8", "fp32", "fp16")
 
@@ -59,7 +60,7 @@ class OnnxRuntimeBackend:
 
     @classmethod
     def unavailable(cls) -> EdgeclipError | None:
-        return missing_sdk("onnxruntime", cls.name, cls.extra)
+        return missing_sdk(cls.sdk, cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         ort: Any = _deps.require("onnxruntime", extra=self.extra, purpose="the onnxruntime backend")

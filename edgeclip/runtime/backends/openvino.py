@@ -22,6 +22,7 @@ COMPUTE_LAYERS = frozenset({"FullyConnected", "MatMul", "Convolution", "GroupCon
 class OpenVinoBackend:
     name: ClassVar[str] = "openvino"
     extra: ClassVar[str] = "openvino"
+    sdk: ClassVar[str] = "openvino"  # the module whose version goes into timing records (runtime/timings.py)
 
     @classmethod
     def available(cls) -> bool:
@@ -29,7 +30,7 @@ class OpenVinoBackend:
 
     @classmethod
     def unavailable(cls) -> EdgeclipError | None:
-        return missing_sdk("openvino", cls.name, cls.extra)
+        return missing_sdk(cls.sdk, cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         ov: Any = _deps.require("openvino", extra=self.extra, purpose="the openvino backend")

@@ -33,6 +33,7 @@ SIM_SOURCES = {"fp16": ("model.onnx",), "int8": ("model.model", "model.data", "m
 class RknnBackend:
     name: ClassVar[str] = "rknn"
     extra: ClassVar[str] = "rknn"
+    sdk: ClassVar[str] = "rknnlite"  # the module whose version goes into timing records (runtime/timings.py)
 
     @classmethod
     def available(cls) -> bool:
@@ -40,7 +41,7 @@ class RknnBackend:
 
     @classmethod
     def unavailable(cls) -> EdgeclipError | None:
-        if _deps.has("rknnlite") or has_toolkit_env():
+        if _deps.has(cls.sdk) or has_toolkit_env():
             return None
         return MissingDependencyError(
             "the rknn backend needs 'rknn-toolkit-lite2' (on a Rockchip board) or the RKNN toolkit environment "

@@ -49,6 +49,7 @@ def user_cache_dir() -> Path:
 class TensorRTBackend:
     name: ClassVar[str] = "tensorrt"
     extra: ClassVar[str] = "tensorrt"
+    sdk: ClassVar[str] = "tensorrt"  # the module whose version goes into timing records (runtime/timings.py)
 
     @classmethod
     def available(cls) -> bool:
@@ -60,7 +61,7 @@ class TensorRTBackend:
             return PlatformError("TensorRT runs only on NVIDIA GPUs (and Jetson); this machine has none",
                                  fix="export a target for this machine (e.g. --target onnx or openvino) and use "
                                      "another backend, or run this bundle on an NVIDIA device")
-        return missing_sdk("tensorrt", cls.name, cls.extra) or missing_sdk("cuda", cls.name, cls.extra)
+        return missing_sdk(cls.sdk, cls.name, cls.extra) or missing_sdk("cuda", cls.name, cls.extra)
 
     def __init__(self, path: Path, artifact: Artifact, options: BackendOptions = BackendOptions()) -> None:
         trt: Any = _deps.require("tensorrt", extra=self.extra, purpose="the tensorrt backend")

@@ -1,0 +1,175 @@
+"""Which of a bundle's precisions runs fastest here, from latencies measured on this host.
+
+A bundle may hold one encoder at several precisions for one backend, and which is fastest depends
+on the device: on the x86 CPU of docs/bench-mobileclip2-s0.md, MobileCLIP2's MCi image tower ran
+slower in int8 than in fp32 on onnxruntime and on OpenVINO, while its text tower ran faster in int8.
+So the backends' fixed preference (int8 first) gives way to a comparison measured here:
+
+- `edgeclip bench` records every encoder it timed at batch 1 in more than one precision;
+- `ZeroShotClassifier.load(precision="fastest")` (CLI: `--precision fastest`) times the candidates
+  at load and records them.
+
+A record is one interleaved comparison (the host's speed drifts between runs, so latencies from
+different runs are never compared). It lives in a JSON file outside the bundle, which stays as
+exported and signed: `$EDGECLIP_TIMINGS`, else ~/.cache/edgeclip/timings.json. It applies only to
+the same set of artifacts (by content hash) under the same host key: CPU model and flags, cores,
+the backend's SDK version, threads, device and precision hint. A missing or unreadable file means
+no records, never a failed load.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip._io import write_json
+from edgeclip.bundle import Artifact
+from edgeclip.runtime.backends import backend_class
+from edgeclip.runtime.backends.base import NP_DTYPES, BackendOptions
+
+log = logging.getLogger(__name__)
+
+FASTEST = "fastest"  # the `precision` that measures the candidates at load
+FORMAT = 1
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+             "asimd", "sve")
+WARMUP, RUNS = 3, 15  # per candidate at load: a few hundred ms for a ViT-B/32-sized tower
+
+
+def timings_path() -> Path:
+    env = os.environ.get("EDGECLIP_TIMINGS")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgeclip" / "timings.json"
+
+
+def cpu_description() -> tuple[str, list[str]]:
+    """(CPU model, the SIMD flags of CPU_FLAGS it has): /proc/cpuinfo on Linux, platform elsewhere."""
+    model = platform.processor() or platform.machine()
+    flags: list[str] = []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Hardware") and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    present = set(value.split())
+                    flags = [fl for fl in CPU_FLAGS if fl in present]
+    except OSError:
+        pass
+    return model, flags
+
+
+def host_key(backend: str, options: BackendOptions) -> str:
+    """What decides an artifact's speed here, besides the artifact itself."""
+    model, flags = cpu_description()
+    sdk = getattr(backend_class(backend), "sdk", None)
+    version = getattr(sys.modules.get(sdk or ""), "__version__", "?")
+    return (f"{model} [{' '.join(flags)}] x{os.cpu_count()} | {backend} {version} | threads={options.threads} "
+            f"device={options.device} hint={options.precision_hint}")
+
+
+def comparison_key(artifacts: Sequence[Artifact]) -> str:
+    """The same artifacts, by content, whatever bundle or folder they sit in."""
+    digests = sorted(hashlib.sha256("".join(sorted(a.files.values())).encode()).hexdigest() for a in artifacts)
+    return hashlib.sha256(" ".join(digests).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Choice:
+    artifact: Artifact
+    reason: str
+
+
+def _read() -> dict[str, Any]:
+    path = timings_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("hosts"), dict):
+            raise ValueError("not an edgeclip timings file of this format")
+        return data
+    except (OSError, ValueError) as e:
+        log.warning("ignoring the timing records in %s (%s); delete the file to start afresh", path, e)
+        return {}
+
+
+def record(backend: str, options: BackendOptions, latencies: dict[str, tuple[Artifact, float]], by: str) -> None:
+    """Record one interleaved comparison: artifact key -> (artifact, median ms at batch 1). Needs two
+    or more precisions of one encoder; replaces an earlier record of the same artifacts here."""
+    if len({a.precision for a, _ in latencies.values()}) < 2:
+        return
+    data = _read() or {"format": FORMAT, "hosts": {}}
+    arts = [a for a, _ in latencies.values()]
+    entry = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "by": by,
+             "ms": {a.precision: round(ms, 4) for a, ms in latencies.values()}}
+    data["hosts"].setdefault(host_key(backend, options), {})[comparison_key(arts)] = entry
+    write_json(timings_path(), data)
+
+
+def recorded_choice(candidates: Sequence[Artifact], backend: str, options: BackendOptions) -> Choice | None:
+    """The fastest of `candidates` (one encoder, one backend, distinct precisions) by a record made on
+    this host for exactly these artifacts, or None."""
+    if len(candidates) < 2:
+        return None
+    entry = _read().get("hosts", {}).get(host_key(backend, options), {}).get(comparison_key(candidates))
+    try:
+        ms = {a.precision: float(entry["ms"][a.precision]) for a in candidates} if entry else None
+    except (KeyError, TypeError, ValueError):
+        ms = None
+    if not ms:
+        return None
+    best = min(candidates, key=lambda a: ms[a.precision])
+    return Choice(best, _reason(ms, best.precision, f"{entry['by']}, {entry['measured']}"))
+
+
+def _reason(ms: dict[str, float], best: str, source: str) -> str:
+    times = ", ".join(f"{p} {t:.2f} ms" for p, t in sorted(ms.items(), key=lambda kv: kv[1]))
+    return f"{best}: the fastest here at batch 1 ({times}; measured by {source})"
+
+
+def zero_input(artifact: Artifact) -> np.ndarray:
+    """A batch-1 input of the artifact's first input: zeros (pixels or token ids; speed alone is measured)."""
+    spec = artifact.inputs[0]
+    return np.zeros([1, *(int(d) for d in spec.shape[1:])], dtype=NP_DTYPES[spec.dtype])
+
+
+def median_ms(run: Callable[[np.ndarray], object], x: np.ndarray, warmup: int = WARMUP, runs: int = RUNS) -> float:
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def fastest_now(runs: dict[str, tuple[Artifact, Callable[[np.ndarray], object]]], backend: str,
+                options: BackendOptions) -> Choice:
+    """Time the loaded candidates (artifact key -> (artifact, run)) interleaved, record the comparison,
+    and return the fastest."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    inputs = {k: zero_input(a) for k, (a, _) in runs.items()}
+    for _ in range(3):  # rounds: a drift of the host's speed hits every candidate alike
+        for k, (_, run) in runs.items():
+            times[k].append(median_ms(run, inputs[k], runs=RUNS // 3))
+    latencies = {k: (a, statistics.median(times[k])) for k, (a, _) in runs.items()}
+    record(backend, options, latencies, by="load(precision='fastest')")
+    ms = {a.precision: t for a, t in latencies.values()}
+    best = min(latencies.values(), key=lambda at: at[1])[0]
+    return Choice(best, _reason(ms, best.precision, "this load"))
