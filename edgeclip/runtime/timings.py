@@ -46,7 +46,7 @@ FASTEST = "fastest"  # the `precision` that measures the candidates at load
 FORMAT = 1
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
              "asimd", "sve")
-WARMUP, RUNS = 3, 15  # per candidate at load: a few hundred ms for a ViT-B/32-sized tower
+WARMUP, RUNS = 3, 15  # per candidate at load, over three rounds (each: WARMUP + RUNS // 3 calls)
 
 
 def timings_path() -> Path:
