@@ -109,7 +109,7 @@ class Calibration(Record):
     excluded_by_default: list[str]
     excluded_by_guard: list[str]
     float_defaults_measured_safe: list[str] | None = None  # absent in bundles before 2026-11-27
-    guard: dict[str, Any]  # its budget, attempts and per-layer sensitivity
+    guard: dict[str, Any]  # its budget, attempts, per-layer sensitivity and group scores
     measured: Measured
     warnings: list[str]
     details: dict[str, Any] = field(default_factory=dict)  # quantizer, scheme, op_types, ...

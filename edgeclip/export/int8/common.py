@@ -169,7 +169,7 @@ def calibration_record(
         "excluded_by_guard": result.excluded_by_guard,
         "float_defaults_measured_safe": result.defaults_quantized,
         "guard": {"max_accuracy_drop": budget.max_accuracy_drop, "min_cosine": budget.min_cosine,
-                  "attempts": result.attempts, "sensitivity": result.sensitivity},
+                  "attempts": result.attempts, "sensitivity": result.sensitivity, "groups": result.groups},
         "measured": result.metrics,
         "warnings": data.warnings,
         **extra,
