@@ -250,6 +250,12 @@ def test_guard_keeps_the_layer_with_the_activation_outlier_in_float_first(
         assert ranked[0] == harmful_node, (key, ranked[:3])
         # by construction it is the only harmful layer: far ahead of the next, and enough on its own
         assert sensitivity[harmful_node] - sensitivity[ranked[1]] > 0.005, key
+        # the tower has enough candidates for the coarse-to-fine search: the group of neighbours
+        # holding the layer scored best, and only its members were ranked one by one
+        groups = c.guard["groups"]
+        assert len(groups) > 1, key
+        best_group = max(groups, key=lambda g: g["cosine_mean"])
+        assert harmful_node in best_group["layers"] and set(sensitivity) == set(best_group["layers"]), key
         assert c.excluded_by_guard == [harmful_node], key
         assert c.measured.cosine_min >= TIGHT_MIN_COSINE, key
         assert not _saved_layers(a, outlier_bundle.artifact_path(a))[harmful_node][1], key  # float in the file
@@ -257,14 +263,15 @@ def test_guard_keeps_the_layer_with_the_activation_outlier_in_float_first(
 
 def test_int8_dynamic_ranks_only_layers_it_quantizes(outlier_bundle: Bundle, fp32_graph: onnx.GraphProto) -> None:
     """quantize_dynamic leaves activation x activation MatMuls (attention) in float: the guard
-    ranks, and may keep in float, only MatMuls with a weight."""
+    ranks (alone or in a group of neighbours), and may keep in float, only MatMuls with a weight."""
     c = outlier_bundle.manifest.find("image", "onnx", "int8-dynamic")[0].calibration
     assert c is not None and c.guard["sensitivity"]
     weights = {i.name for i in fp32_graph.initializer}
     with_weight = {n.name for n in fp32_graph.node if n.op_type == "MatMul" and n.input[1] in weights}
     attention = {n.name for n in fp32_graph.node if n.op_type == "MatMul"} - with_weight
     assert attention  # the tower has them, and they are not candidates
-    assert set(c.guard["sensitivity"]) == with_weight - set(c.excluded_by_default)
+    ranked = {name for g in c.guard["groups"] for name in g["layers"]} | set(c.guard["sensitivity"])
+    assert ranked == with_weight - set(c.excluded_by_default)
 
 
 # ---------------------------------------------------------------------------------------------
