@@ -131,8 +131,8 @@ def guarded_quantize(
         if within(metrics, budget):
             result.metrics, result.excluded = metrics, list(excluded)
             result.excluded_by_guard = [n for n in excluded if n not in keep_float]
-            log.warning("%s: within budget after leaving %d layer(s) in float: %s", what,
-                        len(result.excluded_by_guard), ", ".join(result.excluded_by_guard))
+            log.warning("%s: within budget after leaving %d layer(s) in float (%d quantizations): %s", what,
+                        len(result.excluded_by_guard), result.attempts, ", ".join(result.excluded_by_guard))
             return result
     raise ExportError(
         f"{what}: INT8 cannot meet the accuracy budget (min cosine >= {budget.min_cosine}, top-1 drop <= "
