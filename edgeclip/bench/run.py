@@ -305,8 +305,7 @@ def _record_timings(cands: list[Candidate], rows: list[dict[str, Any]], log: Cal
             c.loaded.artifact, r["median_ms"])
     recorded = []
     for (encoder, backend, options), latencies in groups.items():
-        if len(latencies) > 1:
-            record(backend, options, latencies, by="edgeclip bench")
+        if len(latencies) > 1 and record(backend, options, latencies, by="edgeclip bench"):
             hint = f" (hint {options.precision_hint})" if options.precision_hint else ""
             recorded.append(f"{encoder}/{backend}{hint}: " + ", ".join(
                 f"{a.precision} {ms:.2f} ms" for a, ms in sorted(latencies.values(), key=lambda am: am[1])))

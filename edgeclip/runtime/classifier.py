@@ -102,7 +102,7 @@ class ZeroShotClassifier:
     """Thread-safe: `classify` may be called from many threads at once."""
 
     def __init__(self, bundle: Bundle, image: Encoder, labels: Labels | None, options: BackendOptions,
-                 max_batch: int = 32, exact_preprocess: bool | None = None) -> None:
+                 max_batch: int = 32, exact_preprocess: bool | None = None, text_precision: str | None = None) -> None:
         self.bundle = bundle
         self.image = image
         self.options = options
@@ -115,6 +115,7 @@ class ZeroShotClassifier:
         self.scoring = scoring_from_manifest(bundle.manifest.model_config, self.logit_scale)
         self._labels = labels  # swapped as a whole by set_labels, never mutated
         self._text: Encoder | None = None
+        self._text_precision = text_precision  # "fastest" when the classifier was loaded so; else the default choice
         self._tokenizer: TextTokenizer | None = None
         self._lock = threading.Lock()
 
@@ -150,7 +151,8 @@ class ZeroShotClassifier:
             emb, meta = b.label_set(labels)
             label_set = Labels(labels, list(meta["classes"]), emb, list(meta.get("templates", [])))
         log.info("image encoder: %s on %s (%s)", image.artifact.key, image.backend_name, image.reason)
-        return cls(b, image, label_set, options, max_batch, exact_preprocess)
+        return cls(b, image, label_set, options, max_batch, exact_preprocess,
+                   text_precision=FASTEST if precision == FASTEST else None)
 
     # ---- properties ----------------------------------------------------------------------
     @property
@@ -235,7 +237,7 @@ class ZeroShotClassifier:
                 # the same backend as the image tower when the bundle allows it
                 same = self.bundle.manifest.find("text", backend_target(self.backend_name))
                 backend = self.backend_name if same else "auto"
-                self._text = load_encoder(self.bundle, "text", backend, None, self.options)
+                self._text = load_encoder(self.bundle, "text", backend, self._text_precision, self.options)
                 self._tokenizer = TextTokenizer(self.bundle.tokenizer_path(), self.bundle.manifest.tokenizer)
             return self._text, self._tokenizer
 

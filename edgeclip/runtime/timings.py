@@ -20,16 +20,18 @@ no records, never a failed load.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +78,26 @@ def cpu_description() -> tuple[str, list[str]]:
 def host_key(backend: str, options: BackendOptions) -> str:
     """What decides an artifact's speed here, besides the artifact itself."""
     model, flags = cpu_description()
-    sdk = getattr(backend_class(backend), "sdk", None)
-    version = getattr(sys.modules.get(sdk or ""), "__version__", "?")
+    version = sdk_version(getattr(backend_class(backend), "sdk", ""))
     return (f"{model} [{' '.join(flags)}] x{os.cpu_count()} | {backend} {version} | threads={options.threads} "
             f"device={options.device} hint={options.precision_hint}")
+
+
+@functools.cache
+def sdk_version(module: str) -> str:
+    """The installed version of the SDK `module`, from package metadata, so that it reads the same
+    before the SDK is imported (a plain load looks up records before it creates a backend) as after
+    (bench and precision="fastest" record with the SDK loaded)."""
+    try:
+        return metadata.version(module)
+    except (metadata.PackageNotFoundError, ValueError):
+        pass
+    for dist in metadata.packages_distributions().get(module, []):  # e.g. onnxruntime-gpu, rknn-toolkit-lite2
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "?"
 
 
 def comparison_key(artifacts: Sequence[Artifact]) -> str:
@@ -95,30 +113,42 @@ class Choice:
 
 
 def _read() -> dict[str, Any]:
+    """The timings file, {} when it is missing or unusable (a warning then: never a failed load)."""
     path = timings_path()
-    if not path.is_file():
-        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("hosts"), dict):
             raise ValueError("not an edgeclip timings file of this format")
         return data
-    except (OSError, ValueError) as e:
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep to parse
         log.warning("ignoring the timing records in %s (%s); delete the file to start afresh", path, e)
         return {}
 
 
-def record(backend: str, options: BackendOptions, latencies: dict[str, tuple[Artifact, float]], by: str) -> None:
+def record(backend: str, options: BackendOptions, latencies: dict[str, tuple[Artifact, float]], by: str) -> bool:
     """Record one interleaved comparison: artifact key -> (artifact, median ms at batch 1). Needs two
-    or more precisions of one encoder; replaces an earlier record of the same artifacts here."""
+    or more precisions of one encoder; replaces an earlier record of the same artifacts here. Returns
+    whether it was written: a file that cannot be written costs a warning, never the caller's load or
+    bench."""
     if len({a.precision for a, _ in latencies.values()}) < 2:
-        return
+        return False
     data = _read() or {"format": FORMAT, "hosts": {}}
     arts = [a for a, _ in latencies.values()]
     entry = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "by": by,
              "ms": {a.precision: round(ms, 4) for a, ms in latencies.values()}}
-    data["hosts"].setdefault(host_key(backend, options), {})[comparison_key(arts)] = entry
-    write_json(timings_path(), data)
+    host = data["hosts"].get(key := host_key(backend, options))
+    if not isinstance(host, dict):  # missing, or not a mapping: this host's records start afresh
+        host = data["hosts"][key] = {}
+    host[comparison_key(arts)] = entry
+    path = timings_path()
+    try:
+        write_json(path, data)
+    except OSError as e:
+        log.warning("could not record the timings in %s (%s); set EDGECLIP_TIMINGS to a writable file", path, e)
+        return False
+    return True
 
 
 def recorded_choice(candidates: Sequence[Artifact], backend: str, options: BackendOptions) -> Choice | None:
@@ -126,15 +156,35 @@ def recorded_choice(candidates: Sequence[Artifact], backend: str, options: Backe
     this host for exactly these artifacts, or None."""
     if len(candidates) < 2:
         return None
-    entry = _read().get("hosts", {}).get(host_key(backend, options), {}).get(comparison_key(candidates))
-    try:
-        ms = {a.precision: float(entry["ms"][a.precision]) for a in candidates} if entry else None
-    except (KeyError, TypeError, ValueError):
-        ms = None
-    if not ms:
+    host = _read().get("hosts", {}).get(host_key(backend, options))
+    entry = host.get(comparison_key(candidates)) if isinstance(host, dict) else None
+    if entry is None:
+        return None
+    ms = _latencies(entry, candidates)
+    if ms is None:
+        log.warning("ignoring a malformed timing record in %s (for %s)", timings_path(),
+                    ", ".join(a.key for a in candidates))
         return None
     best = min(candidates, key=lambda a: ms[a.precision])
     return Choice(best, _reason(ms, best.precision, f"{entry['by']}, {entry['measured']}"))
+
+
+def _latencies(entry: object, candidates: Sequence[Artifact]) -> dict[str, float] | None:
+    """precision -> ms for each candidate from a stored record, or None unless the record is as
+    `record` writes it: who measured and when, and every candidate's latency a finite positive
+    number (the file is the user's to edit, and NaN would make the choice arbitrary)."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("by", "measured")):
+        return None
+    ms = entry.get("ms")
+    if not isinstance(ms, dict):
+        return None
+    out = {}
+    for a in candidates:
+        v = ms.get(a.precision)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            return None
+        out[a.precision] = float(v)
+    return out
 
 
 def _reason(ms: dict[str, float], best: str, source: str) -> str:
