@@ -383,8 +383,10 @@ def choose_artifact(
             blocked.append(reason)
             continue
         order = list(getattr(cls, "precision_order", DEFAULT_PRECISION_ORDER))
-        best = sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))[0]
-        measured = recorded_choice(candidates, name, options) if precision is None and options else None
+        ranked = sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))
+        best = ranked[0]
+        # in the backend's order, so that a tie in the record keeps its preference
+        measured = recorded_choice(ranked, name, options) if precision is None and options else None
         if measured is not None:
             return name, measured.artifact, f"{name}: {measured.reason}"
         return name, best, f"{name}: {why}" if backend == "auto" else why

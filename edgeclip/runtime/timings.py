@@ -153,7 +153,7 @@ def record(backend: str, options: BackendOptions, latencies: dict[str, tuple[Art
 
 def recorded_choice(candidates: Sequence[Artifact], backend: str, options: BackendOptions) -> Choice | None:
     """The fastest of `candidates` (one encoder, one backend, distinct precisions) by a record made on
-    this host for exactly these artifacts, or None."""
+    this host for exactly these artifacts, or None. On a tie, the first of `candidates`."""
     if len(candidates) < 2:
         return None
     host = _read().get("hosts", {}).get(host_key(backend, options))

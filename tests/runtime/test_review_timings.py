@@ -27,6 +27,7 @@ from edgeclip.bundle import Bundle
 from edgeclip.errors import BundleError
 from edgeclip.export.driver import export_bundle
 from edgeclip.runtime import ZeroShotClassifier
+from edgeclip.runtime import timings as timings_module
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.signing import generate_keys, sign_bundle
 from edgeclip.runtime.timings import comparison_key, host_key, record, recorded_choice, timings_path
@@ -236,13 +237,12 @@ def test_records_apply_only_to_their_own_settings(bundle_path: Path, timings: Pa
     for other in (BackendOptions(threads=2), BackendOptions(threads=THREADS, device="CUDA"),
                   BackendOptions(threads=THREADS, precision_hint="f32")):
         assert recorded_choice(arts, "onnxruntime", other) is None, other
-    # another SDK version: the same record under a host key naming another version
-    data = json.loads(timings.read_text())
-    (hk, host), = data["hosts"].items()
-    assert " | onnxruntime " in hk
-    other_version = hk.replace(" | onnxruntime ", " | onnxruntime 0.0.1-other+", 1)
-    data["hosts"] = {other_version: host}
-    timings.write_text(json.dumps(data))
+    # a record made under another version of the SDK (before an upgrade): not this host's
+    timings.unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(timings_module, "sdk_version", lambda module: "0.0.1")
+        _plant(bundle, "image", {"fp32": 1.0, "int8": 3.0})
+    assert " | onnxruntime 0.0.1 | " in next(iter(json.loads(timings.read_text())["hosts"]))
     assert _load(bundle).image.artifact.precision == "int8"
     # a precision added to the bundle after the record (fp16), or a record of fewer artifacts
     # (bench --precisions): another comparison
@@ -251,6 +251,15 @@ def test_records_apply_only_to_their_own_settings(bundle_path: Path, timings: Pa
     fp16 = replace(fp32, precision="fp16", files={k: "1" * 64 for k in fp32.files})
     assert recorded_choice([*arts, fp16], "onnxruntime", OPTIONS) is None
     assert recorded_choice(arts, "onnxruntime", OPTIONS) is not None
+
+
+def test_a_tie_in_a_record_keeps_the_backends_preference(bundle_path: Path, timings: Path) -> None:
+    """Equal latencies are no evidence either way: the backend's order (int8 first) decides, not the
+    order the artifacts happen to be listed in the manifest (fp32 was exported first)."""
+    bundle = Bundle.open(bundle_path)
+    assert [a.precision for a in bundle.manifest.find("image", "onnx")] == ["fp32", "int8"]
+    _plant(bundle, "image", {"fp32": 2.0, "int8": 2.0})
+    assert _load(bundle).image.artifact.precision == "int8"
 
 
 # ---- precision="fastest" ----------------------------------------------------------------------
