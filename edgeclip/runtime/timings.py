@@ -13,8 +13,9 @@ A record is one interleaved comparison (the host's speed drifts between runs, so
 different runs are never compared). It lives in a JSON file outside the bundle, which stays as
 exported and signed: `$EDGECLIP_TIMINGS`, else ~/.cache/edgeclip/timings.json. It applies only to
 the same set of artifacts (by content hash) under the same host key: CPU model and flags, cores,
-the backend's SDK version, threads, device and precision hint. A missing or unreadable file means
-no records, never a failed load.
+the backend's SDK version (as installed, whether imported yet or not), threads, device and
+precision hint. A missing or unreadable file, or a malformed record, means no records, and a file
+that cannot be written means none kept: a warning at most, never a failed load or bench.
 """
 
 from __future__ import annotations

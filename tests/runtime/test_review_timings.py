@@ -1,7 +1,8 @@
 """Review of the precision choice by measured latency (runtime/timings.py): the ways it could pick
 the wrong artifact, fail a load or a bench, or leave a bad timings file.
 
-Real bundles (the tiny model exported for onnxruntime and OpenVINO in fp32 and int8), real backends,
+Real bundles (the tiny model exported for onnxruntime in fp32 and int8, OpenVINO in fp32 and fp16),
+real backends,
 the real timings file (EDGECLIP_TIMINGS, a temp file per test). Latencies that a test plants are the
 input under test; nothing here asserts a speed.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from edgeclip.bench.run import BenchConfig, run_bench
 from edgeclip.bundle import Bundle
@@ -71,6 +73,11 @@ def _load(bundle: Path | Bundle, **kw: Any) -> ZeroShotClassifier:
     return ZeroShotClassifier.load(bundle, **{"backend": "onnxruntime", "threads": THREADS, "labels": None, **kw})
 
 
+def _fastest(ms: dict[str, float]) -> set[str]:
+    """The precisions a stored comparison ranks first (several on a tie after the file's rounding)."""
+    return {p for p, t in ms.items() if t == min(ms.values())}
+
+
 def _entry(path: Path, backend: str, options: BackendOptions, artifacts: list[Any]) -> dict[str, Any]:
     return dict(json.loads(path.read_text())["hosts"][host_key(backend, options)][comparison_key(artifacts)])
 
@@ -91,8 +98,6 @@ def test_a_record_from_one_process_applies_in_a_fresh_one(bundle_path: Path, tim
     user's next `classify` runs in another. The host key must not depend on whether the SDK happened
     to be imported when it was computed (before any backend is created, it is not)."""
     image = timings.parent / "x.png"
-    from PIL import Image
-
     Image.new("RGB", (64, 64), (200, 20, 20)).save(image)
     r = run_cli("classify", str(bundle_path), str(image), "--backend", "onnxruntime", "--precision", "fastest",
                 "--threads", str(THREADS), "--json")
@@ -102,7 +107,7 @@ def test_a_record_from_one_process_applies_in_a_fresh_one(bundle_path: Path, tim
     assert out.returncode == 0, out.stderr
     precision, reason = out.stdout.splitlines()
     assert "measured by load(precision='fastest')" in reason, reason
-    assert precision == min(stored["ms"], key=stored["ms"].get)
+    assert precision in _fastest(stored["ms"])
 
 
 # ---- the timings location may be unusable: a load or a bench still works ------------------------
@@ -111,8 +116,8 @@ def _unusable_locations(tmp_path: Path) -> dict[str, Path]:
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     (tmp_path / "a-dir").mkdir()
-    # stat() fails with an error pathlib does not swallow; EACCES (a folder of another user, for a
-    # non-root user) takes the same path
+    # too long a name: stat() fails with an error that Path.is_file() does not swallow, as EACCES
+    # does for a user without access to the folder (these tests may run as root, which has it)
     return {"a folder": tmp_path / "a-dir", "under a file": a_file / "timings.json",
             "a name too long": tmp_path / ("x" * 300) / "timings.json"}
 
@@ -127,7 +132,7 @@ def test_an_unusable_timings_location_never_fails_a_load(bundle_path: Path, tmp_
         fastest = _load(bundle_path, precision="fastest")  # times, then cannot record: a warning at most
     assert fastest.image.artifact.precision in ("fp32", "int8")
     assert "measured by this load" in fastest.image.reason
-    assert caplog.records, "the failed record must be reported"
+    assert "could not record" in caplog.text
 
 
 def test_an_unwritable_timings_location_never_fails_bench(bundle_path: Path, tmp_path: Path,
@@ -135,9 +140,7 @@ def test_an_unwritable_timings_location_never_fails_bench(bundle_path: Path, tmp
                                                           caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("EDGECLIP_TIMINGS", str(_unusable_locations(tmp_path)["a folder"]))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        report = run_bench(BenchConfig(bundle=bundle_path, backends=["onnxruntime"], encoders=["image"],
-                                       batch_sizes=[1], runs=2, warmup=0, threads=THREADS, baseline="none",
-                                       end_to_end=False, memory=False, label_classes=0), log=lambda _: None)
+        report = _bench(bundle_path, backends=["onnxruntime"])
     assert [r for r in report["rows"] if r["batch_size"] == 1]  # the report survives
     assert report["timings_recorded"] == []  # nothing claims a record that was never written
     assert "could not record" in caplog.text
@@ -285,12 +288,12 @@ def test_fastest_on_openvino_and_the_text_tower(bundle_path: Path, timings: Path
     bundle = Bundle.open(bundle_path)
     clf = _load(bundle, backend="openvino", precision="fastest")
     stored = _entry(timings, "openvino", OPTIONS, bundle.manifest.find("image", "openvino"))
-    assert clf.image.artifact.precision == min(stored["ms"], key=stored["ms"].get)
+    assert clf.image.artifact.precision in _fastest(stored["ms"])
     # the classifier was asked for the fastest precision: its text tower, loaded on first use, too
     clf.embed_texts(["a red circle"])
     assert clf._text is not None and "measured by this load" in clf._text.reason, clf._text.reason
     stored = _entry(timings, "openvino", OPTIONS, bundle.manifest.find("text", "openvino"))
-    assert clf._text.artifact.precision == min(stored["ms"], key=stored["ms"].get)
+    assert clf._text.artifact.precision in _fastest(stored["ms"])
 
 
 def test_cli_embed_text_precision_fastest_times_the_text_tower(bundle_path: Path, timings: Path,
@@ -337,6 +340,6 @@ def test_bench_records_openvino_per_hint_and_a_plain_load_takes_the_default_hint
         forced = _entry(timings, "openvino", replace(OPTIONS, precision_hint="f32"), arts)
         assert forced["ms"] == pytest.approx({r["precision"]: r["median_ms"] for r in f32}, abs=1e-3)
     clf = _load(bundle_path, backend="openvino")
-    assert clf.image.artifact.precision == min(plain["ms"], key=plain["ms"].get)
+    assert clf.image.artifact.precision in _fastest(plain["ms"])
     assert "measured by edgeclip bench" in clf.image.reason
     assert timings_path() == timings
