@@ -29,7 +29,7 @@ from edgeclip.runtime.labels import DEFAULT_TEMPLATES, Labels, PromptProgress, l
 from edgeclip.runtime.preprocess import ImageInput, decode_resize, model_input
 from edgeclip.runtime.scoring import scoring_from_manifest
 from edgeclip.runtime.signing import TrustedKeys, verify_signature
-from edgeclip.runtime.timings import FASTEST, fastest_now, recorded_choice
+from edgeclip.runtime.timings import FASTEST, NOT_MEASURED, fastest_now, recorded_choice
 from edgeclip.runtime.tokenizer import TextTokenizer
 
 log = logging.getLogger("edgeclip.runtime")
@@ -352,13 +352,13 @@ def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | No
 
 
 def _load_fastest(bundle: Bundle, encoder: str, backend: str, options: BackendOptions) -> Encoder:
-    name, first, reason = choose_artifact(bundle, encoder, backend, None)
-    candidates = bundle.manifest.find(encoder, first.target)
+    name, candidates, chose = _backend_candidates(bundle, encoder, backend, None)
     if len(candidates) < 2:
-        return Encoder.open(bundle.artifact_path(first), first, name, options, f"{reason} (the only precision)")
+        return Encoder.open(bundle.artifact_path(candidates[0]), candidates[0], name, options,
+                            f"{chose}; {candidates[0].precision}: the only precision")
     loaded = {a.key: Encoder.open(bundle.artifact_path(a), a, name, options) for a in candidates}
     choice = fastest_now({k: (e.artifact, e) for k, e in loaded.items()}, name, options)
-    return replace(loaded[choice.artifact.key], reason=f"{name}: {choice.reason}")
+    return replace(loaded[choice.artifact.key], reason=f"{chose}; {choice.reason}")
 
 
 def choose_artifact(
@@ -367,6 +367,23 @@ def choose_artifact(
     """Pick (backend name, artifact, reason). An explicit backend must run here and have an artifact.
     With `options` and no precision asked for, a comparison recorded on this host under those
     options (runtime/timings.py) overrides the backend's precision preference."""
+    name, candidates, chose = _backend_candidates(bundle, encoder, backend, precision)
+    order = list(getattr(backend_class(name), "precision_order", DEFAULT_PRECISION_ORDER))
+    ranked = sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))
+    best = ranked[0]
+    if precision is not None or len(candidates) < 2:
+        return name, best, chose
+    # in the backend's order, so that a tie in the record keeps its preference
+    measured = recorded_choice(ranked, name, options) if options else None
+    if measured is not None:
+        return name, measured.artifact, f"{chose}; {measured.reason}"
+    return name, best, f"{chose}; {best.precision}: {NOT_MEASURED}"
+
+
+def _backend_candidates(bundle: Bundle, encoder: str, backend: str,
+                        precision: str | None) -> tuple[str, list[Artifact], str]:
+    """The first backend (of `backend`, or auto's order) that runs here and has artifacts for
+    `encoder` (at `precision`, if given): its name, those artifacts, and why it was chosen."""
     m = bundle.manifest
     if backend == "auto":
         names, why = auto_order()
@@ -375,21 +392,13 @@ def choose_artifact(
         names, why = [backend], "asked for"
     blocked: list[EdgeclipError] = []  # why backends with an artifact in the bundle cannot run here
     for name in names:
-        cls = backend_class(name)
         candidates = m.find(encoder, backend_target(name), precision)
         if not candidates:
             continue
-        if (reason := cls.unavailable()) is not None:
+        if (reason := backend_class(name).unavailable()) is not None:
             blocked.append(reason)
             continue
-        order = list(getattr(cls, "precision_order", DEFAULT_PRECISION_ORDER))
-        ranked = sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))
-        best = ranked[0]
-        # in the backend's order, so that a tie in the record keeps its preference
-        measured = recorded_choice(ranked, name, options) if precision is None and options else None
-        if measured is not None:
-            return name, measured.artifact, f"{name}: {measured.reason}"
-        return name, best, f"{name}: {why}" if backend == "auto" else why
+        return name, candidates, f"{name}: {why}" if backend == "auto" else why
     have = sorted({f"{a.target}-{a.precision}" for a in m.artifacts if a.encoder == encoder})
     if blocked:
         raise _cannot_run_here(bundle, encoder, backend, have, blocked)

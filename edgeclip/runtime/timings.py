@@ -46,6 +46,8 @@ from edgeclip.runtime.backends.base import NP_DTYPES, BackendOptions
 log = logging.getLogger(__name__)
 
 FASTEST = "fastest"  # the `precision` that measures the candidates at load
+NOT_MEASURED = ("the backend's preference; no precision was timed here with these settings "
+                "(`edgeclip bench`, or precision='fastest', measures them)")
 FORMAT = 1
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
              "asimd", "sve")

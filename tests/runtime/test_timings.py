@@ -85,8 +85,10 @@ def test_bench_records_each_comparison_and_a_later_load_takes_the_fastest(two_pr
 def test_a_record_overrides_the_preference_only_for_its_own_settings(two_precisions: Path, timings: Path) -> None:
     bundle = Bundle.open(two_precisions)
     options = BackendOptions(threads=THREADS)
-    # without a record: the backend's preference, int8 first
-    assert ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS).image.artifact.precision == "int8"
+    # without a record: the backend's preference, int8 first, and the reason says how to measure
+    plain = ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS)
+    assert plain.image.artifact.precision == "int8"
+    assert "no precision was timed here" in plain.image.reason and "edgeclip bench" in plain.image.reason
     _plant(bundle, "image", {"fp32": 1.0, "int8": 3.0}, options)
     clf = ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS)
     assert clf.image.artifact.precision == "fp32"
