@@ -353,6 +353,7 @@ def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | No
 
 def _load_fastest(bundle: Bundle, encoder: str, backend: str, options: BackendOptions) -> Encoder:
     name, candidates, chose = _backend_candidates(bundle, encoder, backend, None)
+    candidates = _preferred_first(name, candidates)
     if len(candidates) < 2:
         return Encoder.open(bundle.artifact_path(candidates[0]), candidates[0], name, options,
                             f"{chose}; {candidates[0].precision}: the only precision")
@@ -368,8 +369,7 @@ def choose_artifact(
     With `options` and no precision asked for, a comparison recorded on this host under those
     options (runtime/timings.py) overrides the backend's precision preference."""
     name, candidates, chose = _backend_candidates(bundle, encoder, backend, precision)
-    order = list(getattr(backend_class(name), "precision_order", DEFAULT_PRECISION_ORDER))
-    ranked = sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))
+    ranked = _preferred_first(name, candidates)
     best = ranked[0]
     if precision is not None or len(candidates) < 2:
         return name, best, chose
@@ -378,6 +378,12 @@ def choose_artifact(
     if measured is not None:
         return name, measured.artifact, f"{chose}; {measured.reason}"
     return name, best, f"{chose}; {best.precision}: {NOT_MEASURED}"
+
+
+def _preferred_first(backend: str, candidates: list[Artifact]) -> list[Artifact]:
+    """`candidates` in the backend's precision preference (DEFAULT_PRECISION_ORDER unless it has its own)."""
+    order = list(getattr(backend_class(backend), "precision_order", DEFAULT_PRECISION_ORDER))
+    return sorted(candidates, key=lambda a: order.index(a.precision) if a.precision in order else len(order))
 
 
 def _backend_candidates(bundle: Bundle, encoder: str, backend: str,

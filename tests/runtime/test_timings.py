@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -155,3 +158,45 @@ def test_cli_precision_fastest(two_precisions: Path, tmp_path: Path) -> None:
     assert json.loads(r.stdout)
     stored = json.loads(path.read_text())["hosts"]
     assert len(stored) == 1 and next(iter(stored.values()))
+
+
+def test_a_difference_within_the_margin_keeps_the_backends_preference(two_precisions: Path, timings: Path) -> None:
+    """The README's rule: another precision displaces the preferred one (int8) only when it ran
+    more than 5 % faster in the recorded comparison."""
+    bundle = Bundle.open(two_precisions)
+    options = BackendOptions(threads=THREADS)
+    _plant(bundle, "image", {"fp32": 1.0, "int8": 1.04}, options)
+    clf = ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS)
+    assert clf.image.artifact.precision == "int8" and "within 5% of the fastest" in clf.image.reason
+    _plant(bundle, "image", {"fp32": 1.0, "int8": 1.06}, options)
+    assert ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS).image.artifact.precision == "fp32"
+
+
+def test_no_home_folder_means_no_records_not_a_failed_load(two_precisions: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("EDGECLIP_TIMINGS")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with caplog.at_level(logging.WARNING, logger="edgeclip.runtime.timings"):
+        clf = ZeroShotClassifier.load(two_precisions, backend="onnxruntime", threads=THREADS, precision="fastest")
+    assert clf.image.artifact.precision in ("fp32", "int8")
+    assert "could not record" in caplog.text  # the measurement still chose; only the record was lost
+
+
+def test_a_timings_path_that_is_not_a_regular_file_is_neither_read_nor_replaced(
+        two_precisions: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDGECLIP_TIMINGS naming a pipe (or a device such as /dev/null): reading it would wait forever
+    and the atomic write would replace it with a regular file."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("EDGECLIP_TIMINGS", str(fifo))
+    done: list[str] = []
+    worker = threading.Thread(target=lambda: done.append(ZeroShotClassifier.load(
+        two_precisions, backend="onnxruntime", threads=THREADS, precision="fastest").image.artifact.precision),
+        daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert done, "the load blocked on the pipe"
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
