@@ -3,7 +3,8 @@
 A bundle may hold one encoder at several precisions for one backend, and which is fastest depends
 on the device: on the x86 CPU of docs/bench-mobileclip2-s0.md, MobileCLIP2's MCi image tower ran
 slower in int8 than in fp32 on onnxruntime and on OpenVINO, while its text tower ran faster in int8.
-So the backends' fixed preference (int8 first) gives way to a comparison measured here:
+So the backends' fixed preference (int8 first) gives way to a precision that a comparison
+measured here found more than MARGIN faster:
 
 - `edgeclip bench` records every encoder it timed at batch 1 in more than one precision;
 - `ZeroShotClassifier.load(precision="fastest")` (CLI: `--precision fastest`) times the candidates
