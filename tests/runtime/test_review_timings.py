@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,9 @@ from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime import timings as timings_module
 from edgeclip.runtime.backends.base import BackendOptions
 from edgeclip.runtime.signing import generate_keys, sign_bundle
-from edgeclip.runtime.timings import comparison_key, host_key, record, recorded_choice, timings_path
+from edgeclip.runtime.timings import comparison_key, host_key, recorded_choice, timings_path
 from tests.conftest import run_cli
+from tests.runtime.conftest import plant_record
 
 CALIB = {"calib": "builtin:shapes", "calib_size": 32}
 THREADS = 1
@@ -54,19 +54,9 @@ def bundle_path(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path_factory: pyte
     return out
 
 
-@pytest.fixture
-def timings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "timings.json"
-    monkeypatch.setenv("EDGECLIP_TIMINGS", str(path))
-    yield path
-
-
 def _plant(bundle: Bundle, encoder: str, ms: dict[str, float], options: BackendOptions = OPTIONS,
            backend: str = "onnxruntime") -> None:
-    """A comparison as bench records it, with the given latencies (the input under test)."""
-    target = "onnx" if backend == "onnxruntime" else backend
-    arts = bundle.manifest.find(encoder, target)
-    record(backend, options, {a.key: (a, ms[a.precision]) for a in arts}, by="edgeclip bench")
+    plant_record(bundle, encoder, ms, options, backend)
 
 
 def _load(bundle: Path | Bundle, **kw: Any) -> ZeroShotClassifier:

@@ -13,7 +13,6 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from edgeclip.bundle import Bundle
 from edgeclip.export.driver import export_bundle
 from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.backends.base import BackendOptions
-from edgeclip.runtime.timings import comparison_key, host_key, record, recorded_choice, timings_path
+from edgeclip.runtime.timings import comparison_key, host_key, recorded_choice, timings_path
 from tests.conftest import TINY_CLASSES, run_cli
+from tests.runtime.conftest import plant_record
 
 CALIB = {"calib": "builtin:shapes", "calib_size": 32}
 THREADS = 1
@@ -43,23 +43,10 @@ def two_precisions(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
     return out
 
 
-@pytest.fixture
-def timings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "timings.json"
-    monkeypatch.setenv("EDGECLIP_TIMINGS", str(path))
-    yield path
-
-
 def _stored(path: Path, backend: str, options: BackendOptions, artifacts: list[Any]) -> dict[str, Any]:
     """The comparison the file holds for these artifacts under these options (KeyError if none)."""
     data = json.loads(path.read_text())
     return dict(data["hosts"][host_key(backend, options)][comparison_key(artifacts)])
-
-
-def _plant(bundle: Bundle, encoder: str, ms: dict[str, float], options: BackendOptions) -> None:
-    """A comparison as bench would record it, with the given latencies (the input under test)."""
-    arts = bundle.manifest.find(encoder, "onnx")
-    record("onnxruntime", options, {a.key: (a, ms[a.precision]) for a in arts}, by="edgeclip bench")
 
 
 def test_bench_records_each_comparison_and_a_later_load_takes_the_fastest(two_precisions: Path,
@@ -92,7 +79,7 @@ def test_a_record_overrides_the_preference_only_for_its_own_settings(two_precisi
     plain = ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS)
     assert plain.image.artifact.precision == "int8"
     assert "no precision was timed here" in plain.image.reason and "edgeclip bench" in plain.image.reason
-    _plant(bundle, "image", {"fp32": 1.0, "int8": 3.0}, options)
+    plant_record(bundle, "image", {"fp32": 1.0, "int8": 3.0}, options)
     clf = ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS)
     assert clf.image.artifact.precision == "fp32"
     assert "fp32 1.00 ms, int8 3.00 ms" in clf.image.reason
@@ -102,7 +89,7 @@ def test_a_record_overrides_the_preference_only_for_its_own_settings(two_precisi
     assert ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS,
                                    precision="int8").image.artifact.precision == "int8"
     # the other way round, the record picks int8
-    _plant(bundle, "image", {"fp32": 3.0, "int8": 1.0}, options)
+    plant_record(bundle, "image", {"fp32": 3.0, "int8": 1.0}, options)
     assert ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS).image.artifact.precision == "int8"
 
 
@@ -110,7 +97,7 @@ def test_a_record_applies_only_to_the_artifacts_it_measured(two_precisions: Path
     bundle = Bundle.open(two_precisions)
     options = BackendOptions(threads=THREADS)
     arts = bundle.manifest.find("image", "onnx")
-    _plant(bundle, "image", {"fp32": 1.0, "int8": 3.0}, options)
+    plant_record(bundle, "image", {"fp32": 1.0, "int8": 3.0}, options)
     choice = recorded_choice(arts, "onnxruntime", options)
     assert choice is not None and choice.artifact.precision == "fp32"
     # a re-exported int8 (other bytes) is another comparison
@@ -141,7 +128,7 @@ def test_an_unreadable_timings_file_never_fails_a_load(two_precisions: Path, tim
         assert "ignoring the timing records" in caplog.text
         caplog.clear()
     # recording over a broken file starts it afresh
-    _plant(Bundle.open(two_precisions), "image", {"fp32": 1.0, "int8": 3.0}, BackendOptions(threads=THREADS))
+    plant_record(Bundle.open(two_precisions), "image", {"fp32": 1.0, "int8": 3.0}, BackendOptions(threads=THREADS))
     assert json.loads(timings.read_text())["format"] == 1
     assert timings_path() == timings
 
@@ -165,10 +152,10 @@ def test_a_difference_within_the_margin_keeps_the_backends_preference(two_precis
     more than 5 % faster in the recorded comparison."""
     bundle = Bundle.open(two_precisions)
     options = BackendOptions(threads=THREADS)
-    _plant(bundle, "image", {"fp32": 1.0, "int8": 1.04}, options)
+    plant_record(bundle, "image", {"fp32": 1.0, "int8": 1.04}, options)
     clf = ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS)
     assert clf.image.artifact.precision == "int8" and "within 5% of the fastest" in clf.image.reason
-    _plant(bundle, "image", {"fp32": 1.0, "int8": 1.06}, options)
+    plant_record(bundle, "image", {"fp32": 1.0, "int8": 1.06}, options)
     assert ZeroShotClassifier.load(bundle, backend="onnxruntime", threads=THREADS).image.artifact.precision == "fp32"
 
 
