@@ -133,7 +133,7 @@ def test_few_candidates_are_ranked_one_by_one() -> None:
     q = StandIn(planted({4: HARMFUL}, n=6))
     result = guarded_quantize(q, layers(6), [], q.held, BUDGET, "stand-in")
     assert result.groups == [] and set(result.sensitivity) == set(layers(6))
-    assert result.excluded_by_guard == ["layer004"] and result.attempts == len(q.calls) == 1 + 6 + 1
+    assert result.excluded_by_guard == ["layer004"] and result.attempts == len(q.calls) == 1 + 1 + 6 + 1  # miss, all in float, 6 ranked, the fix
 
 
 def test_budget_out_of_reach_even_with_every_layer_in_float() -> None:
@@ -144,3 +144,5 @@ def test_budget_out_of_reach_even_with_every_layer_in_float() -> None:
         guarded_quantize(q, layers(), [], q.held, BUDGET, "stand-in")
     assert err.value.fix
     assert sorted(q.calls[-1]) == layers()
+    # found out from one quantization with every candidate in float, not by searching all of them
+    assert len(q.calls) == 2

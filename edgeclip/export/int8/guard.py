@@ -105,8 +105,8 @@ def guarded_quantize(
 ) -> GuardResult:
     """Quantize with `keep_float` left in float; if the held-out numbers break `budget`, leave the
     `candidates` (graph order) in float one by one, most harmful first as the coarse-to-fine search
-    ranks them, until the budget holds. Raises ExportError with the best numbers reached once every
-    candidate is in float."""
+    ranks them, until the budget holds. Raises ExportError with the best numbers reached when even
+    every candidate in float (measured once, before the search) misses the budget."""
     if keep_float:
         # CLIP-aware defaults stay float "unless measured safe": measure that first, since every
         # float island costs speed (on ViT-B/32, 2.9x -> 2.0x for onnxruntime in our probe)
@@ -122,6 +122,14 @@ def guarded_quantize(
     probe = HeldOut(held.inputs[:SENSITIVITY_PROBES], held.reference[:SENSITIVITY_PROBES])
     remaining = [c for c in candidates if c not in excluded]
     best = (metrics, list(excluded))
+    if len(remaining) > 1:
+        # every candidate in float first (one quantization): when even that misses the budget, no
+        # search can meet it, and finding that out by searching costs N + sqrt(N) quantizations
+        everything = [*excluded, *remaining]
+        reach = _evaluate(quantize(everything), held)
+        result.attempts += 1
+        if not within(reach, budget):
+            raise _out_of_reach(what, budget, max(best, (reach, everything), key=lambda b: _score(b[0], budget)))
     for name in _most_harmful_first(quantize, remaining, list(excluded), probe, result):
         excluded.append(name)
         metrics = _evaluate(quantize(excluded), held)
@@ -134,7 +142,11 @@ def guarded_quantize(
             log.warning("%s: within budget after leaving %d layer(s) in float (%d quantizations): %s", what,
                         len(result.excluded_by_guard), result.attempts, ", ".join(result.excluded_by_guard))
             return result
-    raise ExportError(
+    raise _out_of_reach(what, budget, best)
+
+
+def _out_of_reach(what: str, budget: Budget, best: tuple[dict[str, Any], list[str]]) -> ExportError:
+    return ExportError(
         f"{what}: INT8 cannot meet the accuracy budget (min cosine >= {budget.min_cosine}, top-1 drop <= "
         f"{budget.max_accuracy_drop} points) even with every quantizable layer in float; best reached: "
         f"{_fmt(best[0])} with {len(best[1])} layer(s) in float",
