@@ -133,7 +133,8 @@ def test_few_candidates_are_ranked_one_by_one() -> None:
     q = StandIn(planted({4: HARMFUL}, n=6))
     result = guarded_quantize(q, layers(6), [], q.held, BUDGET, "stand-in")
     assert result.groups == [] and set(result.sensitivity) == set(layers(6))
-    assert result.excluded_by_guard == ["layer004"] and result.attempts == len(q.calls) == 1 + 1 + 6 + 1  # miss, all in float, 6 ranked, the fix
+    # the miss, every candidate in float, 6 ranked alone, the one left in float
+    assert result.excluded_by_guard == ["layer004"] and result.attempts == len(q.calls) == 1 + 1 + 6 + 1
 
 
 def test_budget_out_of_reach_even_with_every_layer_in_float() -> None:
