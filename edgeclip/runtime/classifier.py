@@ -115,7 +115,8 @@ class ZeroShotClassifier:
         self.scoring = scoring_from_manifest(bundle.manifest.model_config, self.logit_scale)
         self._labels = labels  # swapped as a whole by set_labels, never mutated
         self._text: Encoder | None = None
-        self._text_precision = text_precision  # "fastest" when the classifier was loaded so; else the default choice
+        # the precision asked for at load, for the text tower too where it has it (else its default choice)
+        self._text_precision = text_precision
         self._tokenizer: TextTokenizer | None = None
         self._lock = threading.Lock()
 
@@ -152,7 +153,7 @@ class ZeroShotClassifier:
             label_set = Labels(labels, list(meta["classes"]), emb, list(meta.get("templates", [])))
         log.info("image encoder: %s on %s (%s)", image.artifact.key, image.backend_name, image.reason)
         return cls(b, image, label_set, options, max_batch, exact_preprocess,
-                   text_precision=FASTEST if precision == FASTEST else None)
+                   text_precision=precision)
 
     # ---- properties ----------------------------------------------------------------------
     @property
@@ -237,7 +238,11 @@ class ZeroShotClassifier:
                 # the same backend as the image tower when the bundle allows it
                 same = self.bundle.manifest.find("text", backend_target(self.backend_name))
                 backend = self.backend_name if same else "auto"
-                self._text = load_encoder(self.bundle, "text", backend, self._text_precision, self.options)
+                precision = self._text_precision
+                if precision not in (None, FASTEST) and not self.bundle.manifest.find(
+                        "text", backend_target(backend) if same else None, precision):
+                    precision = None  # e.g. an int8 image tower beside an fp32-only text tower
+                self._text = load_encoder(self.bundle, "text", backend, precision, self.options)
                 self._tokenizer = TextTokenizer(self.bundle.tokenizer_path(), self.bundle.manifest.tokenizer)
             return self._text, self._tokenizer
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import threading
 from dataclasses import replace
@@ -187,3 +188,22 @@ def test_a_timings_path_that_is_not_a_regular_file_is_neither_read_nor_replaced(
     worker.join(timeout=60)
     assert done, "the load blocked on the pipe"
     assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_an_asked_precision_applies_to_the_text_tower_where_it_has_it(two_precisions: Path, tiny_checkpoint: Path,
+                                                                      tmp_path: Path, timings: Path) -> None:
+    # a record saying fp32 is slower must not matter: the precision was asked for
+    plant_record(Bundle.open(two_precisions), "text", {"fp32": 3.0, "int8": 1.0}, BackendOptions(threads=THREADS))
+    clf = ZeroShotClassifier.load(two_precisions, backend="onnxruntime", threads=THREADS, precision="fp32")
+    clf.embed_texts(["a red circle"])
+    assert clf._text is not None and clf._text.artifact.precision == "fp32"
+    # an int8 image tower beside an fp32-only text tower: the text tower's own choice, not an error
+    image_int8 = tmp_path / "image-int8.edgeclip"
+    shutil.copytree(two_precisions, image_int8)
+    bundle = Bundle.open(image_int8)
+    for a in bundle.manifest.find("text", "onnx", "int8"):
+        bundle.manifest.artifacts.remove(a)
+    bundle.save_manifest()
+    clf = ZeroShotClassifier.load(image_int8, backend="onnxruntime", threads=THREADS, precision="int8")
+    clf.set_labels(["circle", "square"])
+    assert clf._text is not None and clf._text.artifact.precision == "fp32"
