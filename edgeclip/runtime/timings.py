@@ -50,6 +50,7 @@ FASTEST = "fastest"  # the `precision` that measures the candidates at load
 NOT_MEASURED = ("the backend's preference; no precision was timed here with these settings "
                 "(`edgeclip bench`, or precision='fastest', measures them)")
 FORMAT = 1
+MAX_RECORDS = 500  # comparisons kept in the file, newest first (a few hundred bytes each)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
              "asimd", "sve")
 # another precision must be this much faster to displace the backend's preferred one: two
@@ -160,7 +161,9 @@ def record(backend: str, options: BackendOptions, latencies: dict[str, tuple[Art
     host = data["hosts"].get(key := host_key(backend, options))
     if not isinstance(host, dict):  # missing, or not a mapping: this host's records start afresh
         host = data["hosts"][key] = {}
-    host[comparison_key(arts)] = entry
+    host.pop(comparison := comparison_key(arts), None)  # re-inserted last: the newest
+    host[comparison] = entry
+    _prune(data["hosts"])
     path = timings_path()
     try:
         if path is None:
@@ -172,6 +175,18 @@ def record(backend: str, options: BackendOptions, latencies: dict[str, tuple[Art
         log.warning("could not record the timings in %s (%s); set EDGECLIP_TIMINGS to a writable file", path, e)
         return False
     return True
+
+
+def _prune(hosts: dict[str, Any]) -> None:
+    """Keep the file small (every load reads it): at most MAX_RECORDS comparisons, the oldest dropped
+    first (by when they were measured, then by the order they were written)."""
+    entries = sorted((str(e.get("measured", "")) if isinstance(e, dict) else "", i, host, key)
+                     for host, records in hosts.items() if isinstance(records, dict)
+                     for i, (key, e) in enumerate(records.items()))
+    for *_, host, key in entries[: max(0, len(entries) - MAX_RECORDS)]:
+        del hosts[host][key]
+    for host in [h for h, records in hosts.items() if records == {}]:
+        del hosts[host]
 
 
 def recorded_choice(candidates: Sequence[Artifact], backend: str, options: BackendOptions) -> Choice | None:

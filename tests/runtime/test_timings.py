@@ -24,8 +24,9 @@ from edgeclip.bench.run import BenchConfig, run_bench
 from edgeclip.bundle import Bundle
 from edgeclip.export.driver import export_bundle
 from edgeclip.runtime import ZeroShotClassifier
+from edgeclip.runtime import timings as timings_module
 from edgeclip.runtime.backends.base import BackendOptions
-from edgeclip.runtime.timings import comparison_key, host_key, recorded_choice, timings_path
+from edgeclip.runtime.timings import comparison_key, host_key, record, recorded_choice, timings_path
 from tests.conftest import TINY_CLASSES, run_cli
 from tests.runtime.conftest import plant_record
 
@@ -207,3 +208,17 @@ def test_an_asked_precision_applies_to_the_text_tower_where_it_has_it(two_precis
     clf = ZeroShotClassifier.load(image_int8, backend="onnxruntime", threads=THREADS, precision="int8")
     clf.set_labels(["circle", "square"])
     assert clf._text is not None and clf._text.artifact.precision == "fp32"
+
+
+def test_the_file_keeps_the_newest_comparisons_only(two_precisions: Path, timings: Path) -> None:
+    bundle = Bundle.open(two_precisions)
+    arts = bundle.manifest.find("image", "onnx")
+    options = BackendOptions(threads=THREADS)
+    for i in range(timings_module.MAX_RECORDS + 3):  # each a distinct pair of artifacts, as after re-exports
+        other = [replace(a, files={k: f"{i:064x}" for k in a.files}) if a.precision == "int8" else a for a in arts]
+        record("onnxruntime", options, {a.key: (a, 1.0 + i) for a in other}, by="edgeclip bench")
+    stored = json.loads(timings.read_text())["hosts"][host_key("onnxruntime", options)]
+    assert len(stored) == timings_module.MAX_RECORDS
+    kept = {e["ms"]["fp32"] for e in stored.values()}
+    assert kept == {1.0 + i for i in range(3, timings_module.MAX_RECORDS + 3)}  # the three oldest dropped
+    assert ZeroShotClassifier.load(two_precisions, backend="onnxruntime", threads=THREADS)  # still a usable file
