@@ -37,7 +37,7 @@ def machine_info(threads: int | None) -> dict[str, Any]:
             continue
     return {
         "cpu": model,
-        "cpu_flags": flags,
+        "cpu_flags": list(flags),
         "cores": os.cpu_count(),
         "threads": threads,
         "gpu": _gpu(),

@@ -18,9 +18,9 @@ EXACT_PREPROCESS = click.option(
     "--exact-preprocess", is_flag=True, default=None,
     help="Decode and resize exactly as in training (bit for bit); default: the path the bundle was validated "
          "with (`decode` in its manifest; 'fast' decodes large JPEGs at reduced size).")
-PRECISION_HELP = ("Artifact precision. Default: the fastest measured on this host with these settings (by "
-                  "`edgeclip bench`, or an earlier --precision fastest), else the backend's preference (int8 "
-                  "first); 'fastest' times each precision now and records it.")
+PRECISION_HELP = ("Artifact precision. Default: the backend's preference (int8 first), unless another precision "
+                  "ran more than 5% faster on this host with these settings (measured by `edgeclip bench` or an "
+                  "earlier --precision fastest); 'fastest' times each precision now and records it.")
 BATCH_SIZE = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
                           help="Images per inference call; the next batch is decoded while one runs.")
 

@@ -347,8 +347,9 @@ def missing_label_set(bundle: Bundle, name: str) -> EdgeclipError:
 
 def load_encoder(bundle: Bundle, encoder: str, backend: str, precision: str | None,
                  options: BackendOptions) -> Encoder:
-    """The encoder's artifact for `backend` at `precision`: None takes the fastest recorded on this
-    host (runtime/timings.py), else the backend's preference; "fastest" times the candidates now."""
+    """The encoder's artifact for `backend` at `precision`: None takes the backend's preference unless
+    a comparison recorded on this host says otherwise (runtime/timings.py); "fastest" times the
+    candidates now."""
     if precision == FASTEST:
         return _load_fastest(bundle, encoder, backend, options)
     name, artifact, reason = choose_artifact(bundle, encoder, backend, precision, options)

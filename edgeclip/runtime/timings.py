@@ -57,7 +57,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_t
 # interleaved runs of the same ViT-B/32 rows here differed by up to 4 % (7.01x torch in
 # docs/bench-vit-b-32.md, 6.72x in benchmarks/results/bench_vit_b32_rerun.md)
 MARGIN = 0.05
-WARMUP, RUNS = 3, 15  # per candidate at load, over three rounds (each: WARMUP + RUNS // 3 calls)
+ROUNDS, WARMUP, RUNS = 3, 3, 5  # precision="fastest": per candidate and round, warm-up and timed calls
 
 
 def timings_path() -> Path | None:
@@ -72,10 +72,11 @@ def timings_path() -> Path | None:
         return None
 
 
-def cpu_description() -> tuple[str, list[str]]:
+@functools.cache  # read once per process: every load computes a host key
+def cpu_description() -> tuple[str, tuple[str, ...]]:
     """(CPU model, the SIMD flags of CPU_FLAGS it has): /proc/cpuinfo on Linux, platform elsewhere."""
     model = platform.processor() or platform.machine()
-    flags: list[str] = []
+    flags: tuple[str, ...] = ()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -85,7 +86,7 @@ def cpu_description() -> tuple[str, list[str]]:
                     model = value.strip()
                 elif key in ("flags", "Features") and not flags:
                     present = set(value.split())
-                    flags = [fl for fl in CPU_FLAGS if fl in present]
+                    flags = tuple(fl for fl in CPU_FLAGS if fl in present)
     except OSError:
         pass
     return model, flags
@@ -262,9 +263,9 @@ def fastest_now(runs: dict[str, tuple[Artifact, Callable[[np.ndarray], object]]]
     interleaved, record the comparison, and return the fastest (`_pick`)."""
     times: dict[str, list[float]] = {k: [] for k in runs}
     inputs = {k: zero_input(a) for k, (a, _) in runs.items()}
-    for _ in range(3):  # rounds: a drift of the host's speed hits every candidate alike
+    for _ in range(ROUNDS):  # interleaved: a drift of the host's speed hits every candidate alike
         for k, (_, run) in runs.items():
-            times[k].append(median_ms(run, inputs[k], runs=RUNS // 3))
+            times[k].append(median_ms(run, inputs[k]))
     latencies = {k: (a, statistics.median(times[k])) for k, (a, _) in runs.items()}
     record(backend, options, latencies, by="load(precision='fastest')")
     ms = {a.precision: t for a, t in latencies.values()}

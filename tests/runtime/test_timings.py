@@ -146,7 +146,9 @@ def test_cli_precision_fastest(two_precisions: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)
     stored = json.loads(path.read_text())["hosts"]
-    assert len(stored) == 1 and next(iter(stored.values()))
+    assert len(stored) == 1
+    (comparison,) = next(iter(stored.values())).values()  # the image tower's, timed by the CLI's load
+    assert comparison["by"] == "load(precision='fastest')" and set(comparison["ms"]) == {"fp32", "int8"}
 
 
 def test_a_difference_within_the_margin_keeps_the_backends_preference(two_precisions: Path, timings: Path) -> None:

@@ -34,7 +34,7 @@ def package_dir(path: Path) -> Path:
 class CoreMLBackend:
     name: ClassVar[str] = "coreml"
     extra: ClassVar[str] = "coreml"
-    sdk: ClassVar[str] = "coremltools"  # the module whose version goes into timing records (runtime/timings.py)
+    sdk: ClassVar[str] = "coremltools"
 
     model: Any  # coremltools.models.MLModel
     input_dtypes: dict[str, type[np.generic]]

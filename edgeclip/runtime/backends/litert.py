@@ -29,7 +29,7 @@ DELEGATE_PREFIX = "delegate:"
 class LiteRTBackend:
     name: ClassVar[str] = "litert"
     extra: ClassVar[str] = "litert"
-    sdk: ClassVar[str] = "ai_edge_litert"  # the module whose version goes into timing records (runtime/timings.py)
+    sdk: ClassVar[str] = "ai_edge_litert"
     # fp16 weights are dequantized to fp32 at load by XNNPACK: same speed as fp32, half the file
     precision_order: ClassVar[tuple[str, ...]] = ("int8", "int8-dynamic", "fp32", "fp16")
 

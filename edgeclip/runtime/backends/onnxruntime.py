@@ -50,7 +50,7 @@ def _device(provider: str) -> str:
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
     extra: ClassVar[str] = "onnx"
-    sdk: ClassVar[str] = "onnxruntime"  # the module whose version goes into timing records (runtime/timings.py)
+    sdk: ClassVar[str] = "onnxruntime"
     # fp16 graphs run slower than fp32 on CPU execution providers (casts around most kernels)
     precision_order: ClassVar[tuple[str, ...]] = ("int8", "fp32", "fp16")
 

@@ -22,7 +22,7 @@ COMPUTE_LAYERS = frozenset({"FullyConnected", "MatMul", "Convolution", "GroupCon
 class OpenVinoBackend:
     name: ClassVar[str] = "openvino"
     extra: ClassVar[str] = "openvino"
-    sdk: ClassVar[str] = "openvino"  # the module whose version goes into timing records (runtime/timings.py)
+    sdk: ClassVar[str] = "openvino"
 
     @classmethod
     def available(cls) -> bool:

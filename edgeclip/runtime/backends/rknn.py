@@ -33,7 +33,7 @@ SIM_SOURCES = {"fp16": ("model.onnx",), "int8": ("model.model", "model.data", "m
 class RknnBackend:
     name: ClassVar[str] = "rknn"
     extra: ClassVar[str] = "rknn"
-    sdk: ClassVar[str] = "rknnlite"  # the module whose version goes into timing records (runtime/timings.py)
+    sdk: ClassVar[str] = "rknnlite"
 
     @classmethod
     def available(cls) -> bool:

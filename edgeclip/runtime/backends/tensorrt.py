@@ -49,7 +49,7 @@ def user_cache_dir() -> Path:
 class TensorRTBackend:
     name: ClassVar[str] = "tensorrt"
     extra: ClassVar[str] = "tensorrt"
-    sdk: ClassVar[str] = "tensorrt"  # the module whose version goes into timing records (runtime/timings.py)
+    sdk: ClassVar[str] = "tensorrt"
 
     @classmethod
     def available(cls) -> bool:
