@@ -15,9 +15,10 @@ from edgeclip.export.capabilities import CAPABILITIES, all_targets
 def _calibration_line(c: Calibration) -> str:
     m = c.measured
     drop = f", top-1 drop {m.top1_drop:.2f} points" if m.top1_drop is not None else ""
+    speed = len(c.details.get("excluded_for_speed", []))
     return (f"int8 {c.method} on {c.size} {c.inputs}: held-out ({m.heldout_size}) cosine min "
             f"{m.cosine_min:.5f} p1 {m.cosine_p1:.5f} mean {m.cosine_mean:.5f}{drop}; "
-            f"{len(c.excluded_layers)} layer(s) kept float")
+            f"{len(c.excluded_layers)} layer(s) kept float" + (f" ({speed} of them for speed)" if speed else ""))
 
 
 @click.command(epilog="Targets and precisions:\n\n\b\n" + "\n".join(
@@ -53,6 +54,9 @@ def _calibration_line(c: Calibration) -> str:
               help="INT8 guard: largest zero-shot top-1 drop vs fp32 on held-out images, in points [1.0].")
 @click.option("--min-cosine", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="INT8 guard: smallest held-out embedding cosine vs fp32 [0.995].")
+@click.option("--no-speed-pass", is_flag=True, default=None,
+              help="INT8 (onnx, openvino): quantize every layer the guard allows, even kinds of layers measured "
+                   "slower in int8 on this machine (by default they stay float; the bundle records the timings).")
 @click.option("--out", required=True, type=click.Path(),
               help="Bundle directory to create, or to add to (only from the same weights).")
 @click.option("--overwrite", is_flag=True,

@@ -155,7 +155,7 @@ def _ov_quantized_inputs(xml: Path) -> dict[str, tuple[bool, bool]]:
 
     model = ov.Core().read_model(str(xml))
     return {op.get_friendly_name(): tuple(_ov_is_quantized(op.input_value(i).get_node()) for i in (0, 1))  # type: ignore[misc]
-            for op in model.get_ordered_ops() if op.get_type_name() in ("MatMul", "Convolution")}
+            for op in model.get_ordered_ops() if op.get_type_name() in ("MatMul", "Convolution", "GroupConvolution")}
 
 
 def check_saved_graph(a: Artifact, path: Path) -> None:

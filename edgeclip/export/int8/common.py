@@ -34,6 +34,7 @@ class Int8Options:
     calib_size: int
     method: str
     budget: Budget
+    speed_pass: bool = True  # leave in float the kinds of layers measured slower in int8 (speed.py)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Int8Options:
@@ -46,7 +47,7 @@ class Int8Options:
             raise ConfigError("--max-accuracy-drop must be >= 0 and --min-cosine in (0, 1]")
         size = int(options.get("calib_size") or DEFAULT_SIZE)
         calib = options.get("calib")
-        return cls(str(calib) if calib else None, size, method, Budget(drop, cos))
+        return cls(str(calib) if calib else None, size, method, Budget(drop, cos), not options.get("no_speed_pass"))
 
 
 def _number(options: Mapping[str, Any], key: str, default: float) -> float:
@@ -165,11 +166,14 @@ def calibration_record(
         "heldout_size": result.metrics["heldout_size"],
         "skipped_images": src["skipped_images"],
         "excluded_layers": result.excluded,
-        "excluded_by_default": [n for n in result.excluded if n in defaults],
+        # every layer in float is there for one reason: by default, by the guard, or for speed
+        "excluded_by_default": [n for n in result.excluded if n in defaults and n not in result.excluded_for_speed],
         "excluded_by_guard": result.excluded_by_guard,
-        "float_defaults_measured_safe": result.defaults_quantized,
+        "excluded_for_speed": result.excluded_for_speed,
+        "float_defaults_measured_safe": [n for n in result.defaults_quantized if n not in result.excluded],
         "guard": {"max_accuracy_drop": budget.max_accuracy_drop, "min_cosine": budget.min_cosine,
-                  "attempts": result.attempts, "sensitivity": result.sensitivity, "groups": result.groups},
+                  "attempts": result.attempts, "sensitivity": result.sensitivity, "groups": result.groups,
+                  "speed": result.speed},
         "measured": result.metrics,
         "warnings": data.warnings,
         **extra,

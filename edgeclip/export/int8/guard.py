@@ -66,6 +66,9 @@ class GuardResult:
     groups: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 1
     defaults_quantized: list[str] = field(default_factory=list)  # float-by-default layers measured safe
+    # left in float because their kind ran slower in int8 here (speed.py), and each kind's trial
+    excluded_for_speed: list[str] = field(default_factory=list)
+    speed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def measure(held: HeldOut, got: np.ndarray) -> dict[str, Any]:
@@ -95,7 +98,7 @@ def within(m: dict[str, Any], budget: Budget) -> bool:
     return ok and ("top1_drop" not in m or m["top1_drop"] <= budget.max_accuracy_drop)
 
 
-def _evaluate(run: Run, held: HeldOut, batch: int = 32) -> dict[str, Any]:
+def evaluate(run: Run, held: HeldOut, batch: int = 32) -> dict[str, Any]:
     got = np.concatenate([run(held.inputs[i : i + batch]) for i in range(0, len(held.inputs), batch)])
     return measure(held, got)
 
@@ -110,11 +113,11 @@ def guarded_quantize(
     if keep_float:
         # CLIP-aware defaults stay float "unless measured safe": measure that first, since every
         # float island costs speed (on ViT-B/32, 2.9x -> 2.0x for onnxruntime in our probe)
-        metrics = _evaluate(quantize([]), held)
+        metrics = evaluate(quantize([]), held)
         if within(metrics, budget):
             return GuardResult(metrics, [], attempts=1, defaults_quantized=list(keep_float))
     excluded = list(keep_float)
-    metrics = _evaluate(quantize(excluded), held)
+    metrics = evaluate(quantize(excluded), held)
     result = GuardResult(metrics, list(excluded), attempts=2 if keep_float else 1)
     if within(metrics, budget):
         return result
@@ -126,13 +129,13 @@ def guarded_quantize(
         # every candidate in float first (one quantization): when even that misses the budget, no
         # search can meet it, and finding that out by searching costs N + sqrt(N) quantizations
         everything = [*excluded, *remaining]
-        reach = _evaluate(quantize(everything), held)
+        reach = evaluate(quantize(everything), held)
         result.attempts += 1
         if not within(reach, budget):
             raise _out_of_reach(what, budget, max(best, (reach, everything), key=lambda b: _score(b[0], budget)))
     for name in _most_harmful_first(quantize, remaining, list(excluded), probe, result):
         excluded.append(name)
-        metrics = _evaluate(quantize(excluded), held)
+        metrics = evaluate(quantize(excluded), held)
         result.attempts += 1
         if _score(metrics, budget) > _score(best[0], budget):
             best = (metrics, list(excluded))
@@ -173,7 +176,7 @@ def _most_harmful_first(
 
     def score(names: list[str]) -> float:
         result.attempts += 1
-        return float(_evaluate(quantize([*base, *names]), probe)["cosine_mean"])
+        return float(evaluate(quantize([*base, *names]), probe)["cosine_mean"])
 
     place = {name: i for i, name in enumerate(layers)}  # ties go in graph order
     queue: list[tuple[float, int, list[str]]] = []  # (-score, place of its first layer, group or layer)

@@ -25,7 +25,8 @@ from edgeclip.bundle import Calibration
 from edgeclip.errors import ExportError
 from edgeclip.export.encoders import EncoderSpec
 from edgeclip.export.int8.common import Int8Options, calibration_record, encoder_data
-from edgeclip.export.int8.guard import Run, guarded_quantize
+from edgeclip.export.int8.guard import Run
+from edgeclip.export.int8.speed import guarded_fast_quantize
 from edgeclip.export.reference import run_in_onnxruntime
 from edgeclip.export.targets import ExportContext
 
@@ -81,6 +82,20 @@ def weight_nodes(path: Path, op_types: Sequence[str]) -> list[str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     return [n.name for n in graph.node if n.op_type in op_types and n.input[1:2] and n.input[1] in weights]
+
+
+def node_kinds(path: Path, nodes: Sequence[str]) -> dict[str, list[str]]:
+    """`nodes` by op type, grouped / depthwise Convs (attribute group > 1) a kind of their own and first."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    wanted = set(nodes)
+    kinds: dict[str, list[str]] = {"Conv (grouped)": []}
+    for n in graph.node:
+        if n.name in wanted:
+            grouped = n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+            kinds.setdefault("Conv (grouped)" if grouped else n.op_type, []).append(n.name)
+    return {k: names for k, names in kinds.items() if names}
 
 
 def clip_float_defaults(path: Path) -> list[str]:
@@ -209,8 +224,11 @@ def quantize_onnx(
 
     # a default the scheme never quantizes (the Conv stem under int8-dynamic) is not "kept in float"
     defaults = [d for d in clip_float_defaults(src) if d in candidates]
-    result = guarded_quantize(quantize, candidates, defaults, data.heldout, opts.budget,
-                              what=f"{spec.name}/{flavour}-{precision}")
+    # TensorRT builds its own engine from this graph: onnxruntime's CPU timings say nothing about it
+    timed = opts.speed_pass and flavour == "onnx"
+    result = guarded_fast_quantize(quantize, candidates, defaults, data.heldout, opts.budget,
+                                   what=f"{spec.name}/{flavour}-{precision}",
+                                   kinds=node_kinds(src, candidates) if timed else {})
     return calibration_record(
         method, data, result, opts.budget, defaults, scheme=_scheme(dynamic, flavour),
         op_types=list(DYNAMIC_OP_TYPES if dynamic else OP_TYPES), graph_preprocessing="none (quantized as exported)",

@@ -24,8 +24,9 @@ from edgeclip import _deps
 from edgeclip.bundle import Calibration
 from edgeclip.export.encoders import EncoderSpec, export_module
 from edgeclip.export.int8.common import Int8Options, calibration_record, encoder_data
-from edgeclip.export.int8.guard import Run, guarded_quantize
+from edgeclip.export.int8.guard import Run
 from edgeclip.export.int8.onnxruntime import FLOAT_PROJECTIONS, FLOAT_WEIGHT_PREFIXES
+from edgeclip.export.int8.speed import guarded_fast_quantize
 from edgeclip.export.targets import ExportContext, load_file
 from edgeclip.runtime.backends.base import BackendOptions
 
@@ -42,6 +43,15 @@ RANGE_ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE", "entropy"
 
 def quantizable_ops(model: Any) -> list[str]:
     return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in QUANTIZABLE]
+
+
+def op_kinds(model: Any) -> dict[str, list[str]]:
+    """The quantizable ops by type, grouped convolutions first (the kind the speed pass found slow)."""
+    kinds: dict[str, list[str]] = {t: [] for t in reversed(QUANTIZABLE)}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in kinds:
+            kinds[op.get_type_name()].append(op.get_friendly_name())
+    return {t: names for t, names in kinds.items() if names}
 
 
 def _weight(op: Any) -> Any | None:
@@ -114,8 +124,8 @@ def quantize_openvino(
         ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
         return load_file(folder / "model.xml", spec, "openvino", "int8", BackendOptions(precision_hint=hint))
 
-    result = guarded_quantize(quantize, quantizable_ops(fp32), defaults, data.heldout, opts.budget,
-                              what=f"{spec.name}/openvino-int8")
+    result = guarded_fast_quantize(quantize, quantizable_ops(fp32), defaults, data.heldout, opts.budget,
+                                   what=f"{spec.name}/openvino-int8", kinds=op_kinds(fp32) if opts.speed_pass else {})
     record = calibration_record(
         opts.method, data, result, opts.budget, defaults, quantizer=f"nncf {version('nncf')}",
         scheme="NNCF ModelType.TRANSFORMER (SmoothQuant + fast bias correction), int8 weights and activations",

@@ -1,0 +1,102 @@
+"""INT8 only where it is faster: after the guard, each kind of layer whose int8 kernels make the
+encoder slower on this machine is left in float, judged by the whole encoder's measured latency.
+
+Some int8 kernels are slower than the float ones they replace. On this project's AVX-512 host,
+OpenVINO runs MobileCLIP2-S0's strided grouped convolutions int8 through a generic GEMM
+(`jit_gemm_I8`, 6.1 ms of an 11.2 ms image tower, against 1.2 ms in bf16), and onnxruntime's QDQ
+grouped and depthwise convolutions ran the tower at 23.8 ms against 14.0 ms in fp32. A layer's own
+kernel time misses the reorders and (de)quantizations around it, so what is timed is the encoder:
+one quantization per kind with that kind in float, timed at batch 1 in interleaved rounds against
+the best so far, kept only when more than MARGIN faster and still within the accuracy budget.
+
+A kind that holds most of the quantized layers (a ViT's MatMuls) is not tried: leaving it in float
+is the float artifact in all but name, which the runtime's precision choice already weighs.
+Timings are of the export host, so a bundle records them; `--no-speed-pass` turns the pass off
+(reproducible across hosts).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeclip.export.int8.guard import Budget, GuardResult, HeldOut, Quantize, Run, evaluate, guarded_quantize, within
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.05  # two interleaved runs of the same artifact differ by up to 4 % here (see timings.py)
+ROUNDS, WARMUP, RUNS = 5, 3, 5  # interleaved rounds; runs per round (median), after warm-up
+
+
+def interleaved_ms(runs: Sequence[Run], x: np.ndarray) -> list[float]:
+    """Median latency (ms) of each run on `x`, timed in interleaved rounds (the host's speed drifts)."""
+    for run in runs:
+        for _ in range(WARMUP):
+            run(x)
+    per_round: list[list[float]] = [[] for _ in runs]
+    for _ in range(ROUNDS):
+        for i, run in enumerate(runs):
+            times = []
+            for _ in range(RUNS):
+                start = time.perf_counter()
+                run(x)
+                times.append(time.perf_counter() - start)
+            per_round[i].append(statistics.median(times))
+    return [1e3 * statistics.median(r) for r in per_round]
+
+
+def leave_slow_kinds_in_float(
+    quantize: Quantize, guarded: Run, result: GuardResult, kinds: Mapping[str, Sequence[str]],
+    held: HeldOut, budget: Budget, what: str,
+) -> GuardResult:
+    """Try each kind of layer (`kinds`: name -> layer names) in float on top of the guard's result;
+    keep those measured more than MARGIN faster and within `budget`. `guarded` runs the artifact the
+    guard left on disk; on return the artifact on disk is again the one `result` describes."""
+    x = held.inputs[:1]
+    best, best_run, last = list(result.excluded), guarded, list(result.excluded)
+    every = [n for layers in kinds.values() for n in layers]
+    for kind, layers in kinds.items():
+        adding = [n for n in layers if n not in best]
+        trial: dict[str, Any] = {"kind": kind, "layers": len(adding)}
+        result.speed.append(trial)
+        if not adding or 2 * len(adding) > len([n for n in every if n not in best]):
+            trial["skipped"] = "none quantized" if not adding else "most of the quantized layers"
+            continue
+        run = quantize(last := [*best, *adding])
+        result.attempts += 1
+        trial["ms_before"], trial["ms_in_float"] = before, after = interleaved_ms([best_run, run], x)
+        trial["kept"] = False
+        if after < (1 - MARGIN) * before:
+            metrics = evaluate(run, held)
+            trial["within_budget"] = within(metrics, budget)
+            if trial["within_budget"]:
+                trial["kept"] = True
+                best, best_run, result.metrics = last, run, metrics
+                result.excluded_for_speed += adding
+                log.warning("%s: %d %s layer(s) left in float: %.2f -> %.2f ms", what, len(adding), kind,
+                            before, after)
+    if last != best:  # the artifact on disk is the last one tried: write the kept one again
+        result.metrics = evaluate(quantize(best), held)
+        result.attempts += 1
+    result.excluded = best
+    return result
+
+
+def guarded_fast_quantize(
+    quantize: Quantize, candidates: Sequence[str], keep_float: Sequence[str], held: HeldOut, budget: Budget,
+    what: str, kinds: Mapping[str, Sequence[str]],
+) -> GuardResult:
+    """`guarded_quantize`, then `leave_slow_kinds_in_float` over `kinds` (empty: the guard alone)."""
+    last: list[Run] = []
+
+    def tracked(excluded: list[str]) -> Run:
+        last[:] = [quantize(excluded)]
+        return last[0]
+
+    result = guarded_quantize(tracked, candidates, keep_float, held, budget, what)
+    return leave_slow_kinds_in_float(quantize, last[0], result, kinds, held, budget, what) if kinds else result
