@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,13 +52,19 @@ def interleaved_ms(runs: Sequence[Run], x: np.ndarray) -> list[float]:
 
 def leave_slow_kinds_in_float(
     quantize: Quantize, guarded: Run, result: GuardResult, kinds: Mapping[str, Sequence[str]],
-    held: HeldOut, budget: Budget, what: str,
+    held: HeldOut, budget: Budget, what: str, timing: Callable[[], Run] | None = None,
 ) -> GuardResult:
     """Try each kind of layer (`kinds`: name -> layer names) in float on top of the guard's result;
     keep those measured more than MARGIN faster and within `budget`. `guarded` runs the artifact the
-    guard left on disk; on return the artifact on disk is again the one `result` describes."""
+    guard left on disk; on return the artifact on disk is again the one `result` describes.
+    `timing` loads the artifact now on disk as the runtime will run it, when that differs from how
+    the guard measures accuracy (OpenVINO: at its default precision hint rather than f32)."""
     x = held.inputs[:1]
-    best, best_run, last = list(result.excluded), guarded, list(result.excluded)
+
+    def timed(run: Run) -> Run:  # the artifact just written, as the runtime runs it
+        return timing() if timing is not None else run
+
+    best, best_run, last = list(result.excluded), timed(guarded), list(result.excluded)
     every = [n for layers in kinds.values() for n in layers]
     for kind, layers in kinds.items():
         adding = [n for n in layers if n not in best]
@@ -69,14 +75,15 @@ def leave_slow_kinds_in_float(
             continue
         run = quantize(last := [*best, *adding])
         result.attempts += 1
-        trial["ms_before"], trial["ms_in_float"] = before, after = interleaved_ms([best_run, run], x)
+        trial_run = timed(run)
+        trial["ms_before"], trial["ms_in_float"] = before, after = interleaved_ms([best_run, trial_run], x)
         trial["kept"] = False
         if after < (1 - MARGIN) * before:
             metrics = evaluate(run, held)
             trial["within_budget"] = within(metrics, budget)
             if trial["within_budget"]:
                 trial["kept"] = True
-                best, best_run, result.metrics = last, run, metrics
+                best, best_run, result.metrics = last, trial_run, metrics
                 result.excluded_for_speed += adding
                 log.warning("%s: %d %s layer(s) left in float: %.2f -> %.2f ms", what, len(adding), kind,
                             before, after)
@@ -89,7 +96,7 @@ def leave_slow_kinds_in_float(
 
 def guarded_fast_quantize(
     quantize: Quantize, candidates: Sequence[str], keep_float: Sequence[str], held: HeldOut, budget: Budget,
-    what: str, kinds: Mapping[str, Sequence[str]],
+    what: str, kinds: Mapping[str, Sequence[str]], timing: Callable[[], Run] | None = None,
 ) -> GuardResult:
     """`guarded_quantize`, then `leave_slow_kinds_in_float` over `kinds` (empty: the guard alone)."""
     last: list[Run] = []
@@ -99,4 +106,6 @@ def guarded_fast_quantize(
         return last[0]
 
     result = guarded_quantize(tracked, candidates, keep_float, held, budget, what)
-    return leave_slow_kinds_in_float(quantize, last[0], result, kinds, held, budget, what) if kinds else result
+    if not kinds:
+        return result
+    return leave_slow_kinds_in_float(quantize, last[0], result, kinds, held, budget, what, timing)
