@@ -46,7 +46,7 @@ CAPABILITIES: dict[str, Capability] = {
             numerics_here="yes: onnxruntime CPU vs torch",
         ),
         Capability(
-            "openvino", ("fp32", "fp16", "int8"), ("ov_precision_hint", "image_input", *TIMED_INT8_OPTIONS),
+            "openvino", ("fp32", "fp16", "int8"), ("image_input", *TIMED_INT8_OPTIONS),
             builds_on="anywhere (openvino)",
             runs_on="OpenVINO: x86 CPUs (Intel/AMD), Intel GPU and NPU",
             numerics_here="yes: OpenVINO CPU plugin (f32 hint) vs torch",

@@ -72,6 +72,10 @@ def test_int8_precisions_and_options() -> None:
         plan_exports(["openvino"], ["int8-dynamic"])
     with pytest.raises(ConfigError, match="--calib does not apply to target\\(s\\) coreml"):
         plan_exports(["coreml"], None, {"calib": "builtin:shapes"})
+    # the speed pass times artifacts on this host's backend: only onnx (onnxruntime) and openvino
+    assert plan_exports(["onnx", "openvino"], ["int8"], {"calib": "x", "no_speed_pass": True})
+    with pytest.raises(ConfigError, match="--no-speed-pass does not apply.*\n.*onnx, openvino"):
+        plan_exports(["tensorrt", "litert"], ["int8"], {"calib": "x", "no_speed_pass": True})
 
 
 def test_readme_table_is_generated_from_the_capability_table() -> None:

@@ -2,12 +2,13 @@
 encoder slower on this machine is left in float, judged by the whole encoder's measured latency.
 
 Some int8 kernels are slower than the float ones they replace. On this project's AVX-512 host,
-OpenVINO runs MobileCLIP2-S0's strided grouped convolutions int8 through a generic GEMM
-(`jit_gemm_I8`, 6.1 ms of an 11.2 ms image tower, against 1.2 ms in bf16), and onnxruntime's QDQ
-grouped and depthwise convolutions ran the tower at 23.8 ms against 14.0 ms in fp32. A layer's own
-kernel time misses the reorders and (de)quantizations around it, so what is timed is the encoder:
-one quantization per kind with that kind in float, timed at batch 1 in interleaved rounds against
-the best so far, kept only when more than MARGIN faster and still within the accuracy budget.
+OpenVINO runs MobileCLIP2-S0's strided grouped convolutions int8 through a generic GEMM kernel
+(`jit_gemm_I8`: 3 layers, 4.35 ms of an 11.20 ms image tower; benchmarks/results/
+ov_layer_profile.json), and with onnxruntime's QDQ grouped and depthwise convolutions the tower ran
+slower in int8 than in fp32 (benchmarks/results/int8_speed_pass.json). A layer's own kernel time
+misses the reorders and (de)quantizations around it, so what is timed is the encoder: one
+quantization per kind with that kind in float, timed at batch 1 in interleaved rounds against the
+best so far, kept only when more than MARGIN faster and still within the accuracy budget.
 
 A kind that holds most of the quantized layers (a ViT's MatMuls) is not tried: leaving it in float
 is the float artifact in all but name, which the runtime's precision choice already weighs.
