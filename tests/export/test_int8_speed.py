@@ -210,6 +210,8 @@ def test_real_exports_save_what_they_record(mci_checkpoint: Path, tmp_path: Path
         # the pass quantized, less exactly the layers recorded as left in float for speed
         speed = c.details["excluded_for_speed"]
         assert set(speed) <= set(c.excluded_layers) and speed == [n for n in c.excluded_layers if n in speed]
+        # each layer in float for one reason: by default, by the guard or for speed
+        assert sorted([*c.excluded_by_default, *c.excluded_by_guard, *speed]) == sorted(c.excluded_layers), a.key
         got, want = _quantized(fast, a), _quantized(plain, before) - set(speed)
         assert len(got) == len(want) and _named(got) == _named(want), a.key
         assert bool(speed) == any(t.get("kept") for t in c.guard["speed"])
