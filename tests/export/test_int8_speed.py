@@ -149,6 +149,14 @@ def test_a_kind_kept_last_reports_the_held_out_numbers_of_the_artifact_kept() ->
     assert result.metrics["cosine_min"] < 0.999  # not the guard's all-int8 numbers (cosine 1)
 
 
+def test_a_kind_already_all_in_float_costs_no_quantization() -> None:
+    # the grouped convs are float defaults the budget needs: the guard keeps them, the pass skips the kind
+    q = TimedStandIn(harm=lambda excluded: 0.0 if set(GROUPED) <= set(excluded) else 0.5)
+    result = guarded_fast_quantize(q, list(INT8_MS), GROUPED, q.held, BUDGET, what="stand-in",
+                                   kinds={"GroupConvolution": GROUPED, "MatMul": MATMUL})
+    assert result.speed[0] == {"kind": "GroupConvolution", "layers": 0, "skipped": "none quantized"}
+    assert q.calls == [[], GROUPED] and result.excluded == GROUPED and result.excluded_for_speed == []
+
 def test_a_default_measured_safe_then_left_in_float_for_speed_is_recorded_once() -> None:
     # dw0 is a float default (a stem conv) measured safe, so the guard quantized it; its kind is
     # then left in float for speed: it is in float for speed, neither by default nor "measured safe"
