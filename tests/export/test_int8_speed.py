@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 
 from edgeclip.bundle import Artifact, Bundle
+from edgeclip.cli.export import _calibration_line
+from edgeclip.errors import ExportError
 from edgeclip.export.driver import export_bundle
+from edgeclip.export.int8 import speed as speed_pass
 from edgeclip.export.int8.common import EncoderData, calibration_record
 from edgeclip.export.int8.guard import Budget, HeldOut, measure
 from edgeclip.export.int8.speed import guarded_fast_quantize
@@ -168,6 +171,20 @@ def test_a_default_measured_safe_then_left_in_float_for_speed_is_recorded_once()
     assert c.excluded_layers == GROUPED and c.details["excluded_for_speed"] == GROUPED
     assert c.excluded_by_default == [] and c.excluded_by_guard == []
     assert c.float_defaults_measured_safe == ["mm11"]
+    # and `edgeclip export` says how many of the layers kept float are there for speed
+    assert _calibration_line(c).endswith("4 layer(s) kept float (4 of them for speed)")
+
+
+def test_a_rewrite_that_misses_the_budget_fails_the_export() -> None:
+    # the kept quantization is written again after a later kind was rejected; should the quantizer
+    # not repeat itself and the rewrite miss the budget, the export fails instead of shipping it
+    def harm(excluded: list[str]) -> float:
+        # the kept set (GROUPED) is within budget when first measured, not when written again
+        return 0.5 if excluded == GROUPED and q.calls.count(GROUPED) > 1 else 0.0
+
+    q = TimedStandIn(harm=harm)
+    with pytest.raises(ExportError, match="written again"):
+        quantize(q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,9 +215,20 @@ def _named(layers: set[str]) -> set[str]:
     return {n for n in layers if not re.fullmatch(r"[A-Za-z]+_\d+", n)}
 
 
+def test_a_tower_too_fast_to_time_tries_no_kind() -> None:
+    # 100x faster than the other stand-ins: about 0.1 ms a run, under MIN_MS
+    q = TimedStandIn(int8_ms={n: ms / 100 for n, ms in INT8_MS.items()})
+    result = quantize(q)
+    assert q.calls == [[]] and result.excluded == [] and result.attempts == 1
+    assert [t["kind"] for t in result.speed] == list(KINDS)
+    assert all(t["skipped"].startswith("the tower runs in 0.") for t in result.speed)
+
+
 def test_real_exports_save_what_they_record(mci_checkpoint: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECLIP_CACHE", str(tmp_path / "cache"))
+    # the tiny tower runs well under MIN_MS, where no kind is tried; here every kind is
+    monkeypatch.setattr(speed_pass, "MIN_MS", 0.0)
     plain = _exports(mci_checkpoint, tmp_path / "plain.edgeclip", no_speed_pass=True)
     fast = _exports(mci_checkpoint, tmp_path / "fast.edgeclip", targets=("onnx", "openvino", "tensorrt"))
     kinds = {"onnx": "Conv (grouped)", "openvino": "GroupConvolution"}
