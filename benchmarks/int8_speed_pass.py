@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from edgeclip._io import write_json  # noqa: E402
 from edgeclip.bundle import Bundle  # noqa: E402
 from edgeclip.data.shapes import SHAPES, ZERO_SHOT_TEMPLATES  # noqa: E402
+from edgeclip.export.int8.speed import interleaved_ms  # noqa: E402
 from edgeclip.runtime.backends.base import BackendOptions  # noqa: E402
 from edgeclip.runtime.classifier import load_encoder  # noqa: E402
 
@@ -53,22 +53,6 @@ def export(ckpt: Path, out: Path, work: Path, speed_pass: bool) -> float:
     if proc.returncode != 0:
         sys.exit(f"export failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return time.perf_counter() - t0
-
-
-def interleaved(encoders: dict[str, Any], x: np.ndarray, rounds: int, runs: int) -> dict[str, float]:
-    for enc in encoders.values():
-        for _ in range(3):
-            enc(x)
-    per: dict[str, list[float]] = {k: [] for k in encoders}
-    for _ in range(rounds):
-        for k, enc in encoders.items():
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                enc(x)
-                times.append(time.perf_counter() - t)
-            per[k].append(statistics.median(times))
-    return {k: round(1e3 * statistics.median(v), 3) for k, v in per.items()}
 
 
 def int8_record(bundle: Bundle, target: str) -> dict[str, Any]:
@@ -104,7 +88,9 @@ def main() -> None:
                 records[f"{backend}/int8 {name}"] = int8_record(bundle, target)
         size = bundles["pass"].manifest.preprocess.image_size
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-        ms = interleaved(encoders, x, rounds=3 if args.quick else 15, runs=3 if args.quick else 10)
+        times = interleaved_ms(list(encoders.values()), x, rounds=3 if args.quick else 15,
+                               per_round_runs=3 if args.quick else 10)
+        ms = {k: round(t, 3) for k, t in zip(encoders, times, strict=True)}
         ratios = {b: {"no_pass_over_pass": round(ms[f"{b}/int8 no_pass"] / ms[f"{b}/int8 pass"], 3),
                       "fp32_over_pass": round(ms[f"{b}/fp32"] / ms[f"{b}/int8 pass"], 3)} for b in BACKENDS.values()}
         result = {

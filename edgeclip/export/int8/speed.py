@@ -38,16 +38,17 @@ MIN_MS = 1.0
 ROUNDS, WARMUP, RUNS = 5, 3, 5  # interleaved rounds; runs per round (median), after warm-up
 
 
-def interleaved_ms(runs: Sequence[Run], x: np.ndarray) -> list[float]:
-    """Median latency (ms) of each run on `x`, timed in interleaved rounds (the host's speed drifts)."""
+def interleaved_ms(runs: Sequence[Run], x: np.ndarray, rounds: int = ROUNDS, per_round_runs: int = RUNS) -> list[float]:
+    """Median over `rounds` interleaved rounds (the host's speed drifts) of each run's median
+    latency (ms) on `x` in that round, after WARMUP runs each."""
     for run in runs:
         for _ in range(WARMUP):
             run(x)
     per_round: list[list[float]] = [[] for _ in runs]
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for i, run in enumerate(runs):
             times = []
-            for _ in range(RUNS):
+            for _ in range(per_round_runs):
                 start = time.perf_counter()
                 run(x)
                 times.append(time.perf_counter() - start)
