@@ -401,7 +401,7 @@ def _backend_candidates(bundle: Bundle, encoder: str, backend: str,
         names, why = auto_order()
     else:
         backend_class(backend)  # unknown names raise with a suggestion
-        names, why = [backend], "asked for"
+        names, why = [backend], "backend asked for"
     blocked: list[EdgeclipError] = []  # why backends with an artifact in the bundle cannot run here
     for name in names:
         candidates = m.find(encoder, backend_target(name), precision)
