@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 from edgeclip._io import write_json  # noqa: E402
 from edgeclip.bundle import Bundle  # noqa: E402
 from edgeclip.data.shapes import SHAPES, ZERO_SHOT_TEMPLATES  # noqa: E402
-from edgeclip.export.int8.speed import interleaved_ms  # noqa: E402
 from edgeclip.runtime.backends.base import BackendOptions  # noqa: E402
 from edgeclip.runtime.classifier import load_encoder  # noqa: E402
+from edgeclip.runtime.timings import interleaved_ms  # noqa: E402
 
 BACKENDS = {"onnx": "onnxruntime", "openvino": "openvino"}
 
@@ -88,8 +88,8 @@ def main() -> None:
                 records[f"{backend}/int8 {name}"] = int8_record(bundle, target)
         size = bundles["pass"].manifest.preprocess.image_size
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-        times = interleaved_ms(list(encoders.values()), x, rounds=3 if args.quick else 15,
-                               per_round_runs=3 if args.quick else 10)
+        times = interleaved_ms([(enc, x) for enc in encoders.values()], rounds=3 if args.quick else 15,
+                               runs=3 if args.quick else 10)
         ms = {k: round(t, 3) for k, t in zip(encoders, times, strict=True)}
         ratios = {b: {"no_pass_over_pass": round(ms[f"{b}/int8 no_pass"] / ms[f"{b}/int8 pass"], 3),
                       "fp32_over_pass": round(ms[f"{b}/fp32"] / ms[f"{b}/int8 pass"], 3)} for b in BACKENDS.values()}

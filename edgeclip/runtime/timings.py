@@ -257,16 +257,23 @@ def median_ms(run: Callable[[np.ndarray], object], x: np.ndarray, warmup: int = 
     return statistics.median(times) * 1e3
 
 
+def interleaved_ms(calls: Sequence[tuple[Callable[[np.ndarray], object], np.ndarray]], rounds: int = ROUNDS,
+                   warmup: int = WARMUP, runs: int = RUNS) -> list[float]:
+    """Each (run, input)'s latency in ms: the median over `rounds` interleaved rounds (a drift of the
+    host's speed hits every call alike) of its `median_ms` in that round."""
+    per_round: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, (run, x) in enumerate(calls):
+            per_round[i].append(median_ms(run, x, warmup, runs))
+    return [statistics.median(t) for t in per_round]
+
+
 def fastest_now(runs: dict[str, tuple[Artifact, Callable[[np.ndarray], object]]], backend: str,
                 options: BackendOptions) -> Choice:
     """Time the loaded candidates (artifact key -> (artifact, run), the backend's preference first)
     interleaved, record the comparison, and return the fastest (`_pick`)."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    inputs = {k: zero_input(a) for k, (a, _) in runs.items()}
-    for _ in range(ROUNDS):  # interleaved: a drift of the host's speed hits every candidate alike
-        for k, (_, run) in runs.items():
-            times[k].append(median_ms(run, inputs[k]))
-    latencies = {k: (a, statistics.median(times[k])) for k, (a, _) in runs.items()}
+    times = interleaved_ms([(run, zero_input(a)) for a, run in runs.values()])
+    latencies = {k: (a, t) for (k, (a, _)), t in zip(runs.items(), times, strict=True)}
     record(backend, options, latencies, by="load(precision='fastest')")
     ms = {a.precision: t for a, t in latencies.values()}
     best = _pick([a for a, _ in runs.values()], ms)

@@ -19,41 +19,19 @@ Timings are of the export host, so a bundle records them; `--no-speed-pass` turn
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from edgeclip.errors import ExportError
 from edgeclip.export.int8.guard import Budget, GuardResult, HeldOut, Quantize, Run, evaluate, guarded_quantize, within
+from edgeclip.runtime.timings import MARGIN, interleaved_ms
 
 log = logging.getLogger(__name__)
 
-MARGIN = 0.05  # two interleaved runs of the same artifact differ by up to 4 % here (see timings.py)
 # below this batch-1 latency a tower's time is mostly call overhead and 5 % is within its noise
 # (test-sized towers run in 0.1-0.6 ms here; real ones in several ms): no kind is tried
 MIN_MS = 1.0
-ROUNDS, WARMUP, RUNS = 5, 3, 5  # interleaved rounds; runs per round (median), after warm-up
-
-
-def interleaved_ms(runs: Sequence[Run], x: np.ndarray, rounds: int = ROUNDS, per_round_runs: int = RUNS) -> list[float]:
-    """Median over `rounds` interleaved rounds (the host's speed drifts) of each run's median
-    latency (ms) on `x` in that round, after WARMUP runs each."""
-    for run in runs:
-        for _ in range(WARMUP):
-            run(x)
-    per_round: list[list[float]] = [[] for _ in runs]
-    for _ in range(rounds):
-        for i, run in enumerate(runs):
-            times = []
-            for _ in range(per_round_runs):
-                start = time.perf_counter()
-                run(x)
-                times.append(time.perf_counter() - start)
-            per_round[i].append(statistics.median(times))
-    return [1e3 * statistics.median(r) for r in per_round]
+ROUNDS = 5  # interleaved rounds of timings.interleaved_ms (each: warm-up, then the median of 5 runs)
 
 
 def leave_slow_kinds_in_float(
@@ -71,7 +49,7 @@ def leave_slow_kinds_in_float(
         return timing() if timing is not None else run
 
     best, best_run, last = list(result.excluded), timed(guarded), list(result.excluded)
-    (baseline,) = interleaved_ms([best_run], x)
+    (baseline,) = interleaved_ms([(best_run, x)], ROUNDS)
     every = [n for layers in kinds.values() for n in layers]
     for kind, layers in kinds.items():
         adding = [n for n in layers if n not in best]
@@ -86,7 +64,8 @@ def leave_slow_kinds_in_float(
         run = quantize(last := [*best, *adding])
         result.attempts += 1
         trial_run = timed(run)
-        trial["ms_before"], trial["ms_in_float"] = before, after = interleaved_ms([best_run, trial_run], x)
+        trial["ms_before"], trial["ms_in_float"] = before, after = interleaved_ms(
+            [(best_run, x), (trial_run, x)], ROUNDS)
         trial["kept"] = False
         if after < (1 - MARGIN) * before:
             metrics = evaluate(run, held)
