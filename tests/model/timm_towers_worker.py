@@ -1,0 +1,81 @@
+"""Runs in the open_clip venv (timm, no edgeclip): tiny timm image towers of every layout edgeclip
+imports, with every tensor perturbed, saved with their outputs for tests/model/test_timm_towers.py.
+
+    python timm_towers_worker.py OUT_DIR
+
+Layouts (timm's own constructors, shrunk): FastViT MCi0-like (BatchNorm before attention, stem scale
+branch) and MCi3-like (LayerNorm2d, no stem scale branch), each also after timm's
+`reparameterize_model`; `vit_base_mci_224`'s ConvStem ViT (MobileCLIP-B: no class position, no
+pre-LN, head with bias); `vit_large_patch14_clip_224`'s pre-norm ViT (MobileCLIP2-L-14); and a SigLIP
+tower (no class token, MAP head) as open_clip's ViT-*-SigLIP use.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from timm.layers import LayerNorm2d
+from timm.models.fastvit import FastVit, RepConditionalPosEnc
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_hybrid import ConvStem, _create_vision_transformer_hybrid
+from timm.utils.model import reparameterize_model
+
+EMBED = 32
+
+
+def fastvit(**kw: object) -> torch.nn.Module:
+    return FastVit(layers=(1, 2, 1), embed_dims=(16, 32, 64), downsamples=(False, True, True),
+                   se_downsamples=(False, True, True), token_mixers=("repmixer", "repmixer", "attention"),
+                   pos_embs=(None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))), lkc_use_act=True,
+                   num_classes=EMBED, **kw)
+
+
+def towers() -> dict[str, tuple[torch.nn.Module, int]]:
+    stem = ConvStem(channels=(16, 16, 64), stride=(4, 2, 2), kernel_size=(4, 2, 2), padding=0, act_layer=torch.nn.GELU)
+    return {
+        "fastvit_mci0": (fastvit(mlp_ratios=(3, 3, 3)), 64),
+        "fastvit_mci3": (fastvit(mlp_ratios=(4, 4, 4), norm_layer=partial(LayerNorm2d, eps=1e-5),
+                                 stem_use_scale_branch=False), 64),
+        "vit_mci": (_create_vision_transformer_hybrid(
+            "vit_base_mci_224", backbone=stem, embed_args=dict(proj=False), img_size=64, embed_dim=64, depth=2,
+            num_heads=1, no_embed_class=True, num_classes=EMBED), 64),
+        "vit_clip": (VisionTransformer(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=1, pre_norm=True,
+                                       norm_layer=partial(torch.nn.LayerNorm, eps=1e-5), num_classes=EMBED), 56),
+        "vit_siglip": (VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2,
+                                         class_token=False, global_pool="map", num_classes=0), 32),
+    }
+
+
+@torch.no_grad()
+def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every branch matters: BatchNorm statistics off identity, layer scales near 1 (not 1e-5)."""
+    torch.manual_seed(seed)
+    for name, p in model.named_parameters():
+        p.add_(torch.randn_like(p) * (0.5 if name.endswith("gamma") else 0.05))
+    for name, b in model.named_buffers():
+        if name.endswith("running_var"):
+            b.uniform_(0.5, 2.0)
+        elif name.endswith("running_mean"):
+            b.normal_(0, 0.2)
+    return model.eval()
+
+
+@torch.no_grad()
+def main(out: Path) -> None:
+    for i, (name, (model, size)) in enumerate(towers().items()):
+        perturb(model, i)
+        pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(100 + i))
+        outputs = {"pixels": pixels, "out": model(pixels)}
+        if name.startswith("fastvit"):
+            outputs["out_reparameterized"] = reparameterize_model(copy.deepcopy(model))(pixels)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"{name}.safetensors"))
+        save_file(outputs, str(out / f"{name}.outputs.safetensors"))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
