@@ -4,7 +4,8 @@ The other default import tests write their open_clip-named state dicts from edge
 so they prove the renaming but not the modules: a FastViT block, a timm ViT option or the SigLIP MAP
 head computed the wrong way would import "exactly" and still differ from the real model. Here timm
 builds the towers (tests/model/timm_towers_worker.py in the open_clip venv, ~5 s) and edgeclip
-imports them through its own key maps and layout inference.
+imports them through its own key maps and layout inference. Loading a ViT at another image size
+resamples its positional embeddings: open_clip's `resize_pos_embed` is the reference for that.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edgeclip.model.checkpoint import load_strict
 from edgeclip.model.clip import CLIP, VisionTransformer
 from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig
 from edgeclip.model.fastvit import FastViT
-from edgeclip.model.importer import _infer_vit
+from edgeclip.model.importer import _infer_vit, resize_positions
 from edgeclip.model.mobileclip_keys import custom_text_to_native, infer_fastvit
 from edgeclip.model.reparameterize import reparameterize
 from edgeclip.model.siglip import SiglipVisionTransformer
@@ -104,3 +105,12 @@ def test_siglip_tower_matches_timm(timm_dir: Path) -> None:
     load_strict(tower, {k[len(prefix):]: v for k, v in hf.items() if k.startswith(prefix)}, "vit_siglip")
     with torch.no_grad():
         _close(tower.eval()(ref["pixels"]), ref["out"])
+
+
+@pytest.mark.parametrize("grid", [6, 3])
+def test_positional_embeddings_resample_as_open_clip(timm_dir: Path, grid: int) -> None:
+    """Up and down (where antialiasing matters): the class row kept, the grid as open_clip resamples it."""
+    ref = load_file(str(timm_dir / "resize.safetensors"))
+    state = {"visual.positional_embedding": ref["pos"].clone()}
+    resize_positions(state, VisionConfig(image_size=8 * grid, patch_size=8, width=16, layers=1, heads=1))
+    assert (state["visual.positional_embedding"] - ref[f"grid{grid}"]).abs().max() < 1e-6

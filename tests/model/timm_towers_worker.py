@@ -7,7 +7,8 @@ Layouts (timm's own constructors, shrunk): FastViT MCi0-like (BatchNorm before a
 branch) and MCi3-like (LayerNorm2d, no stem scale branch), each also after timm's
 `reparameterize_model`; `vit_base_mci_224`'s ConvStem ViT (MobileCLIP-B: no class position, no
 pre-LN, head with bias); `vit_large_patch14_clip_224`'s pre-norm ViT (MobileCLIP2-L-14); and a SigLIP
-tower (no class token, MAP head) as open_clip's ViT-*-SigLIP use.
+tower (no class token, MAP head) as open_clip's ViT-*-SigLIP use. Also open_clip's own resampling of
+a ViT's positional embeddings to other grids (`resize_pos_embed`, what loading at another image size does).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import copy
 import sys
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from open_clip.model import resize_pos_embed
 from safetensors.torch import save_file
 from timm.layers import LayerNorm2d
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
@@ -65,8 +68,20 @@ def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
+def resized(out: Path) -> None:
+    """A 4x4-grid embedding (plus the class row) resampled by open_clip up to 6x6 and down to 3x3."""
+    pos = torch.randn(1 + 4 * 4, 16, generator=torch.Generator().manual_seed(7))
+    result = {"pos": pos}
+    for grid in (6, 3):
+        state = {"visual.positional_embedding": pos.clone()}
+        resize_pos_embed(state, SimpleNamespace(visual=SimpleNamespace(grid_size=(grid, grid))))
+        result[f"grid{grid}"] = state["visual.positional_embedding"]
+    save_file(result, str(out / "resize.safetensors"))
+
+
 @torch.no_grad()
 def main(out: Path) -> None:
+    resized(out)
     for i, (name, (model, size)) in enumerate(towers().items()):
         perturb(model, i)
         pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(100 + i))
