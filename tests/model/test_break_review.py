@@ -1,0 +1,71 @@
+"""Gaps found by breaking model building and weight import on purpose (each test here went red under
+a break the other tests let through; the break is named in each docstring)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from edgeclip.errors import ConfigError
+from edgeclip.model.importer import import_weights
+from edgeclip.model.reparameterize import reparameterize
+from edgeclip.model.siglip_import import preprocess_from_hf
+from edgeclip.runtime.preprocess import preprocess
+from tests.model.test_import_hf import CONFIGS, make_hf_clip, save_hf
+from tests.model.test_reparameterize import TOLERANCE, _images, _perturbed, _tiny
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_reparameterizing_a_model_in_training_mode_gives_the_eval_function() -> None:
+    """Break: reparameterize() without .eval() on its copy. Models come out of training in train
+    mode; the BatchNorm left before attention would then normalise with batch statistics."""
+    model = _perturbed(_tiny()).train()
+    pixels = _images(model.cfg.vision_cfg.image_size)
+    fused = reparameterize(model)
+    assert not fused.training and model.training
+    with torch.no_grad():
+        ref = F.normalize(model.eval().encode_image(pixels), dim=-1)
+        out = F.normalize(fused.encode_image(pixels), dim=-1)
+    assert (ref - out).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize("tower", ["text_config", "vision_config"])
+def test_hf_layer_norm_eps_other_than_clips_is_refused(tmp_path: Path, tower: str) -> None:
+    """Break: the layer_norm_eps check dropped. The towers' LayerNorms use CLIP's 1e-5; a model
+    saved with another eps would import silently and embed differently from its source."""
+    src = save_hf(make_hf_clip(**CONFIGS["quickgelu-p8"]), tmp_path / "hf")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg[tower]["layer_norm_eps"] = 1e-6
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="layer_norm_eps 1e-06"):
+        import_weights(src, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def _photo() -> bytes:
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    buf = io.BytesIO()
+    Image.fromarray(sklearn_datasets.load_sample_images().images[0]).crop((0, 0, 300, 200)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC])
+def test_siglip_preprocessor_config_is_read_as_transformers_applies_it(tmp_path: Path, resample: int) -> None:
+    """Break: preprocessor_config.json's resample codes read the wrong way round. The pixels the
+    imported checkpoint's preprocessing makes must be transformers' own processor's."""
+    proc = transformers.SiglipImageProcessorPil(size={"height": 48, "width": 48}, resample=resample,
+                                                image_mean=[0.4, 0.5, 0.6], image_std=[0.3, 0.2, 0.1])
+    proc.save_pretrained(str(tmp_path))
+    data = _photo()
+    ref = proc(images=Image.open(io.BytesIO(data)).convert("RGB"), return_tensors="np")["pixel_values"][0]
+    ours = preprocess(data, preprocess_from_hf(tmp_path, 48))
+    assert ours.shape == ref.shape == (3, 48, 48)
+    assert np.abs(ours - ref).max() <= 1e-5  # the bound tests/runtime/test_preprocess_squash.py holds
