@@ -267,11 +267,13 @@ def _shape_differences(inferred: ModelConfig, named: ModelConfig) -> list[str]:
 
 
 def resize_positions(state: dict[str, torch.Tensor], vision: VisionConfig) -> None:
-    """Resample the image positional embedding ([1 + g*g, W]) to `vision`'s grid, as open_clip
-    does (bicubic, antialiased, align_corners False); the class/mean token's row is kept."""
+    """Resample the image positional embedding ([1 + g*g, W], or [g*g, W] for a timm ViT whose
+    class token has no position) to `vision`'s grid, as open_clip and timm do (bicubic,
+    antialiased, align_corners False); the class/mean token's row is kept."""
     key = "visual.attnpool.positional_embedding" if vision.is_resnet else "visual.positional_embedding"
     pos = state[key]
-    g, n, w = math.isqrt(pos.shape[0] - 1), vision.grid, pos.shape[1]
-    grid = pos[1:].reshape(1, g, g, w).permute(0, 3, 1, 2)
+    extra = int(vision.is_resnet or vision.pos_embed_class)
+    g, n, w = math.isqrt(pos.shape[0] - extra), vision.grid, pos.shape[1]
+    grid = pos[extra:].reshape(1, g, g, w).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(n, n), mode="bicubic", antialias=True, align_corners=False)
-    state[key] = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(n * n, w)])
+    state[key] = torch.cat([pos[:extra], grid.permute(0, 2, 3, 1).reshape(n * n, w)])

@@ -114,3 +114,14 @@ def test_positional_embeddings_resample_as_open_clip(timm_dir: Path, grid: int) 
     state = {"visual.positional_embedding": ref["pos"].clone()}
     resize_positions(state, VisionConfig(image_size=8 * grid, patch_size=8, width=16, layers=1, heads=1))
     assert (state["visual.positional_embedding"] - ref[f"grid{grid}"]).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("grid", [6, 3])
+def test_positional_embeddings_without_a_class_row_resample_as_timm(timm_dir: Path, grid: int) -> None:
+    """MobileCLIP-B's timm ViT: g*g rows, none for the class token (resampling used to take the
+    first grid row for a class row and fail on the reshape)."""
+    ref = load_file(str(timm_dir / "resize.safetensors"))
+    state = {"visual.positional_embedding": ref["pos"][1:].clone()}
+    vision = VisionConfig(image_size=8 * grid, patch_size=8, width=16, layers=1, heads=1, pos_embed_class=False)
+    resize_positions(state, vision)
+    assert (state["visual.positional_embedding"] - ref[f"no_class_grid{grid}"]).abs().max() < 1e-6

@@ -8,7 +8,8 @@ branch) and MCi3-like (LayerNorm2d, no stem scale branch), each also after timm'
 `reparameterize_model`; `vit_base_mci_224`'s ConvStem ViT (MobileCLIP-B: no class position, no
 pre-LN, head with bias); `vit_large_patch14_clip_224`'s pre-norm ViT (MobileCLIP2-L-14); and a SigLIP
 tower (no class token, MAP head) as open_clip's ViT-*-SigLIP use. Also open_clip's own resampling of
-a ViT's positional embeddings to other grids (`resize_pos_embed`, what loading at another image size does).
+a ViT's positional embeddings to other grids (`resize_pos_embed`, what loading at another image size does),
+and timm's for a ViT whose class token has no position (`resample_abs_pos_embed`, no prefix tokens).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from types import SimpleNamespace
 import torch
 from open_clip.model import resize_pos_embed
 from safetensors.torch import save_file
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d, resample_abs_pos_embed
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_hybrid import ConvStem, _create_vision_transformer_hybrid
@@ -76,6 +77,7 @@ def resized(out: Path) -> None:
         state = {"visual.positional_embedding": pos.clone()}
         resize_pos_embed(state, SimpleNamespace(visual=SimpleNamespace(grid_size=(grid, grid))))
         result[f"grid{grid}"] = state["visual.positional_embedding"]
+        result[f"no_class_grid{grid}"] = resample_abs_pos_embed(pos[None, 1:], [grid, grid], num_prefix_tokens=0)[0]
     save_file(result, str(out / "resize.safetensors"))
 
 
