@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
-from edgeclip.errors import ConfigError
+from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.importer import import_weights
 from edgeclip.model.reparameterize import reparameterize
 from edgeclip.model.siglip_import import preprocess_from_hf
 from edgeclip.runtime.preprocess import preprocess
+from tests.model.siglip_fixtures import make_hf_dir
 from tests.model.test_import_hf import CONFIGS, make_hf_clip, save_hf
 from tests.model.test_reparameterize import TOLERANCE, _images, _perturbed, _tiny
 
@@ -69,3 +71,39 @@ def test_siglip_preprocessor_config_is_read_as_transformers_applies_it(tmp_path:
     ours = preprocess(data, preprocess_from_hf(tmp_path, 48))
     assert ours.shape == ref.shape == (3, 48, 48)
     assert np.abs(ours - ref).max() <= 1e-5  # the bound tests/runtime/test_preprocess_squash.py holds
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ("extra", "1 tensors with no mapping: vision_model.encoder.layers.0.layer_scale1"),
+    ("no_k_bias", r"lacks bias of \['k'\] for visual.transformer.resblocks.0.attn.in_proj_bias"),
+])
+def test_hf_tensors_the_map_does_not_cover_are_refused(tmp_path: Path, change: str, match: str) -> None:
+    """Breaks: unmapped HF tensors skipped; an incomplete q/k/v concatenated anyway. A newer HF
+    layout with a tensor edgeclip does not compute must not import half-mapped."""
+    src = save_hf(make_hf_clip(**CONFIGS["quickgelu-p8"]), tmp_path / "hf")
+    state = load_file(str(src / "model.safetensors"))
+    if change == "extra":
+        state["vision_model.encoder.layers.0.layer_scale1"] = torch.ones(64)
+    else:
+        del state["vision_model.encoder.layers.0.self_attn.k_proj.bias"]
+    save_file(state, str(src / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=match):
+        import_weights(src, tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(("tower", "field", "value", "match"), [
+    ("text_config", "hidden_act", "gelu", "text_config.hidden_act 'gelu'"),
+    ("vision_config", "hidden_act", "relu", "vision_config.hidden_act 'relu'"),
+    ("vision_config", "vision_use_head", False, "attention-pooling head"),
+])
+def test_siglip_configs_the_towers_do_not_compute_are_refused(tmp_path: Path, tower: str, field: str,
+                                                                value: object, match: str) -> None:
+    """Breaks: SigLIP's hidden_act or vision_use_head checks dropped. The weights would load into
+    tanh-GELU towers with a MAP head and embed differently from the source model."""
+    _, src = make_hf_dir(tmp_path / "hf", "p8-w32")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg[tower][field] = value
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=match):
+        import_weights(src, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
