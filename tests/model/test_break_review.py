@@ -17,9 +17,11 @@ from safetensors.torch import load_file, save_file
 from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.importer import import_weights
 from edgeclip.model.reparameterize import reparameterize
-from edgeclip.model.siglip_import import preprocess_from_hf
+from edgeclip.model.siglip import SigLIP
+from edgeclip.model.siglip_import import infer_siglip_config, preprocess_from_hf
 from edgeclip.runtime.preprocess import preprocess
-from tests.model.siglip_fixtures import make_hf_dir
+from tests.model.siglip_fixtures import CONFIGS as SIGLIP_CONFIGS
+from tests.model.siglip_fixtures import make_hf_dir, make_hf_siglip
 from tests.model.test_import_hf import CONFIGS, make_hf_clip, save_hf
 from tests.model.test_reparameterize import TOLERANCE, _images, _perturbed, _tiny
 
@@ -107,3 +109,24 @@ def test_siglip_configs_the_towers_do_not_compute_are_refused(tmp_path: Path, to
     with pytest.raises(ConfigError, match=match):
         import_weights(src, tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_siglip_norms_have_transformers_eps() -> None:
+    """Break: a SigLIP LayerNorm built with 1e-5 instead of 1e-6. The names are transformers' one to
+    one, so each module's eps is compared with SiglipModel's (the embeddings move less than the
+    parity bound on random weights)."""
+    c = SIGLIP_CONFIGS["p8-w32"]
+    hf = make_hf_siglip(c["v"], c["t"], vocab=180)
+    ours = SigLIP(infer_siglip_config(dict(hf.state_dict()), hf.config.to_dict()))
+    eps = [{n: m.eps for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)} for model in (ours, hf)]
+    assert eps[0] == eps[1] and len(eps[0]) > 4
+
+
+def test_torchscript_archive_is_refused_by_edgeclip_with_a_way_out(tmp_path: Path) -> None:
+    """Break: the TorchScript check skipped. torch.load(weights_only=True) still refuses the archive
+    (nothing runs either way), but with torch's message and no fix; OpenAI's own .pt downloads are
+    such archives, so the user must be told how to convert them."""
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "ViT-B-32.pt"))
+    with pytest.raises(CheckpointError, match="TorchScript archive") as e:
+        import_weights(tmp_path / "ViT-B-32.pt", tmp_path / "ckpt")
+    assert "safetensors.torch.save_file" in (e.value.fix or "")

@@ -11,6 +11,7 @@ resamples its positional embeddings: open_clip's `resize_pos_embed` is the refer
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch import nn
 
 from edgeclip.model.checkpoint import load_strict
 from edgeclip.model.clip import CLIP, VisionTransformer
@@ -75,6 +77,8 @@ def test_fastvit_matches_timm_in_both_forms(timm_dir: Path, name: str) -> None:
     tower = model.visual
     assert isinstance(tower, FastViT)
     load_strict(tower, _visual(native), name)
+    timm_eps = json.loads((timm_dir / "norm_eps.json").read_text())[name]
+    assert {n: m.eps for n, m in tower.named_modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm2d))} == timm_eps
     with torch.no_grad():
         _close(model.eval().encode_image(ref["pixels"]), ref["out"])
         _close(reparameterize(model).encode_image(ref["pixels"]), ref["out_reparameterized"])

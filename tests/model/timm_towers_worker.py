@@ -15,6 +15,7 @@ and timm's for a ViT whose class token has no position (`resample_abs_pos_embed`
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -81,9 +82,17 @@ def resized(out: Path) -> None:
     save_file(result, str(out / "resize.safetensors"))
 
 
+def norm_eps(model: torch.nn.Module) -> dict[str, float]:
+    """Each normalisation layer's eps by module name: a wrong eps moves embeddings less than the
+    parity bound on random weights, so it is compared as a fact."""
+    return {name: float(m.eps) for name, m in model.named_modules()
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))}
+
+
 @torch.no_grad()
 def main(out: Path) -> None:
     resized(out)
+    eps = {}
     for i, (name, (model, size)) in enumerate(towers().items()):
         perturb(model, i)
         pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(100 + i))
@@ -92,6 +101,8 @@ def main(out: Path) -> None:
             outputs["out_reparameterized"] = reparameterize_model(copy.deepcopy(model))(pixels)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"{name}.safetensors"))
         save_file(outputs, str(out / f"{name}.outputs.safetensors"))
+        eps[name] = norm_eps(model)
+    (out / "norm_eps.json").write_text(json.dumps(eps))
 
 
 if __name__ == "__main__":
