@@ -130,3 +130,14 @@ def test_torchscript_archive_is_refused_by_edgeclip_with_a_way_out(tmp_path: Pat
     with pytest.raises(CheckpointError, match="TorchScript archive") as e:
         import_weights(tmp_path / "ViT-B-32.pt", tmp_path / "ckpt")
     assert "safetensors.torch.save_file" in (e.value.fix or "")
+
+
+def test_siglip_image_size_that_contradicts_the_position_grid_is_named(tmp_path: Path) -> None:
+    """Break: config.json's image_size not checked against the position embeddings' grid. The
+    import still fails (on a tensor shape), but without saying which field is wrong."""
+    _, src = make_hf_dir(tmp_path / "hf", "p8-w32")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["vision_config"]["image_size"] = 40  # patch 8: a 5x5 grid, the weights hold 4x4
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="image_size 40 with patch 8 gives a 5-patch grid"):
+        import_weights(src, tmp_path / "ckpt")
