@@ -6,6 +6,8 @@ head computed the wrong way would import "exactly" and still differ from the rea
 builds the towers (tests/model/timm_towers_worker.py in the open_clip venv, ~5 s) and edgeclip
 imports them through its own key maps and layout inference. Loading a ViT at another image size
 resamples its positional embeddings: open_clip's `resize_pos_embed` is the reference for that.
+Whole open_clip CLIP models (ViT with QuickGELU, ModifiedResNet) go through `edgeclip import` and
+the checkpoint's own tokenizer, against open_clip's embeddings of open_clip's tokenizer's ids.
 """
 
 from __future__ import annotations
@@ -22,21 +24,23 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from edgeclip.model.checkpoint import load_strict
+from edgeclip.model.checkpoint import load_checkpoint, load_strict
 from edgeclip.model.clip import CLIP, VisionTransformer
 from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig
 from edgeclip.model.fastvit import FastViT
-from edgeclip.model.importer import _infer_vit, resize_positions
+from edgeclip.model.importer import _infer_vit, import_weights, resize_positions
 from edgeclip.model.mobileclip_keys import custom_text_to_native, infer_fastvit
 from edgeclip.model.reparameterize import reparameterize
 from edgeclip.model.siglip import SiglipVisionTransformer
 from edgeclip.model.siglip_open_clip import open_clip_siglip_to_hf
 from edgeclip.model.sources import Source
+from edgeclip.runtime.tokenizer import TextTokenizer
 
 OCENV = Path(os.environ.get("EDGECLIP_OCENV", "/tmp/ocenv"))
 WORKER = Path(__file__).with_name("timm_towers_worker.py")
 TOLERANCE = 1e-5  # issues 15 and 16: embeddings within 1e-5 of the source model after import
 EMBED = 32  # the worker's head width
+TEXTS = ["a photo of a dog.", "A DIAGRAM: three things!", "word " * 100]  # as the worker's
 TEXT = TextConfig(context_length=8, vocab_size=64, width=64, heads=1, layers=1)
 
 pytestmark = pytest.mark.skipif(not (OCENV / "bin" / "python").exists(),
@@ -129,3 +133,16 @@ def test_positional_embeddings_without_a_class_row_resample_as_timm(timm_dir: Pa
     vision = VisionConfig(image_size=8 * grid, patch_size=8, width=16, layers=1, heads=1, pos_embed_class=False)
     resize_positions(state, vision)
     assert (state["visual.positional_embedding"] - ref[f"no_class_grid{grid}"]).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(("name", "activation"), [("open_clip_vit", "quick_gelu"), ("open_clip_rn", "gelu")])
+def test_open_clip_clip_imports_with_open_clips_embeddings(timm_dir: Path, tmp_path: Path, name: str,
+                                                            activation: str) -> None:
+    ref = load_file(str(timm_dir / f"{name}.outputs.safetensors"))
+    result = import_weights(timm_dir / f"{name}.safetensors", tmp_path / "ckpt", activation=activation)
+    model, info = load_checkpoint(result.path)
+    ids = torch.from_numpy(TextTokenizer(info.tokenizer_path, info.tokenizer)(TEXTS))
+    assert torch.equal(ids, ref["ids"].long())
+    with torch.no_grad():
+        _close(model.encode_image(ref["pixels"]), ref["img"])
+        _close(model.encode_text(ids), ref["txt"])

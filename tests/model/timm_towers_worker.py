@@ -10,6 +10,8 @@ pre-LN, head with bias); `vit_large_patch14_clip_224`'s pre-norm ViT (MobileCLIP
 tower (no class token, MAP head) as open_clip's ViT-*-SigLIP use. Also open_clip's own resampling of
 a ViT's positional embeddings to other grids (`resize_pos_embed`, what loading at another image size does),
 and timm's for a ViT whose class token has no position (`resample_abs_pos_embed`, no prefix tokens).
+Whole open_clip `CLIP` models (OpenAI's architecture: a ViT with QuickGELU, a ModifiedResNet with
+GELU) are saved as open_clip saves them, with both embeddings of open_clip's own tokenizer's ids.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
+import open_clip
 import torch
-from open_clip.model import resize_pos_embed
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 from safetensors.torch import save_file
 from timm.layers import LayerNorm2d, resample_abs_pos_embed
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
@@ -31,6 +34,7 @@ from timm.models.vision_transformer_hybrid import ConvStem, _create_vision_trans
 from timm.utils.model import reparameterize_model
 
 EMBED = 32
+TEXTS = ["a photo of a dog.", "A DIAGRAM: three things!", "word " * 100]  # the last one is truncated
 
 
 def fastvit(**kw: object) -> torch.nn.Module:
@@ -82,6 +86,21 @@ def resized(out: Path) -> None:
     save_file(result, str(out / "resize.safetensors"))
 
 
+@torch.no_grad()
+def open_clip_models(out: Path) -> None:
+    text = CLIPTextCfg(width=64, heads=1, layers=2)
+    for i, (name, vision, quick) in enumerate([
+        ("open_clip_vit", CLIPVisionCfg(layers=2, width=64, patch_size=8, image_size=32), True),
+        ("open_clip_rn", CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64), False),
+    ]):
+        model = perturb(CLIP(EMBED, vision, text, quick_gelu=quick), 10 + i)
+        pixels = torch.randn(2, 3, vision.image_size, vision.image_size, generator=torch.Generator().manual_seed(i))
+        ids = open_clip.tokenize(TEXTS)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"{name}.safetensors"))
+        save_file({"pixels": pixels, "ids": ids, "img": model.encode_image(pixels), "txt": model.encode_text(ids)},
+                  str(out / f"{name}.outputs.safetensors"))
+
+
 def norm_eps(model: torch.nn.Module) -> dict[str, float]:
     """Each normalisation layer's eps by module name: a wrong eps moves embeddings less than the
     parity bound on random weights, so it is compared as a fact."""
@@ -92,6 +111,7 @@ def norm_eps(model: torch.nn.Module) -> dict[str, float]:
 @torch.no_grad()
 def main(out: Path) -> None:
     resized(out)
+    open_clip_models(out)
     eps = {}
     for i, (name, (model, size)) in enumerate(towers().items()):
         perturb(model, i)
