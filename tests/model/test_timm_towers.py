@@ -146,3 +146,18 @@ def test_open_clip_clip_imports_with_open_clips_embeddings(timm_dir: Path, tmp_p
     with torch.no_grad():
         _close(model.encode_image(ref["pixels"]), ref["img"])
         _close(model.encode_text(ids), ref["txt"])
+
+
+def test_open_clip_training_checkpoint_with_a_stale_mask_imports(timm_dir: Path, tmp_path: Path) -> None:
+    """An open_clip training checkpoint as older open_clip wrote it: DDP prefixes, the causal mask
+    saved as a tensor, an optimizer beside the weights. The mask is rebuilt, never loaded."""
+    state = load_file(str(timm_dir / "open_clip_vit.safetensors"))
+    state["attn_mask"] = torch.full((77, 77), float("-inf")).triu(1)
+    torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]}}, tmp_path / "epoch_3.pt")
+    result = import_weights(tmp_path / "epoch_3.pt", tmp_path / "ckpt", activation="quick_gelu")
+    assert result.source_kind == "open_clip" and "dropped stale tensor 'attn_mask'" in result.notes
+    ref = load_file(str(timm_dir / "open_clip_vit.outputs.safetensors"))
+    model, _ = load_checkpoint(result.path)
+    with torch.no_grad():
+        _close(model.encode_text(ref["ids"].long()), ref["txt"])
