@@ -35,7 +35,7 @@ from edgeclip.model.config import ModelConfig, TextConfig, VisionConfig, get_con
 from edgeclip.model.hf_keys import short_list
 from edgeclip.model.mobileclip_keys import infer_fastvit, release_preprocess
 from edgeclip.model.openai_tokenizer import VOCAB_SIZE, openai_clip_tokenizer
-from edgeclip.model.siglip_import import import_open_clip_siglip, import_siglip, is_siglip_dir
+from edgeclip.model.siglip_import import import_open_clip_siglip, import_siglip, is_siglip_dir, preprocess_from_hf
 from edgeclip.model.sources import Source, read_source
 
 TIMM_LN_EPS = 1e-6  # timm's LayerNorm default, which vit_base_mci_224 keeps
@@ -91,6 +91,7 @@ def import_weights(
     if cfg.text_cfg.vocab_size != VOCAB_SIZE:
         raise ConfigError(f"the text tower has {cfg.text_cfg.vocab_size} tokens; OpenAI's BPE has {VOCAB_SIZE}",
                           fix="only CLIP models with OpenAI's tokenizer can be imported")
+    preprocess = _preprocess(Path(src), source, cfg, inferred)
     clip = CLIP(cfg)
     load_strict(clip, state, str(src), fix=NOT_A_CLIP)
     notes += [f"dropped stale tensor '{k}'" for k in source.dropped]
@@ -100,11 +101,19 @@ def import_weights(
         tokenizer.save(str(tok_file))
         meta: dict[str, Any] = {"imported_from": str(src), "source_format": source.kind, "activation": act,
                                 "activation_origin": origin, "notes": notes}
-        # Apple's for MobileCLIP towers, else OpenAI's mean/std, bicubic
-        preprocess = release_preprocess(cfg.vision_cfg) or PreprocessConfig(image_size=cfg.vision_cfg.image_size)
         save_checkpoint(out, clip.eval(), tok_file, preprocess, dataclasses.replace(
             tok_cfg, context_length=cfg.text_cfg.context_length), meta)
     return ImportResult(out, cfg, source.kind, act, origin, notes)
+
+
+def _preprocess(src: Path, source: Source, cfg: ModelConfig, inferred: ModelConfig) -> PreprocessConfig:
+    """A Hugging Face directory's own preprocessor_config.json (CLIPImageProcessor), unless the
+    image size was changed; Apple's for MobileCLIP towers; else OpenAI's mean/std, bicubic."""
+    size = cfg.vision_cfg.image_size
+    if source.kind == "hugging_face" and (src / "preprocessor_config.json").is_file() and (
+            size == inferred.vision_cfg.image_size):
+        return preprocess_from_hf(src, size)
+    return release_preprocess(cfg.vision_cfg) or PreprocessConfig(image_size=size)
 
 
 def _activation(name: str | None) -> bool | None:

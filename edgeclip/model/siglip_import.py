@@ -220,7 +220,8 @@ def _registered(cfg: ModelConfig) -> ModelConfig:
 
 def preprocess_from_hf(src: Path, image_size: int) -> PreprocessConfig:
     """preprocessor_config.json -> PreprocessConfig. SiglipImageProcessor squashes to `size`
-    (height x width, no crop); a processor with a crop resizes the shortest side first."""
+    (height x width, no crop); a processor with a crop (CLIPImageProcessor) resizes the shortest
+    side first, which edgeclip does to the crop size only."""
     path = src / "preprocessor_config.json"
     d = _read_json(path) if path.is_file() else {}
     size = d.get("size") or {"height": image_size, "width": image_size}
@@ -229,6 +230,10 @@ def preprocess_from_hf(src: Path, image_size: int) -> PreprocessConfig:
     if (not crop and size.get("height") != size.get("width")) or side is None:
         raise ConfigError(f"{path}: unsupported resize {size}", fix="edgeclip resizes to a square")
     target = int((d.get("crop_size") or {}).get("height", side)) if crop else int(side)
+    if crop and int(side) != target:
+        raise ConfigError(f"{path} resizes the shortest side to {side} px, then crops {target} px; edgeclip "
+                          "resizes the shortest side to the crop size", fix="set size.shortest_edge to the crop "
+                          "size in preprocessor_config.json to accept pixels that differ from the source's")
     if target != image_size:
         raise ConfigError(f"{path} resizes to {target} px but the image tower takes {image_size} px")
     resample = _RESAMPLE.get(int(d.get("resample", 3)))

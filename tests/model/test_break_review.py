@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from edgeclip.errors import CheckpointError, ConfigError
+from edgeclip.model.checkpoint import load_checkpoint
 from edgeclip.model.importer import import_weights
 from edgeclip.model.reparameterize import reparameterize
 from edgeclip.model.siglip import SigLIP
@@ -141,3 +143,32 @@ def test_siglip_image_size_that_contradicts_the_position_grid_is_named(tmp_path:
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="image_size 40 with patch 8 gives a 5-patch grid"):
         import_weights(src, tmp_path / "ckpt")
+
+
+def _clip_processor(**kw: object) -> object:
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # it notes its torchvision fallback
+    return transformers.CLIPImageProcessor(**kw)
+
+
+def test_hf_clip_directory_keeps_its_own_preprocessing(tmp_path: Path) -> None:
+    """Found by this review: a Hugging Face CLIP directory's preprocessor_config.json was ignored
+    (OpenAI's mean/std and bicubic were written instead), so a model trained with other pixels
+    embedded different pixels than its source pipeline did."""
+    src = save_hf(make_hf_clip(**CONFIGS["quickgelu-p8"]), tmp_path / "hf")
+    proc = _clip_processor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                           resample=Image.Resampling.BILINEAR, image_mean=[0.4, 0.5, 0.6], image_std=[0.3, 0.2, 0.1])
+    proc.save_pretrained(str(src))  # type: ignore[attr-defined]
+    info = load_checkpoint(import_weights(src, tmp_path / "ckpt").path)[1]
+    data = _photo()
+    ref = proc(images=Image.open(io.BytesIO(data)).convert("RGB"), return_tensors="np")["pixel_values"][0]  # type: ignore[operator]
+    assert np.abs(preprocess(data, info.preprocess) - ref).max() <= 1e-6  # tests/runtime/test_preprocess.py's bound
+
+
+def test_hf_processor_that_resizes_past_its_crop_is_refused(tmp_path: Path) -> None:
+    """The runtime resizes the shortest side to the crop size: a 40 px resize before a 32 px crop
+    (ImageNet style) cannot be reproduced, and is said so rather than approximated."""
+    src = save_hf(make_hf_clip(**CONFIGS["quickgelu-p8"]), tmp_path / "hf")
+    _clip_processor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(str(src))  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="shortest side to 40 px, then crops 32 px") as e:
+        import_weights(src, tmp_path / "ckpt")
+    assert e.value.fix
