@@ -218,18 +218,28 @@ def _registered(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
+def _size_dict(value: Any, shortest: bool, path: Path) -> dict[str, Any]:
+    """A size as transformers reads it: an int (older configs, e.g. openai/clip-vit-base-patch32's
+    `"size": 224`) is the shortest side before a crop, else a square."""
+    if isinstance(value, int):
+        return {"shortest_edge": value} if shortest else {"height": value, "width": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: unsupported size {value!r}", fix="use an int or a dict of height/width")
+    return value
+
+
 def preprocess_from_hf(src: Path, image_size: int) -> PreprocessConfig:
     """preprocessor_config.json -> PreprocessConfig. SiglipImageProcessor squashes to `size`
     (height x width, no crop); a processor with a crop (CLIPImageProcessor) resizes the shortest
     side first, which edgeclip does to the crop size only."""
     path = src / "preprocessor_config.json"
     d = _read_json(path) if path.is_file() else {}
-    size = d.get("size") or {"height": image_size, "width": image_size}
     crop = d.get("do_center_crop", False)
+    size = _size_dict(d.get("size") or {"height": image_size, "width": image_size}, crop, path)
     side = size.get("shortest_edge") if crop else size.get("height")
     if (not crop and size.get("height") != size.get("width")) or side is None:
         raise ConfigError(f"{path}: unsupported resize {size}", fix="edgeclip resizes to a square")
-    target = int((d.get("crop_size") or {}).get("height", side)) if crop else int(side)
+    target = int(_size_dict(d.get("crop_size") or {}, False, path).get("height", side)) if crop else int(side)
     if crop and int(side) != target:
         raise ConfigError(f"{path} resizes the shortest side to {side} px, then crops {target} px; edgeclip "
                           "resizes the shortest side to the crop size", fix="set size.shortest_edge to the crop "

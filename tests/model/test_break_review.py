@@ -172,3 +172,19 @@ def test_hf_processor_that_resizes_past_its_crop_is_refused(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="shortest side to 40 px, then crops 32 px") as e:
         import_weights(src, tmp_path / "ckpt")
     assert e.value.fix
+
+
+def test_hf_clip_directory_with_an_older_int_size_config_imports(tmp_path: Path) -> None:
+    """openai/clip-vit-base-patch32's preprocessor_config.json writes `"size": 224, "crop_size": 224`
+    (ints, the feature-extractor era); transformers reads the int size as the shortest side."""
+    src = save_hf(make_hf_clip(**CONFIGS["quickgelu-p8"]), tmp_path / "hf")
+    (src / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": 32, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 32}))
+    info = load_checkpoint(import_weights(src, tmp_path / "ckpt").path)[1]
+    proc = transformers.CLIPImageProcessor.from_pretrained(str(src))
+    data = _photo()
+    ref = proc(images=Image.open(io.BytesIO(data)).convert("RGB"), return_tensors="np")["pixel_values"][0]
+    assert info.preprocess.resize == "shortest" and info.preprocess.crop == "center"
+    assert np.abs(preprocess(data, info.preprocess) - ref).max() <= 1e-6
