@@ -249,9 +249,11 @@ def preprocess_from_hf(src: Path, image_size: int) -> PreprocessConfig:
     resample = _RESAMPLE.get(int(d.get("resample", 3)))
     if resample is None:
         raise ConfigError(f"{path}: resample {d.get('resample')} is not bilinear (2) or bicubic (3)")
+    normalize = d.get("do_normalize", True)  # off: no mean/std step at all
     return PreprocessConfig(
         image_size=image_size, resize="shortest" if crop else "squash", crop="center" if crop else "none",
-        interpolation=resample, mean=tuple(float(v) for v in d.get("image_mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in d.get("image_std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        interpolation=resample,
+        mean=tuple(float(v) for v in d.get("image_mean", (0.5, 0.5, 0.5))) if normalize else (0.0, 0.0, 0.0),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in d.get("image_std", (0.5, 0.5, 0.5))) if normalize else (1.0, 1.0, 1.0),  # type: ignore[arg-type]
         rescale_factor=float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0,
     )

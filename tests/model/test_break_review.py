@@ -63,12 +63,16 @@ def _photo() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC])
-def test_siglip_preprocessor_config_is_read_as_transformers_applies_it(tmp_path: Path, resample: int) -> None:
-    """Break: preprocessor_config.json's resample codes read the wrong way round. The pixels the
-    imported checkpoint's preprocessing makes must be transformers' own processor's."""
+@pytest.mark.parametrize(("resample", "normalize"), [
+    (Image.Resampling.BILINEAR, True), (Image.Resampling.BICUBIC, True), (Image.Resampling.BICUBIC, False)])
+def test_siglip_preprocessor_config_is_read_as_transformers_applies_it(tmp_path: Path, resample: int,
+                                                                       normalize: bool) -> None:
+    """Break: preprocessor_config.json's resample codes read the wrong way round (and, found by this
+    review, do_normalize false was ignored). The pixels the imported checkpoint's preprocessing
+    makes must be transformers' own processor's."""
     proc = transformers.SiglipImageProcessorPil(size={"height": 48, "width": 48}, resample=resample,
-                                                image_mean=[0.4, 0.5, 0.6], image_std=[0.3, 0.2, 0.1])
+                                                image_mean=[0.4, 0.5, 0.6], image_std=[0.3, 0.2, 0.1],
+                                                do_normalize=normalize)
     proc.save_pretrained(str(tmp_path))
     data = _photo()
     ref = proc(images=Image.open(io.BytesIO(data)).convert("RGB"), return_tensors="np")["pixel_values"][0]
