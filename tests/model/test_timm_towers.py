@@ -50,7 +50,8 @@ pytestmark = pytest.mark.skipif(not (OCENV / "bin" / "python").exists(),
 @pytest.fixture(scope="module")
 def timm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("timm")
-    subprocess.run([str(OCENV / "bin" / "python"), str(WORKER), str(out)], check=True, capture_output=True)
+    proc = subprocess.run([str(OCENV / "bin" / "python"), str(WORKER), str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
