@@ -17,9 +17,11 @@ from safetensors.torch import load_file, save_file
 
 from edgeclip.errors import CheckpointError, ConfigError
 from edgeclip.model.checkpoint import load_checkpoint
+from edgeclip.model.clip import MASK_VALUE, Attention
+from edgeclip.model.fastvit import FastViTAttention
 from edgeclip.model.importer import import_weights
 from edgeclip.model.reparameterize import reparameterize
-from edgeclip.model.siglip import SigLIP
+from edgeclip.model.siglip import ProbeAttention, SigLIP, SiglipAttention
 from edgeclip.model.siglip_import import infer_siglip_config, preprocess_from_hf
 from edgeclip.runtime.preprocess import preprocess
 from tests.model.siglip_fixtures import CONFIGS as SIGLIP_CONFIGS
@@ -192,3 +194,32 @@ def test_hf_clip_directory_with_an_older_int_size_config_imports(tmp_path: Path)
     ref = proc(images=Image.open(io.BytesIO(data)).convert("RGB"), return_tensors="np")["pixel_values"][0]
     assert info.preprocess.resize == "shortest" and info.preprocess.crop == "center"
     assert np.abs(preprocess(data, info.preprocess) - ref).max() <= 1e-6
+
+
+def _attention_modules() -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:
+    """Each attention module with an export-only branch, with inputs large enough that attention
+    is far from uniform (a wrong scale or mask then shows; a tiny trained model hides it)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 32, generator=g) * 3
+    causal = torch.full((6, 6), MASK_VALUE).triu(1)
+    return {
+        "clip": (Attention(32, 2), (x, causal)),
+        "fastvit": (FastViTAttention(32, 16), (torch.randn(2, 32, 2, 3, generator=g) * 3,)),
+        "siglip": (SiglipAttention(32, 2), (x,)),
+        "siglip_probe": (ProbeAttention(32, 2), (torch.randn(1, 1, 32, generator=g) * 3, x)),
+    }
+
+
+@pytest.mark.parametrize("name", ["clip", "fastvit", "siglip", "siglip_probe"])
+def test_export_form_of_attention_equals_the_eager_form(name: str) -> None:
+    """Break: the export-only branch (written-out attention, taken under torch.export) without its
+    1/sqrt(head dim) scale on FastViT's attention: the MCi family export test stayed green, its
+    8-step model attending almost uniformly. The traced program must compute what eager does."""
+    module, args = _attention_modules()[name]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        eager = module(*args)
+        traced = torch.export.export(module, args).module()(*args)
+    assert eager.abs().max() > 0.1 and (traced - eager).abs().max() < 1e-4
