@@ -45,8 +45,10 @@ def scoring_from_manifest(model_config: dict[str, Any], logit_scale: float) -> S
     if rule not in RULES:
         raise BundleError(f"the bundle's scoring rule {rule!r} is unknown (this edgeclip knows {list(RULES)})",
                           fix="upgrade edgeclip, or re-export the bundle with this version")
-    bias = d.get("logit_bias", 0.0)
-    if rule == "sigmoid" and not (isinstance(bias, (int, float)) and np.isfinite(bias)):
+    # absent is refused too: 0 in place of SigLIP's trained bias (about -10) would score every label near 1
+    bias: Any = d.get("logit_bias") if rule == "sigmoid" else 0.0  # softmax has no bias
+    number = isinstance(bias, (int, float)) and not isinstance(bias, bool)
+    if rule == "sigmoid" and not (number and np.isfinite(bias)):
         raise BundleError(f"the bundle's sigmoid scoring has no finite logit_bias (got {bias!r})",
                           fix="re-export the bundle")
     return Scoring(str(rule), float(logit_scale), float(bias))

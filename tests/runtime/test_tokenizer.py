@@ -54,3 +54,10 @@ def test_too_small_vocab_and_bad_file_are_typed_errors(tmp_path: Path) -> None:
     _, cfg = train_tokenizer(CAPTIONS, vocab_size=300, context_length=8)
     with pytest.raises(BundleError):
         TextTokenizer(bad, cfg)
+
+
+def test_one_string_is_one_row(tok: TextTokenizer) -> None:
+    """A bare string is one text, not a sequence of one-character texts."""
+    one = tok("a red circle")
+    assert one.shape == (1, tok.cfg.context_length)
+    np.testing.assert_array_equal(one, tok(["a red circle"]))
