@@ -50,9 +50,10 @@ def install(bundle: str, into: str, name: str | None, trusted_key: tuple[str, ..
 
 @click.command()
 @click.argument("folder", type=click.Path())
-def rollback(folder: str) -> None:
-    """Make FOLDER's (INTO/NAME) previous version current again."""
+@TRUSTED_KEY
+def rollback(folder: str, trusted_key: tuple[str, ...]) -> None:
+    """Make FOLDER's (INTO/NAME) previous version current again (checked as install checks it)."""
     from edgeclip.runtime.install import rollback as roll_back
 
-    done = roll_back(folder)
+    done = roll_back(folder, trusted_keys=list(trusted_key) or None)
     click.echo(f"{done.folder}: current {done.version} (rolled back; previous {done.previous})")

@@ -58,8 +58,9 @@ def install(bundle: str | os.PathLike[str], into: str | os.PathLike[str], name: 
     suffix); the version it replaces becomes `previous`."""
     _require_posix()
     source = Bundle.open(bundle)  # refuses paths that escape and symlinks before anything is copied
-    folder = Path(into) / (name or Path(bundle).name.split(".")[0])
-    _check_name(folder.name)
+    name = name if name is not None else Path(bundle).name.split(".")[0]
+    _check_name(name)  # the name as given: INTO/'../x' has the plain folder name 'x'
+    folder = Path(into) / name
     (folder / VERSIONS).mkdir(parents=True, exist_ok=True)
     with _locked(folder):
         _clean_leftovers(folder)
@@ -172,15 +173,17 @@ def save_bundle_change(bundle: Bundle, edit: Edit) -> Bundle:
     return Bundle.open(folder / VERSIONS / done.version)
 
 
-def rollback(folder: str | os.PathLike[str]) -> Installed:
-    """Make INTO/NAME's previous version current again (and the current one previous)."""
+def rollback(folder: str | os.PathLike[str], trusted_keys: TrustedKeys | None = None) -> Installed:
+    """Make INTO/NAME's previous version current again (and the current one previous). The version
+    rolled back to is checked as an install checks it, under `trusted_keys` (default: the
+    EDGECLIP_TRUSTED_KEYS policy): one installed before the device had a policy would not load."""
     _require_posix()
     folder = Path(folder)
     if _target(folder / CURRENT) is None:
         raise InstallError(f"{folder} is not an install folder (no '{CURRENT}' link)",
                            fix="pass INTO/NAME as given to `edgeclip install`")
     with _locked(folder):
-        return _rollback(folder)
+        return _rollback(folder, trusted_keys)
 
 
 def _require_posix() -> None:
@@ -192,13 +195,13 @@ def _require_posix() -> None:
                                "(ZeroShotClassifier.load(BUNDLE)); install on the Linux or macOS device")
 
 
-def _rollback(folder: Path) -> Installed:
+def _rollback(folder: Path, trusted_keys: TrustedKeys | None) -> Installed:
     current, previous = _target(folder / CURRENT), _target(folder / PREVIOUS)
     assert current is not None
     if previous is None or previous == current or not (folder / VERSIONS / previous).is_dir():
         raise InstallError(f"{folder} has no previous version to roll back to",
                            fix="install the version you want with `edgeclip install`")
-    Bundle.open(folder / VERSIONS / previous).verify()
+    _check(Bundle.open(folder / VERSIONS / previous), trusted_keys)
     _point(folder, CURRENT, previous)
     _point(folder, PREVIOUS, current)
     return Installed(folder, previous, current)

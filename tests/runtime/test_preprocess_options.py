@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from edgeclip.bundle import PreprocessConfig, TensorSpec
+from edgeclip.errors import ConfigError
 from edgeclip.runtime.preprocess import decode_resize, load_image, model_input, preprocess
 
 
@@ -88,3 +89,15 @@ def test_sixteen_bit_grey_maps_65535_to_255() -> None:
         assert im.mode.startswith("I")  # decoded as 16-bit, the branch under test
     rgb = np.asarray(load_image(buf.getvalue()))
     np.testing.assert_array_equal(rgb, np.repeat(k[..., None], 3, axis=2).astype(np.uint8))
+
+
+def test_a_channel_order_this_runtime_does_not_feed_is_refused() -> None:
+    """The manifest records channel_order; feeding RGB to a graph that wants BGR would classify
+    silently wrong, so the runtime refuses instead (as it does for another layout)."""
+    u8 = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    cfg = PreprocessConfig(image_size=8, channel_order="BGR")
+    for spec in (TensorSpec("pixel_values", "float32", ("batch_size", 3, 8, 8)),
+                 TensorSpec("pixel_values", "uint8", ("batch_size", 8, 8, 3), layout="NHWC")):
+        with pytest.raises(ConfigError, match="BGR") as e:
+            model_input(u8, cfg, spec)
+        assert e.value.fix
