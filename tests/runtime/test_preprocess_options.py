@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from edgeclip.bundle import PreprocessConfig, TensorSpec
-from edgeclip.errors import ConfigError
+from edgeclip.errors import ConfigError, ImageError
 from edgeclip.runtime.preprocess import decode_resize, load_image, model_input, preprocess
 
 
@@ -101,3 +101,21 @@ def test_a_channel_order_this_runtime_does_not_feed_is_refused() -> None:
         with pytest.raises(ConfigError, match="BGR") as e:
             model_input(u8, cfg, spec)
         assert e.value.fix
+
+
+def test_an_extreme_strip_keeps_only_its_centre() -> None:
+    """A 4000x20 strip for a 32-px model would be 6400x32 before the crop; the runtime resamples
+    only the centre region instead, and must give the resize-then-crop picture (within 2 levels)."""
+    strip = photo(4000, 20)
+    cfg = PreprocessConfig(image_size=32)
+    resized = strip.resize((6400, 32), Image.Resampling.BICUBIC)  # shortest side 32, long side 32*4000/20
+    want = np.asarray(resized.crop((3184, 0, 3216, 32)), dtype=np.int16)
+    for decode in ("exact", "fast"):
+        got = decode_resize(strip, cfg, decode).astype(np.int16)
+        assert np.abs(got - want).max() <= 2, decode
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.int64, np.bool_])
+def test_an_array_that_is_not_uint8_rgb_says_what_is_expected(dtype: type) -> None:
+    with pytest.raises(ImageError, match="uint8 HxWx3"):
+        load_image(np.ones((4, 4, 3), dtype=dtype))

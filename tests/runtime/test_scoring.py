@@ -4,12 +4,16 @@ and the rule read back from a manifest's model config."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeclip.errors import BundleError
+from edgeclip.runtime import ZeroShotClassifier
 from edgeclip.runtime.scoring import Scoring, scoring_from_manifest
 
 COS = [0.31, 0.24, -0.05]
@@ -67,3 +71,18 @@ def test_a_sigmoid_bias_that_is_not_a_finite_number_is_refused(bias: object) -> 
 def test_a_softmax_rule_ignores_a_stray_bias() -> None:
     s = scoring_from_manifest({"scoring": {"rule": "softmax", "logit_bias": "n/a"}}, 100.0)
     assert (s.rule, s.logit_bias) == ("softmax", 0.0) and s.to_dict() == {"rule": "softmax"}
+
+
+def test_multi_label_threshold_is_inclusive(tiny_bundle: Path, tmp_path: Path) -> None:
+    """"every label at or above it": a label scoring exactly the threshold is returned. The tiny
+    bundle's manifest is given a sigmoid rule (its files, which the manifest pins, are unchanged)."""
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b.edgeclip"))
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["model"]["config"]["scoring"] = {"rule": "sigmoid", "logit_bias": -2.0}
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    clf = ZeroShotClassifier.load(bundle, backend="onnxruntime")
+    img = np.full((32, 32, 3), 120, dtype=np.uint8)
+    p = clf.scoring.probabilities(clf.label_embeddings @ clf.embed_images([img])[0][0])
+    order = np.argsort(-p, kind="stable")
+    (r,) = clf.classify([img], threshold=float(p[order[1]]))
+    assert [label for label, _ in r.predictions] == [clf.classes[i] for i in order[:2]]
