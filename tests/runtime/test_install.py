@@ -110,3 +110,14 @@ def test_rollback_honours_the_trust_policy(versions: tuple[Path, Path], tmp_path
     assert proc.returncode == 1 and "not signed" in proc.stderr, proc.stderr
     assert os.readlink(tmp_path / "cam/current") == f"versions/{second.version}"
     assert rollback(tmp_path / "cam").previous == second.version  # without a policy it goes back
+
+
+def test_cli_install_name_is_used_and_a_path_as_name_is_a_bad_argument(versions: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    into = tmp_path / "models"
+    proc = run_cli("install", str(versions[0]), "--into", str(into), "--name", "cam")
+    assert proc.returncode == 0, proc.stderr
+    assert (into / "cam/current/manifest.json").is_file() and sorted(p.name for p in into.iterdir()) == ["cam"]
+    proc = run_cli("install", str(versions[0]), "--into", str(into), "--name", "../outside")
+    assert proc.returncode == 2 and proc.stderr.startswith("Error:") and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "outside").exists()
