@@ -25,6 +25,9 @@ class Labels:
 
 
 def check_classes(classes: Sequence[str]) -> list[str]:
+    # a bare string is a sequence too: "cat" would become the classes 'c', 'a', 't'
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise ConfigError("class names must be a list of strings", fix="pass one string per class, e.g. ['cat', 'dog']")
     names = [c.strip() for c in classes]
     if not names or any(not c for c in names):
         raise ConfigError("the label list is empty or has blank names", fix="give one class name per line")
@@ -36,9 +39,21 @@ def check_classes(classes: Sequence[str]) -> list[str]:
 
 def prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:
     """Class-major list: for each class, every template filled in."""
-    if not templates or any("{}" not in t for t in templates):
-        raise ConfigError("every prompt template must contain '{}'", fix="e.g. 'a photo of a {}.'")
+    if isinstance(templates, str) or not templates or not all(_one_slot(t) for t in templates):
+        raise ConfigError("every prompt template must contain '{}' once (and no other braces)",
+                          fix="e.g. 'a photo of a {}.'; write a literal brace as '{{' or '}}'")
     return [t.format(c) for c in classes for t in templates]
+
+
+def _one_slot(template: object) -> bool:
+    """Whether str.format fills `template` with one class name ('a {} and {}' or '{name}' would raise)."""
+    if not isinstance(template, str) or "{}" not in template:
+        return False
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError, AttributeError):
+        return False
+    return True
 
 
 PromptProgress = Callable[[int, int], None]  # (prompts encoded so far, total prompts)

@@ -5,11 +5,15 @@ text tower's rows are not exactly unit length)."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edgeclip.errors import ConfigError
 from edgeclip.runtime.labels import check_classes, label_embeddings, prompts
+from tests.conftest import run_cli
 
 TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
 
@@ -67,3 +71,29 @@ def test_label_embeddings_refuse_bad_names_before_encoding() -> None:
     with pytest.raises(ConfigError, match="duplicate"):
         label_embeddings(["cat", "dog", "cat"], TEMPLATES, encode)
     assert calls == []
+
+
+@pytest.mark.parametrize("templates", [["a {} and a {}."], ["a {name} {}."], ["a {} }"], "a photo of a {}.", [7]])
+def test_a_template_that_does_not_take_one_name_is_a_typed_error(templates: object) -> None:
+    with pytest.raises(ConfigError, match="template") as e:
+        prompts(["cat"], templates)  # type: ignore[arg-type]
+    assert e.value.fix
+    assert prompts(["{cat}"], ["a {{literal}} {}."]) == ["a {literal} {cat}."]  # braces in names stay text
+
+
+@pytest.mark.parametrize("classes", ["cat", ["cat", 7], [None]])
+def test_classes_that_are_not_a_list_of_strings_are_a_typed_error(classes: object) -> None:
+    """A bare string would otherwise become one class per character ('c', 'a', 't')."""
+    with pytest.raises(ConfigError, match="list of strings"):
+        check_classes(classes)  # type: ignore[arg-type]
+
+
+def test_cli_labels_with_a_two_slot_template_says_error_not_traceback(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b.edgeclip"))
+    (tmp_path / "c.txt").write_text("circle\nsquare\n")
+    (tmp_path / "t.txt").write_text("a {} and a {}\n")
+    proc = run_cli("labels", str(bundle), "--classes", str(tmp_path / "c.txt"), "--templates", str(tmp_path / "t.txt"),
+                   "--name", "two")
+    assert proc.returncode == 2 and "Error: every prompt template" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (bundle / "manifest.json").read_bytes() == (tiny_bundle / "manifest.json").read_bytes()
