@@ -77,6 +77,10 @@ def _load(src: ImageInput, max_pixels: int, draft: int | None) -> tuple[Image.Im
         if isinstance(src, np.ndarray):
             img = _from_array(src, name)
             return img, img.size
+        if not isinstance(src, (str, os.PathLike, bytes)) and not hasattr(src, "read"):
+            # (bytearray, None, a list...): PIL would fail with an AttributeError, which a batch does not isolate
+            raise ImageError(f"{name}: not an image input",
+                             fix="pass a path, bytes, a binary file object, a PIL image or a uint8 HxWx3 RGB array")
         if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
             raise ImageError(f"image not found: {name}")
         fp = io.BytesIO(src) if isinstance(src, bytes) else src
