@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgeclip.bundle import TokenizerConfig
-from edgeclip.errors import BundleError
+from edgeclip.errors import BundleError, ConfigError
 
 
 class TextTokenizer:
@@ -37,6 +37,8 @@ class TextTokenizer:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]
+        if not all(isinstance(t, str) for t in texts):  # tokenizers would raise an untyped TypeError
+            raise ConfigError("texts must be strings", fix="pass a string or a list of strings")
         encs = self._tok.encode_batch([clean_text(t, self.cfg.text_clean) for t in texts])
         ids = np.array([e.ids for e in encs], dtype=np.int64).reshape(len(texts), self.cfg.context_length)
         return ids

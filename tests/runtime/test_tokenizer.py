@@ -61,3 +61,9 @@ def test_one_string_is_one_row(tok: TextTokenizer) -> None:
     one = tok("a red circle")
     assert one.shape == (1, tok.cfg.context_length)
     np.testing.assert_array_equal(one, tok(["a red circle"]))
+
+
+@pytest.mark.parametrize("texts", [[None], ["ok", 3], [b"bytes"]])
+def test_texts_that_are_not_strings_are_a_typed_error(tok: TextTokenizer, texts: list[object]) -> None:
+    with pytest.raises(ConfigError, match="strings"):
+        tok(texts)  # type: ignore[arg-type]
