@@ -39,6 +39,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # detached signature over manifest.json's exact bytes (edgeclip.runtime.signing)
 CURRENT = "current"  # in an install folder: the symlink to the live version (edgeclip.runtime.install)
+VERSIONS = "versions"  # in an install folder: one folder per installed version, never written into
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB; refuse absurd ones before parsing
 # how images are decoded and resized (edgeclip.runtime.preprocess): "exact" is the training
 # transform bit for bit; "fast" decodes large JPEGs at reduced size and resamples only the crop
@@ -516,3 +517,11 @@ class Bundle:
         write_json(self.root / MANIFEST, self.manifest.to_dict())
         return signed
 
+
+def installed_folder(root: Path) -> Path | None:
+    """The install folder (INTO/NAME) when `root` is one of its versions (what `Bundle.open(INTO/NAME)`
+    resolves to), else None."""
+    folder = root.parent.parent
+    if root.parent.name == VERSIONS and (folder / CURRENT).is_symlink():
+        return folder
+    return None

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeclip.bundle import CURRENT, MANIFEST, SIGNATURE, Bundle
+from edgeclip.bundle import CURRENT, MANIFEST, SIGNATURE, VERSIONS, Bundle, installed_folder
 from edgeclip.errors import BundleError, ConfigError, InstallError
 from edgeclip.runtime.signing import TrustedKeys, read_signature, trust_policy, verify_signature
 
@@ -39,7 +39,7 @@ try:  # flock is POSIX only, as is replacing a symlink atomically: elsewhere eve
 except ImportError:
     fcntl = None  # type: ignore[assignment]
 
-PREVIOUS, VERSIONS, LOCK = "previous", "versions", ".lock"
+PREVIOUS, LOCK = "previous", ".lock"
 STAGING_PREFIX, LINK_PREFIX = ".staging-", ".link-"
 Step = Callable[[str], None]  # told the name of each step as it completes (progress; crash tests)
 Edit = Callable[[Bundle], None]  # changes a staged copy of a bundle (files and manifest) in place
@@ -123,15 +123,6 @@ def _stage_version(source: Bundle, folder: Path, trusted_keys: TrustedKeys | Non
     _fsync(final.parent)
     step("moved")
     return final.name
-
-
-def installed_folder(root: Path) -> Path | None:
-    """The install folder (INTO/NAME) when `root` is one of its versions (what `Bundle.open(INTO/NAME)`
-    resolves to), else None."""
-    folder = root.parent.parent
-    if root.parent.name == VERSIONS and (folder / CURRENT).is_symlink():
-        return folder
-    return None
 
 
 def edit_installed(folder: str | os.PathLike[str], edit: Edit, base: str | None = None,

@@ -23,11 +23,12 @@ from typing import Any
 
 from edgeclip._deps import require
 from edgeclip._io import write_bytes, write_json
-from edgeclip.bundle import MANIFEST, SIGNATURE, Bundle
+from edgeclip.bundle import MANIFEST, SIGNATURE, Bundle, installed_folder
 from edgeclip.errors import (
     BadSignatureError,
     BundleError,
     ConfigError,
+    InstallError,
     KeyFileError,
     UnsignedBundleError,
     UntrustedKeyError,
@@ -106,6 +107,11 @@ def sign_bundle(bundle: str | os.PathLike[str], private_key: str | os.PathLike[s
     are verified first: a signature must never bless a bundle that is already tampered with."""
     key = _load_key(private_key, private=True)
     b = Bundle.open(bundle)
+    folder = installed_folder(b.root)
+    if folder is not None:  # installed versions are never written into (a reader may be loading it)
+        raise InstallError(f"{bundle} is an installed version ({folder}); signing would write into it",
+                           fix="sign the bundle before installing it (edgeclip sign BUNDLE --key KEY), then "
+                               "edgeclip install the signed bundle")
     b.verify()
     raw = b.manifest_bytes
     assert raw is not None  # set by open

@@ -1,7 +1,7 @@
 """Trust-policy and key-file rules: an explicit empty policy is refused (it is
 not "no policy"), the environment policy is read when no keys are passed, and a key pair is never
 overwritten (a lost private key cannot sign updates); a signature file is size-checked before it
-is parsed, even when its content would verify."""
+is parsed, even when its content would verify; an installed version is never signed in place."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from edgeclip.bundle import Bundle
-from edgeclip.errors import BadSignatureError, ConfigError
+from edgeclip.errors import BadSignatureError, ConfigError, InstallError
+from edgeclip.runtime.install import install
 from edgeclip.runtime.signing import (
     ENV,
     MAX_SIGNATURE_BYTES,
@@ -63,3 +64,17 @@ def test_an_oversized_signature_file_is_refused_before_it_is_parsed(tiny_bundle:
     sig.write_bytes(sig.read_bytes() + b" " * MAX_SIGNATURE_BYTES)  # still valid JSON, still verifies
     with pytest.raises(BadSignatureError, match="larger than"):
         verify_signature(Bundle.open(bundle), [pub])
+
+
+def test_an_installed_version_is_not_signed_in_place(tiny_bundle: Path, tmp_path: Path) -> None:
+    priv, _, _ = generate_keys(tmp_path / "k")
+    into = tmp_path / "models"
+    into.mkdir()
+    done = install(Path(shutil.copytree(tiny_bundle, tmp_path / "b.edgeclip")), into, "cam")
+    live = into / "cam" / "versions" / done.version
+    before = sorted(p.name for p in live.iterdir())
+    for path in (into / "cam", live):  # the install folder, or the version it resolves to
+        with pytest.raises(InstallError, match="installed version") as e:
+            sign_bundle(path, priv)
+        assert "before installing" in (e.value.fix or "")
+    assert sorted(p.name for p in live.iterdir()) == before  # no manifest.sig written into the live version
