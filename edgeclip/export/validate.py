@@ -3,6 +3,7 @@ activation-quantized INT8 on the held-out inputs of the accuracy guard (its prob
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,8 @@ HELDOUT_BATCH = 32
 
 
 def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
-    """Per-row cosine (min/mean) and max-abs difference between [N, D] embeddings."""
+    """Per-row cosine (min/mean), max-abs difference and the largest difference in row length
+    between [N, D] embeddings."""
     ref = reference.astype(np.float64)
     act = actual.astype(np.float64)
     cos = cosine_rows(ref, act)
@@ -36,7 +38,16 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
         "cosine_min": float(cos.min()),
         "cosine_mean": float(cos.mean()),
         "max_abs": float(np.abs(ref - act).max()),
+        "norm_max_dev": float(np.abs(np.linalg.norm(act, axis=1) - np.linalg.norm(ref, axis=1)).max()),
     }
+
+
+def max_norm_dev(min_cosine: float) -> float:
+    """The length error allowed where the cosine must reach `min_cosine`: the distance that cosine
+    allows between unit vectors, sqrt(2 (1 - c)). Cosine alone cannot see an artifact whose
+    embeddings are scaled or not L2-normalised, while the runtime scores and ranks them as unit
+    vectors (softmax over logit_scale * dot products, similarity across images)."""
+    return math.sqrt(2 * (1 - min_cosine))
 
 
 Run = Callable[[np.ndarray], np.ndarray]
@@ -76,6 +87,7 @@ def validate(
         "cosine_min": min(s["cosine_min"], b["cosine_min"]),
         "cosine_mean": (s["cosine_mean"] + b["cosine_mean"]) / 2,
         "max_abs": max(s["max_abs"], b["max_abs"]),
+        "norm_max_dev": max(s["norm_max_dev"], b["norm_max_dev"]),
     }
     if label_embeddings is not None and reference.shape[1] == label_embeddings.shape[1]:
         # would the artifact pick the same label as torch for each probe?
@@ -85,8 +97,10 @@ def validate(
         if heldout is None:  # a caller bug, but never let `python -O` turn it into an ungated artifact
             raise ValidationError(f"{what}: activation-quantized INT8 needs the guard's held-out inputs to be judged; "
                                   "the artifact was not registered", fix="export through export_bundle")
+        _check_length(result, heldout[1].min_cosine, what)
         return {**result, "probes_role": PROBES_ROLE, **_heldout_gate(run, *heldout, what)}
     result["threshold_cosine"] = MIN_COSINE.get(precision, DEFAULT_MIN_COSINE)
+    _check_length(result, result["threshold_cosine"], what)
     result["passed"] = result["cosine_min"] >= result["threshold_cosine"]
     if not result["passed"]:
         raise ValidationError(
@@ -95,6 +109,19 @@ def validate(
             fix=_fix(precision),
         )
     return result
+
+
+def _check_length(result: dict[str, Any], min_cosine: float, what: str) -> None:
+    """Refuse embeddings whose lengths differ from torch's (its are 1: L2-normalised) by more than
+    `max_norm_dev(min_cosine)`, on every probe, whatever their direction."""
+    if result["norm_max_dev"] > max_norm_dev(min_cosine):
+        raise ValidationError(
+            f"{what} gives embeddings of another length than the torch reference (largest difference "
+            f"{result['norm_max_dev']:.3g} > {max_norm_dev(min_cosine):.3g}): they are not L2-normalised as the "
+            "manifest says; the artifact was not registered",
+            fix="the exported graph must end in the encoder's L2 normalisation: export the encoder module "
+                "(edgeclip.export.encoders.export_module), not its tower",
+        )
 
 
 def _heldout_gate(run: Callable[[np.ndarray], np.ndarray], held: HeldOut, budget: Budget, what: str) -> dict[str, Any]:
