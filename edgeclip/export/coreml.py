@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from edgeclip import _deps
-from edgeclip.bundle import TensorSpec
 from edgeclip.errors import ConfigError, ExportError
-from edgeclip.export.encoders import BATCH, EncoderSpec, export_module
+from edgeclip.export.encoders import BATCH, EncoderSpec, export_module, fixed_batch
 from edgeclip.export.int8.coreml import PALETTE_BITS, compress_weights, compression_name
 from edgeclip.export.targets import Built, ExportContext, Fallback
 from edgeclip.runtime.backends.base import BackendOptions
@@ -175,14 +174,7 @@ def _quiet() -> Iterator[None]:
 
 def _interface(spec: EncoderSpec, opts: CoreMLOptions) -> EncoderSpec:
     """The artifact's interface as the manifest records it: batch 1 unless flexible; int32 ids."""
-    b: int | str = BATCH if opts.max_batch else 1
-    inp, out = spec.inputs[0], spec.outputs[0]
-    dtype = "int32" if spec.name == "text" else inp.dtype
-    return EncoderSpec(
-        spec.name,
-        (TensorSpec(inp.name, dtype, (b, *inp.shape[1:])),),
-        (TensorSpec(out.name, out.dtype, (b, *out.shape[1:])),),
-    )
+    return fixed_batch(spec, BATCH if opts.max_batch else 1, ids="int32")
 
 
 def _convert(ctx: ExportContext, spec: EncoderSpec, precision: str, opts: CoreMLOptions) -> Any:

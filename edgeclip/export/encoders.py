@@ -4,6 +4,7 @@ convention: `pixel_values` -> `image_embeds`, `input_ids` -> `text_embeds`)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,6 +64,18 @@ def encoder_spec(encoder: str, info: CheckpointInfo, pixels: str = FLOAT_INPUT) 
         "text",
         (TensorSpec("input_ids", "int64", (BATCH, n)),),
         (TensorSpec("text_embeds", "float32", (BATCH, d)),),
+    )
+
+
+def fixed_batch(spec: EncoderSpec, batch: int | str = 1, ids: str | None = None) -> EncoderSpec:
+    """`spec` as an artifact with a static `batch` (or BATCH) records it; `ids`: the dtype its graph
+    takes token ids in, where not int64 (LiteRT and CoreML interfaces have no 64-bit integers)."""
+    inp, out = spec.inputs[0], spec.outputs[0]
+    dtype = ids if ids and spec.name == "text" else inp.dtype
+    return EncoderSpec(
+        spec.name,
+        (dataclasses.replace(inp, dtype=dtype, shape=(batch, *inp.shape[1:])),),
+        (dataclasses.replace(out, shape=(batch, *out.shape[1:])),),
     )
 
 

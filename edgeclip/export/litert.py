@@ -25,7 +25,7 @@ import torch
 
 from edgeclip import _deps
 from edgeclip.errors import ExportError
-from edgeclip.export.encoders import EncoderSpec, example_input, export_module
+from edgeclip.export.encoders import EncoderSpec, example_input, export_module, fixed_batch
 from edgeclip.export.litert_int8 import quantize_int8, quantize_recipe
 from edgeclip.export.targets import Built, ExportContext
 
@@ -50,7 +50,9 @@ class LiteRTTarget:
             quantize_recipe(source, precision, out)
         environment = {**litert_environment(), "source": "torch (litert-torch)", "weights": WEIGHTS[precision],
                        "batch": f"static {STATIC_BATCH}"}
-        return Built(["model.tflite"], environment, calibration, checked_with=CHECKED_WITH)
+        # the manifest records what the file takes: batch 1, int32 token ids
+        return Built(["model.tflite"], environment, calibration, checked_with=CHECKED_WITH,
+                     interface=fixed_batch(spec, STATIC_BATCH, ids="int32"))
 
 
 def float_tflite(ctx: ExportContext, spec: EncoderSpec) -> Path:

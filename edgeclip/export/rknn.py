@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip.errors import ConfigError, UnknownNameError
-from edgeclip.export.encoders import EncoderSpec
+from edgeclip.export.encoders import EncoderSpec, fixed_batch
 from edgeclip.export.int8.common import Int8Options, calibration_record, encoder_data
 from edgeclip.export.int8.guard import Run, guarded_quantize
 from edgeclip.export.reference import reference_onnx
@@ -71,7 +71,7 @@ class RknnTarget:
         # the driver checks the files through the runtime's rknn backend on the simulator, which
         # rebuilds the graph from the sources the artifact carries: what a PC user of the bundle runs
         return Built(["model.rknn", *SIM_SOURCES[precision]], environment, calibration, checked_with=CHECKED_WITH,
-                     options=BackendOptions(device=SIMULATOR))
+                     options=BackendOptions(device=SIMULATOR), interface=fixed_batch(spec, shape[0]))
 
 
 def static_shape(spec: EncoderSpec) -> list[int]:

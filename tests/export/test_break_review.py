@@ -4,7 +4,9 @@ direction, and what the manifest records about each saved artifact is what the f
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,11 +14,13 @@ import torch
 
 import edgeclip.export.openvino as openvino_target
 import edgeclip.export.reference as reference
+from edgeclip.bundle import Bundle
 from edgeclip.errors import ValidationError
 from edgeclip.export.driver import export_bundle
-from edgeclip.export.encoders import encoder_module
+from edgeclip.export.encoders import EncoderSpec, encoder_module
 from edgeclip.export.validate import validate
 from edgeclip.model.build import build_model
+from tests.conftest import README_PARITY, README_WEIGHT_ONLY_PARITY
 
 NOT_UNIT = "another length than the torch reference.*not L2-normalised.*not registered"
 
@@ -63,3 +67,156 @@ def test_an_artifact_without_the_final_normalisation_is_not_registered(
         export_bundle(tiny_checkpoint, out, targets=[target], encoders=["image"])
     assert not out.exists() and not list(tmp_path.iterdir())
 
+
+
+# ---- the gate's thresholds and batch sizes ----------------------------------------------------
+def _tiny_image_encoder() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return encoder_module("image", build_model("test-tiny"))
+
+
+def _rotated(encoder: torch.nn.Module, cosine: float, only_batch: int | None = None):  # type: ignore[no-untyped-def]
+    """An artifact whose unit-length embeddings are torch's turned by a fixed angle (every row's
+    cosine to torch is `cosine`), at every batch size or only at `only_batch`."""
+
+    @torch.no_grad()
+    def run(x: np.ndarray) -> np.ndarray:
+        ref = encoder(torch.from_numpy(x)).numpy().astype(np.float64)
+        if only_batch is not None and len(x) != only_batch:
+            return ref.astype(np.float32)
+        other = np.roll(ref, 1, axis=1)
+        other -= (other * ref).sum(1, keepdims=True) * ref  # orthogonal to each row
+        other /= np.linalg.norm(other, axis=1, keepdims=True)
+        return (cosine * ref + np.sqrt(1 - cosine**2) * other).astype(np.float32)
+
+    return run
+
+
+PROBES = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize(("precision", "cosine", "passes"), [
+    # README: fp32 >= 0.99999, fp16 >= 0.999, weight-only >= 0.99 (tests/conftest.py)
+    ("fp32", 0.99995, False), ("fp32", 0.999995, True),
+    ("fp16", 0.9985, False), ("fp16", 0.9995, True),
+    ("int8w", 0.985, False), ("int8w", 0.995, True), ("palette4", 0.985, False),
+])
+def test_each_precision_is_held_to_the_readme_cosine(precision: str, cosine: float, passes: bool) -> None:
+    encoder = _tiny_image_encoder()
+    run = _rotated(encoder, cosine)
+    if passes:
+        result = validate(encoder, PROBES, run, precision, "x")
+        assert result["passed"] and result["cosine_min"] == pytest.approx(cosine, abs=1e-6)
+        expected = README_PARITY.get(precision, README_WEIGHT_ONLY_PARITY)
+        assert result["threshold_cosine"] == expected
+    else:
+        with pytest.raises(ValidationError, match="disagrees with the torch reference"):
+            validate(encoder, PROBES, run, precision, "x")
+
+
+@pytest.mark.parametrize("batch", [1, len(PROBES)])
+def test_the_gate_runs_batch_one_and_the_full_batch(batch: int) -> None:
+    """An artifact wrong at one batch size only (a static-batch graph, a batch-dependent kernel) is
+    refused: both are run and the worse one is judged."""
+    encoder = _tiny_image_encoder()
+    with pytest.raises(ValidationError, match="disagrees with the torch reference"):
+        validate(encoder, PROBES, _rotated(encoder, 0.9, only_batch=batch), "fp32", "x")
+
+
+# ---- CoreML: what the saved package computes from its image input ----------------------------
+@pytest.fixture(scope="module")
+def coreml_image_input(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    pytest.importorskip("coremltools")
+    out = tmp_path_factory.mktemp("coreml-image-input") / "b.edgeclip"
+    export_bundle(tiny_checkpoint, out, targets=["coreml"], precision="fp16", options={"coreml_image_input": True})
+    return Bundle.open(out)
+
+
+def _program_prologue(package: Path) -> tuple[list[tuple[str, list[str]]], dict[str, np.ndarray]]:
+    """The saved ML Program's ops in order ((type, input names)) and its inline constants."""
+    import coremltools as ct
+
+    fn = ct.utils.load_spec(str(package)).mlProgram.functions["main"]
+    ops, consts = [], {}
+    for op in fn.block_specializations[fn.opset].operations:
+        if op.type == "const" and "val" in op.attributes and op.attributes["val"].HasField("immediateValue"):
+            t = op.attributes["val"].immediateValue.tensor
+            kind = t.WhichOneof("value")
+            if kind == "floats":
+                consts[op.outputs[0].name] = np.asarray(t.floats.values, np.float32)
+            elif kind == "bytes":  # fp16 constants are stored as raw bytes
+                consts[op.outputs[0].name] = np.frombuffer(t.bytes.values, np.float16).astype(np.float32)
+            continue
+        ops.append((op.type, [a.name for arg in op.inputs.values() for a in arg.arguments]))
+    return ops, consts
+
+
+def test_the_coreml_image_input_is_scaled_then_normalised_as_the_manifest_says(coreml_image_input: Bundle) -> None:
+    """Core ML feeds the image's 0..255 RGB values; the package must compute ((x / 255) - mean) / std
+    with the preprocessing's mean and std, the numbers its manifest entry records."""
+    (a,) = coreml_image_input.manifest.find("image")
+    p = coreml_image_input.manifest.preprocess
+    ops, consts = _program_prologue(coreml_image_input.root / a.path / "model.mlpackage")
+    scale = [i for t, ins in ops[:1] if t == "mul" and "pixel_values" in ins for i in ins if i in consts]
+    assert scale and consts[scale[0]].item() == pytest.approx(1 / 255), ops[:2]
+    assert not any(t == "add" and "pixel_values" in ins for t, ins in ops), "no bias: 0..255 -> 0..1 exactly"
+    sub = next(ins for t, ins in ops if t == "sub")
+    mean = next(consts[i] for i in sub if i in consts)
+    after = ops[[t for t, _ in ops].index("sub") + 1]
+    assert after[0] in ("mul", "real_div"), after
+    std = next(consts[i] for i in after[1] if i in consts)
+    fp16 = 1e-3  # the constants are stored in half precision
+    np.testing.assert_allclose(mean.ravel(), p.mean, rtol=fp16)
+    np.testing.assert_allclose(std.ravel(), 1 / np.asarray(p.std) if after[0] == "mul" else p.std, rtol=fp16)
+    env = a.environment.image_input
+    assert env is not None and env["mean"] == list(p.mean) and env["std"] == list(p.std)
+    assert env["scale"] == pytest.approx(1 / 255) and env["bias"] == [0.0, 0.0, 0.0]
+
+
+def _mutated(facts: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    facts = copy.deepcopy(facts)
+    *keys, last = path.split(".")
+    node: Any = facts
+    for k in keys:
+        node = node[int(k)] if k.isdigit() else node[k]
+    node[int(last) if last.isdigit() else last] = value
+    return facts
+
+
+@pytest.mark.parametrize(("encoder", "precision", "path", "value", "named"), [
+    ("text", "fp16", "model_type", "neuralNetwork", "model type"),
+    ("text", "fp16", "specification_version", 6, "specificationVersion"),
+    ("text", "fp16", "inputs.0.name", "ids", "inputs"),
+    ("text", "fp16", "outputs.0.name", "embeds", "outputs"),
+    ("text", "fp16", "inputs.0.dtype", "FLOAT32", "input dtype"),
+    ("text", "fp16", "inputs.0.shape", [1, 17], "input shape"),
+    ("text", "fp16", "inputs.0.range", [[1, 64], [16, 16]], "input batch range"),
+    ("text", "fp16", "outputs.0.dtype", "FLOAT16", "output dtype"),
+    ("text", "fp16", "weight_file_bytes", 0, "weights file is missing"),
+    ("text", "fp16", "max_blob_offset", 10**12, "points past the weights file"),
+    ("text", "fp16", "float_weights.FLOAT32", 3, "FLOAT32 weights in a fp16 model"),
+    ("text", "fp16", "float_weights.FLOAT16", 0, "no FLOAT16 weights"),
+    ("text", "fp32", "float_weights.FLOAT16", 3, "no FLOAT32 weights"),
+    ("text", "int8w", "int8_weights", 0, "no int8-quantized weights"),
+    ("text", "palette6", "palette_sizes", [16], "palette sizes"),
+    ("image", "fp16", "inputs.0.color", "BGR", "not an RGB image"),
+    ("image", "fp16", "inputs.0.width", 31, "image input size"),
+])
+def test_the_coreml_spec_check_refuses_each_mismatch(coreml_image_input: Bundle, encoder: str, precision: str,
+                                                     path: str, value: Any, named: str) -> None:
+    """The spec check is the only check a CoreML artifact gets off macOS: each fact it promises to
+    verify, changed alone in the facts of a real package, is refused by name."""
+    from edgeclip.errors import ExportError
+    from edgeclip.export.coreml import verify_package
+
+    (a,) = coreml_image_input.manifest.find(encoder)
+    facts = a.validation.details["spec"]
+    iface = EncoderSpec(encoder, tuple(a.inputs), tuple(a.outputs))
+    kw = {"max_batch": None, "image_input": encoder == "image", "palette_bits": 6 if precision == "palette6" else None}
+    if precision == "fp16":
+        verify_package(facts, iface, precision, 7, **kw)  # the real facts pass
+    bad = _mutated(facts, path, value)
+    if precision == "fp32":
+        bad = _mutated(bad, "float_weights.FLOAT32", 0)
+    with pytest.raises(ExportError, match=named):
+        verify_package(bad, iface, precision, 7, **kw)

@@ -57,6 +57,13 @@ class TestLiteRT(TargetTemplate):
         env = artifact.environment.details
         assert env["litert-torch"] and env["ai-edge-litert"] and env["batch"] == "static 1"
         assert "LiteRT Interpreter" in artifact.validation.checked_with
+        # the manifest records what the saved file takes (batch 1; token ids int32)
+        from ai_edge_litert.interpreter import Interpreter
+
+        (graph_input,) = Interpreter(model_path=str(bundle.root / artifact.main_file)).get_input_details()
+        assert list(artifact.inputs[0].shape) == graph_input["shape"].tolist()
+        assert artifact.inputs[0].dtype == np.dtype(graph_input["dtype"]).name
+        assert artifact.outputs[0].shape[0] == 1
 
     def test_each_file_stores_weights_in_its_precision(self, bundle: Bundle) -> None:
         from ai_edge_litert.interpreter import Interpreter

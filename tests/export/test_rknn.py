@@ -48,6 +48,7 @@ class TestRknn(TargetTemplate):
         env = artifact.environment.details
         assert env["rknn_platform"] == "rk3588" and env["rknn-toolkit2"] and env["verified_on"] == "simulator"
         assert env["input_shape"][0] == 1
+        assert list(artifact.inputs[0].shape) == env["input_shape"] and artifact.outputs[0].shape[0] == 1
         assert "simulator" in artifact.validation.checked_with
         assert (bundle.root / artifact.main_file).read_bytes()[:4] == b"RKNN"
 
