@@ -26,7 +26,7 @@ import torch
 
 from edgeclip import _deps
 from edgeclip.errors import ConfigError, ExportError
-from edgeclip.export.encoders import BATCH, EncoderSpec, export_module, fixed_batch
+from edgeclip.export.encoders import BATCH, EncoderSpec, example_input, export_module, fixed_batch
 from edgeclip.export.int8.coreml import PALETTE_BITS, compress_weights, compression_name
 from edgeclip.export.targets import Built, ExportContext, Fallback
 from edgeclip.runtime.backends.base import BackendOptions
@@ -129,11 +129,9 @@ def _exported_program(ctx: ExportContext, spec: EncoderSpec, opts: CoreMLOptions
         norm = (p.mean, p.std) if opts.image_input else (None, None)
         module = _PixelEncoder(export_module("image", ctx.model), *norm).eval()
         example = torch.rand(batch, 3, s, s, generator=g)
-    else:
-        t = info.tokenizer
+    else:  # the tokenizer's rules (start/end tokens, pooling) as every other target's example has them
         module = _Int32Ids(export_module("text", ctx.model)).eval()
-        example = torch.randint(1, t.sot_id, (batch, t.context_length), generator=g, dtype=torch.int32)
-        example[:, -1] = t.eot_id
+        example = example_input("text", info, batch).to(torch.int32)
     dynamic = ({0: torch.export.Dim(BATCH, min=1, max=opts.max_batch)},) if opts.max_batch else None
     ep = torch.export.export(module, (example,), dynamic_shapes=dynamic).run_decompositions({})
     # `.to(same dtype)` / full slices become aten.alias, which coremltools 9 has no converter for;

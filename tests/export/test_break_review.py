@@ -54,6 +54,31 @@ def test_the_gate_refuses_embeddings_in_the_right_direction_at_the_wrong_length(
     assert e.value.fix
 
 
+
+def test_int8_is_held_to_unit_length_too() -> None:
+    """Activation-quantized INT8 is judged on held-out inputs by cosine and top-1, which a missing
+    normalisation leaves unchanged; its length is checked on the probes all the same."""
+    from edgeclip.export.int8.guard import Budget, HeldOut
+
+    encoder = encoder_module("image", build_model("test-tiny"))
+    probes = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    held = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        gate = HeldOut(held.numpy(), encoder(held).numpy()), Budget()
+
+    @torch.no_grad()
+    def tower(x: np.ndarray) -> np.ndarray:
+        return encoder.visual(torch.from_numpy(x)).numpy()
+
+    @torch.no_grad()
+    def normalised(x: np.ndarray) -> np.ndarray:
+        return encoder(torch.from_numpy(x)).numpy()
+
+    assert validate(encoder, probes, normalised, "int8", "x", heldout=gate)["passed"]
+    with pytest.raises(ValidationError, match=NOT_UNIT):
+        validate(encoder, probes, tower, "int8", "image/onnx-int8", heldout=gate)
+
+
 @pytest.mark.parametrize(("target", "module", "attr"), [
     ("onnx", reference, "export_module"),
     ("openvino", openvino_target, "openvino_module"),
@@ -220,3 +245,100 @@ def test_the_coreml_spec_check_refuses_each_mismatch(coreml_image_input: Bundle,
         bad = _mutated(bad, "float_weights.FLOAT32", 0)
     with pytest.raises(ExportError, match=named):
         verify_package(bad, iface, precision, 7, **kw)
+
+
+def test_top1_agreement_compares_the_artifacts_labels_with_torchs() -> None:
+    """The label set holds each probe's torch embedding and a neighbour of it; an artifact turned
+    toward the neighbour (within the int8w cosine) picks the neighbour: agreement 0, not 1."""
+    encoder = _tiny_image_encoder()
+    with torch.no_grad():
+        ref = encoder(PROBES).numpy().astype(np.float64)
+    turned = _rotated(encoder, 0.995)(PROBES.numpy()).astype(np.float64)
+    theta = np.arccos(0.995)
+    away = (turned - 0.995 * ref) / np.sin(theta)  # the unit direction the artifact turned toward
+    # the neighbour lies 1.5x as far along that turn: nearer to the artifact's vector than torch's is
+    neighbour = np.cos(1.5 * theta) * ref + np.sin(1.5 * theta) * away
+    labels = np.concatenate([ref, neighbour]).astype(np.float32)
+    result = validate(encoder, PROBES, _rotated(encoder, 0.995), "int8w", "x", label_embeddings=labels)
+    assert result["passed"] and result["top1_agreement"] == 0.0
+    same = validate(encoder, PROBES, _rotated(encoder, 0.99999999), "int8w", "x", label_embeddings=labels)
+    assert same["top1_agreement"] == 1.0
+
+
+# ---- ONNX: the graph's own metadata and the --image-input value ------------------------------
+def test_onnx_metadata_mirrors_the_manifest(tiny_bundle: Path) -> None:
+    import onnx
+
+    from edgeclip import __version__
+
+    b = Bundle.open(tiny_bundle)
+    m, p = b.manifest, b.manifest.preprocess
+    for a in m.artifacts:
+        props = {q.key: q.value for q in onnx.load(str(b.artifact_path(a))).metadata_props}
+        assert props == {
+            "edgeclip.version": __version__, "edgeclip.model": m.model_name, "edgeclip.encoder": a.encoder,
+            "edgeclip.precision": a.precision, "edgeclip.embed_dim": str(m.embed_dim),
+            "edgeclip.image_size": str(p.image_size), "edgeclip.context_length": str(m.tokenizer.context_length),
+            "edgeclip.mean": ",".join(map(str, p.mean)), "edgeclip.std": ",".join(map(str, p.std)),
+        }, a.key
+        assert [float(v) for v in props["edgeclip.mean"].split(",")] == list(p.mean)
+
+
+def test_an_unknown_image_input_is_a_config_error_and_writes_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from edgeclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown --image-input 'uint16'") as e:
+        export_bundle(tiny_checkpoint, tmp_path / "b.edgeclip", encoders=["image"], options={"image_input": "uint16"})
+    assert "float32" in e.value.fix and "uint8" in e.value.fix
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_coreml_program_ends_in_the_l2_normalisation(coreml_image_input: Bundle) -> None:
+    """Off macOS nothing runs a CoreML package, so the cosine/length gate cannot see a tower exported
+    without its normalisation: the saved program itself must end in x / max(||x||, eps)."""
+    import coremltools as ct
+
+    for a in coreml_image_input.manifest.artifacts:
+        fn = ct.utils.load_spec(str(coreml_image_input.root / a.path / "model.mlpackage")).mlProgram.functions["main"]
+        ops = [op for op in fn.block_specializations[fn.opset].operations if op.type != "const"]
+        producer = {o.name: op for op in ops for o in op.outputs}
+
+        def inputs(op: Any) -> dict[str, list[str]]:
+            return {k: [x.name for x in v.arguments if x.name] for k, v in op.inputs.items()}
+
+        op = producer[a.outputs[0].name]
+        while op.type == "cast":
+            op = producer[inputs(op)["x"][0]]
+        assert op.type == "real_div", (a.key, op.type)
+        numerator, denominator = inputs(op)["x"][0], inputs(op)["y"][0]
+        seen, todo = [], [denominator]
+        while todo:  # back from the denominator (through maximum / tile) to the norm it divides by
+            step = producer.get(todo.pop())
+            if step is None:
+                continue
+            seen.append(step.type)
+            if step.type == "reduce_l2_norm":
+                assert inputs(step)["x"] == [numerator], a.key
+                break
+            todo += [n for names in inputs(step).values() for n in names]
+        assert "reduce_l2_norm" in seen, (a.key, seen)
+
+
+def test_coreml_exports_a_text_tower_without_start_and_end_tokens(tmp_path: Path) -> None:
+    """SigLIP's Gemma tokenizer has no start or end token (sot_id = eot_id = -1) and the tower pools
+    the last position: the CoreML example ids must come from the tokenizer's own rules."""
+    pytest.importorskip("coremltools")
+    pytest.importorskip("transformers")
+    from edgeclip.model.checkpoint import load_checkpoint
+    from edgeclip.model.importer import import_weights
+    from tests.model.siglip_fixtures import make_hf_dir
+
+    _, src = make_hf_dir(tmp_path / "hf", "siglip2-p14-remainder")
+    import_weights(src, tmp_path / "ckpt")
+    tok = load_checkpoint(tmp_path / "ckpt")[1].tokenizer
+    assert (tok.sot_id, tok.eot_id, tok.pooling) == (-1, -1, "last")
+    result = export_bundle(tmp_path / "ckpt", tmp_path / "b.edgeclip", targets=["coreml"], precision="fp16",
+                           encoders=["text"])
+    (a,) = result.artifacts
+    assert a.inputs[0].dtype == "int32" and a.inputs[0].shape == (1, tok.context_length)
+    assert a.validation.details["spec"]["inputs"][0]["shape"] == [1, tok.context_length]
