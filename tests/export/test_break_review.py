@@ -342,3 +342,40 @@ def test_coreml_exports_a_text_tower_without_start_and_end_tokens(tmp_path: Path
     (a,) = result.artifacts
     assert a.inputs[0].dtype == "int32" and a.inputs[0].shape == (1, tok.context_length)
     assert a.validation.details["spec"]["inputs"][0]["shape"] == [1, tok.context_length]
+
+
+def test_openvino_artifacts_are_checked_at_the_f32_hint_their_record_names(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU plugin may default to bf16 (on CPUs with AMX/AVX512-BF16) and the fp32 budget is
+    measured at f32: the compiled model that validates each artifact runs at the hint it records."""
+    from edgeclip.runtime.backends.openvino import OpenVinoBackend
+
+    hints: list[str] = []
+    init = OpenVinoBackend.__init__
+
+    def recording(self: OpenVinoBackend, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        hints.append(self.precision_hint)  # read back from the compiled model
+
+    monkeypatch.setattr(OpenVinoBackend, "__init__", recording)
+    result = export_bundle(tiny_checkpoint, tmp_path / "b.edgeclip", targets=["openvino"], encoders=["image"])
+    (a,) = result.artifacts
+    assert a.validation.checked_with.endswith("(INFERENCE_PRECISION_HINT=f32)")
+    assert hints == ["f32"]
+
+
+# ---- embedding-space ids: each tower's own weights ----------------------------------------
+@pytest.mark.parametrize(("changed", "unchanged"), [("text", "image"), ("image", "text")])
+def test_a_change_to_one_towers_weights_changes_only_its_space(tiny_checkpoint: Path, changed: str,
+                                                               unchanged: str) -> None:
+    from edgeclip.export.embedding_space import embedding_space
+    from edgeclip.model.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(tiny_checkpoint)
+    before = {e: embedding_space(model, info, e) for e in ("image", "text")}
+    projection = model.text_projection if changed == "text" else model.visual.proj
+    with torch.no_grad():
+        projection.add_(1e-3)
+    assert embedding_space(model, info, changed) != before[changed]
+    assert embedding_space(model, info, unchanged) == before[unchanged]

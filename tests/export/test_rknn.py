@@ -3,9 +3,10 @@ simulator (accuracy only), the simulator backend, typed refusals, and the enviro
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -26,6 +27,13 @@ needs_toolkit = pytest.mark.skipif(
 )
 SIM = BackendOptions(device="SIM")
 INT8_MIN_COSINE = 0.995  # the README's INT8 budget (--min-cosine), written here
+
+
+def _rknn_description(data: bytes) -> dict[str, Any]:
+    """The JSON graph description rknn-toolkit2 writes into a .rknn file (target platform, tensors)."""
+    start = data.index(b'{"connection"')
+    description, _ = json.JSONDecoder().raw_decode(data[start:].decode("utf-8", "replace"))
+    return dict(description)
 
 
 @needs_toolkit
@@ -49,6 +57,11 @@ class TestRknn(TargetTemplate):
         assert env["rknn_platform"] == "rk3588" and env["rknn-toolkit2"] and env["verified_on"] == "simulator"
         assert env["input_shape"][0] == 1
         assert list(artifact.inputs[0].shape) == env["input_shape"] and artifact.outputs[0].shape[0] == 1
+        # the .rknn file itself: built for the platform, tensors and shapes its manifest entry records
+        saved = _rknn_description((bundle.root / artifact.main_file).read_bytes())
+        assert saved["target_platform"] == [env["rknn_platform"]]
+        tensors = {t["url"]: t["size"] for t in saved["norm_tensor"]}
+        assert tensors == {s.name: list(s.shape) for s in (*artifact.inputs, *artifact.outputs)}
         assert "simulator" in artifact.validation.checked_with
         assert (bundle.root / artifact.main_file).read_bytes()[:4] == b"RKNN"
 
