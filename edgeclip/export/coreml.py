@@ -86,7 +86,7 @@ class _PixelEncoder(torch.nn.Module):
     std differs per channel, so folding it into ImageType would be approximate (~3 % scale error on
     two channels). Folding it into the first conv instead is exact only for an unpadded patch stem.
     A per-channel sub/div on a 3xSxS tensor is exact for every stem and costs nothing next to the
-    tower; ImageType then only rescales 0..255 to 0..1 (scale=1/255, bias=0), which is exact too.
+    tower; ImageType then only rescales 0..255 by the preprocessing's rescale factor (bias 0), exact too.
     """
 
     def __init__(self, encoder: torch.nn.Module, mean: tuple[float, ...] | None, std: tuple[float, ...] | None):
@@ -180,8 +180,9 @@ def _convert(ctx: ExportContext, spec: EncoderSpec, precision: str, opts: CoreML
     shape = tuple(spec.inputs[0].shape)
     b = ct.RangeDim(1, opts.max_batch, default=1, symbol=BATCH) if opts.max_batch else 1
     if spec.name == "image" and opts.image_input:
-        # 0..255 RGB -> 0..1 exactly; mean/std happen in _PixelEncoder
-        inp = ct.ImageType(name=spec.input_name, shape=(b, *shape[1:]), scale=1 / 255.0, bias=[0.0, 0.0, 0.0],
+        # 0..255 RGB -> the preprocessing's rescale (0..1 for 1/255) exactly; mean/std happen in _PixelEncoder
+        inp = ct.ImageType(name=spec.input_name, shape=(b, *shape[1:]), scale=ctx.info.preprocess.rescale_factor,
+                           bias=[0.0, 0.0, 0.0],
                            color_layout=ct.colorlayout.RGB)
     else:
         inp = ct.TensorType(name=spec.input_name, shape=(b, *shape[1:]),
@@ -380,7 +381,7 @@ def _environment(ctx: ExportContext, precision: str, opts: CoreMLOptions, image_
     if image_input:
         p = ctx.info.preprocess
         environment["image_input"] = {
-            "color_layout": "RGB", "scale": 1 / 255.0, "bias": [0.0, 0.0, 0.0],
+            "color_layout": "RGB", "scale": p.rescale_factor, "bias": [0.0, 0.0, 0.0],
             "mean": list(p.mean), "std": list(p.std), "normalization": "inside the model (exact)",
         }
     return environment

@@ -5,6 +5,8 @@ direction, and what the manifest records about each saved artifact is what the f
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +199,25 @@ def test_the_coreml_image_input_is_scaled_then_normalised_as_the_manifest_says(c
     assert env is not None and env["mean"] == list(p.mean) and env["std"] == list(p.std)
     assert env["scale"] == pytest.approx(1 / 255) and env["bias"] == [0.0, 0.0, 0.0]
 
+
+
+def test_the_coreml_image_input_rescales_by_the_recorded_factor(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A model preprocessed with another rescale factor (a Hugging Face `rescale_factor`) gets that
+    factor as the ImageType scale, in the program and in the manifest, not a fixed 1/255."""
+    pytest.importorskip("coremltools")
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt", ignore=shutil.ignore_patterns("checkpoints")))
+    config = json.loads((ckpt / "config.json").read_text())
+    config["preprocess"]["rescale_factor"] = factor = 1 / 127.5
+    (ckpt / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "b.edgeclip"
+    export_bundle(ckpt, out, targets=["coreml"], precision="fp16", options={"coreml_image_input": True},
+                  encoders=["image"])
+    bundle = Bundle.open(out)
+    (a,) = bundle.manifest.find("image")
+    ops, consts = _program_prologue(bundle.root / a.path / "model.mlpackage")
+    scale = [i for t, ins in ops[:1] if t == "mul" and "pixel_values" in ins for i in ins if i in consts]
+    assert scale and consts[scale[0]].item() == pytest.approx(factor, rel=1e-3), ops[:2]
+    assert a.environment.image_input is not None and a.environment.image_input["scale"] == pytest.approx(factor)
 
 def _mutated(facts: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     facts = copy.deepcopy(facts)

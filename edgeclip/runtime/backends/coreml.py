@@ -26,6 +26,19 @@ _COMPUTE_UNITS = {"CPU": "CPU_ONLY", "GPU": "CPU_AND_GPU", "ALL": "ALL", "ANE": 
                   "NE": "CPU_AND_NE"}
 
 
+def image_from_row(x: np.ndarray, image_input: dict[str, Any]) -> Any:
+    """A PIL RGB image from a normalised [1, 3, S, S] row: mean/std undone, then the rescale, as the
+    package's ImageType (`image_input`: scale, mean, std) expects its 0..255 input. Rounding to uint8 is
+    the only loss (< half a level), the same a camera frame has anyway."""
+    from PIL import Image
+
+    mean = np.asarray(image_input["mean"], dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(image_input["std"], dtype=np.float32).reshape(3, 1, 1)
+    levels = (x[0] * std + mean) / np.float32(image_input["scale"])
+    rgb = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)))  # uint8 HxWx3: RGB
+
+
 def package_dir(path: Path) -> Path:
     """The .mlpackage directory for the artifact's main file (its Manifest.json) or the package itself."""
     return path.parent if path.name == "Manifest.json" else path
@@ -88,21 +101,10 @@ class CoreMLBackend:
         feed: dict[str, Any] = {}
         for k, v in inputs.items():
             if self.image_input is not None and k in self.input_dtypes and v.ndim == 4:
-                feed[k] = self._to_image(v)
+                feed[k] = image_from_row(v, self.image_input)
             else:
                 feed[k] = np.ascontiguousarray(v, dtype=self.input_dtypes.get(k, np.float32))
         return feed
-
-    def _to_image(self, x: np.ndarray) -> Any:
-        """Undo mean/std on a normalised [1, 3, S, S] row and hand Core ML an RGB image; rounding
-        to uint8 is the only loss (< 0.5/255), the same a camera frame has anyway."""
-        from PIL import Image
-
-        assert self.image_input is not None
-        mean = np.asarray(self.image_input["mean"], dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(self.image_input["std"], dtype=np.float32).reshape(3, 1, 1)
-        rgb = np.clip(np.rint((x[0] * std + mean) * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)))  # uint8 HxWx3: RGB
 
     def _predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
