@@ -119,17 +119,6 @@ def test_image_input_normalisation_is_exact(tiny_checkpoint: Path) -> None:
     torch.testing.assert_close(wrapped, direct)
 
 
-def test_backend_turns_pixel_values_back_into_the_same_image() -> None:
-    """The backend feeds image-input models a PIL image rebuilt from normalised pixel_values."""
-    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-    rgb = np.random.default_rng(0).integers(0, 256, (1, 3, 8, 8)).astype(np.float32)
-    x = (rgb / 255 - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))
-    backend = CoreMLBackend.__new__(CoreMLBackend)  # its constructor needs macOS; _to_image does not
-    backend.image_input = {"mean": list(mean), "std": list(std)}
-    img = np.asarray(backend._to_image(x.astype(np.float32)))
-    np.testing.assert_array_equal(img.transpose(2, 0, 1), rgb[0].astype(np.uint8))
-
-
 def test_deployment_target(tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = export_bundle(tiny_checkpoint, tmp_path / "b", targets=["coreml"], precision="int8w",
                            encoders=["text"], options={"coreml_target": "ios17"})
