@@ -13,6 +13,7 @@ torch-free calibration, so only its braceexpand dependency is used.
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import zlib
 from collections import Counter
@@ -61,7 +62,9 @@ class WebDatasetSource:
     def __init__(self, urls: str, *, seed: int = 0, require_caption: bool = True) -> None:
         braceexpand = require("braceexpand", extra="train", purpose="expanding WebDataset shard patterns")
         self.urls, self.seed, self.require_caption = urls, seed, require_caption
-        self.shards: list[str] = [s for part in urls.split("::") for s in braceexpand.braceexpand(part.strip())]
+        # "~" is expanded as in every other --data path (a quoted brace pattern keeps it from the shell)
+        self.shards: list[str] = [os.path.expanduser(s) for part in urls.split("::")
+                                  for s in braceexpand.braceexpand(part.strip())]
         if not self.shards:
             raise DataError(f"WebDataset '{urls}' is empty", fix="give at least one .tar shard")
         missing = [s for s in self.shards if not Path(s).is_file()]
