@@ -141,3 +141,21 @@ def test_a_truncated_or_corrupt_cache_file_is_rebuilt(tmp_path: Path) -> None:
         assert not again.from_cache
         np.testing.assert_array_equal(_rows(again), _rows(first))
     assert load_calibration_set(str(tmp_path / "imgs"), CFG, size=10, cache=tmp_path / "cache").from_cache
+
+
+def test_shards_without_captions_still_calibrate(tmp_path: Path) -> None:
+    """Calibration needs images only: a shard of bare images is a valid source."""
+    members = []
+    for k in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (20, 20), _colour(k)).save(buf, format="PNG")
+        members.append((f"{k:03d}.png", buf.getvalue()))
+    write_tar(tmp_path / "bare.tar", members)
+    s = load_calibration_set(str(tmp_path / "bare.tar"), CFG, size=100, cache=tmp_path / "cache")
+    assert len(_rows(s)) == 3 and s.skipped == 0 and s.captions == []
+
+
+def test_two_images_make_one_to_calibrate_and_one_to_hold_out(tmp_path: Path) -> None:
+    _folder(tmp_path / "d", 2)
+    s = load_calibration_set(str(tmp_path / "d"), CFG, size=100, cache=tmp_path / "cache")
+    assert (len(s.images), len(s.heldout)) == (1, 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,52 @@ def test_a_shard_pattern_expands_the_home_directory_like_every_other_path(
     wds = WebDatasetSource("~/s{0..1}.tar")
     assert wds.shards == [str(tmp_path / "s0.tar"), str(tmp_path / "s1.tar")]
     assert sorted(c for _, c in wds.samples(0)) == ["shard 0", "shard 1"]
+
+
+def test_the_first_caption_column_of_caption_text_title_wins(tmp_path: Path) -> None:
+    _write(tmp_path, ["a.png"])
+    (tmp_path / "d.csv").write_text("title,filepath,text,caption\nthe title,a.png,the text,the caption\n")
+    (tmp_path / "e.csv").write_text("title,filepath,text\nthe title,a.png,the text\n")
+    assert open_map_source(str(tmp_path / "d.csv"), image_size=16)[0][1] == "the caption"
+    assert open_map_source(str(tmp_path / "e.csv"), image_size=16)[0][1] == "the text"
+
+
+def _jpeg(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10), colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_a_tar_sample_takes_its_jpg_and_its_txt_first(tmp_path: Path) -> None:
+    """IMAGE_SUFFIXES order picks the image; a txt caption beats the json one."""
+    meta = json.dumps({"caption": "from json"}).encode()
+    write_tar(tmp_path / "s.tar", [("000.jpg", _jpeg((250, 0, 0))), ("000.json", meta), ("000.png", _png(3)),
+                                   ("000.txt", b"from txt"), ("001.json", meta), ("001.png", _png(4))])
+    got = list(WebDatasetSource(str(tmp_path / "s.tar")).all_samples())
+    assert [(s.key, s.caption) for s in got] == [("s.tar/000", "from txt"), ("s.tar/001", "from json")]
+    assert got[0].image == _jpeg((250, 0, 0)) and got[1].image == _png(4)
+
+
+def test_a_tar_with_directory_entries_reads_like_one_without(tmp_path: Path) -> None:
+    """`tar cf shard.tar part/` stores the folder itself as a member before its files."""
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        folder = tarfile.TarInfo("part")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name, data in (("part/000.png", _png(1)), ("part/000.txt", b"one")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    wds = WebDatasetSource(str(tmp_path / "s.tar"))
+    assert [(s.key, s.caption) for s in wds.all_samples()] == [("s.tar/part/000", "one")] and not wds.skipped
+
+
+def test_retrieval_pairs_are_every_heldout_image_up_to_the_size(tmp_path: Path) -> None:
+    _write(tmp_path, ["train/ant/0.png", "train/bee/0.png", "val/ant/1.png", "val/bee/1.png", "val/bee/2.png"])
+    pairs = retrieval_pairs(str(tmp_path), image_size=16, size=10, seed=0)
+    assert pairs is not None and sorted(pairs[0]) == [str(tmp_path / p) for p in
+                                                      ("val/ant/1.png", "val/bee/1.png", "val/bee/2.png")]
+    names = ("ant", "bee", "bee")
+    assert all(c in {t.format(n) for t in FOLDER_CAPTIONS} for c, n in zip(pairs[1], names, strict=True))
+    two = retrieval_pairs(str(tmp_path), image_size=16, size=2, seed=0)
+    assert two is not None and (len(two[0]), len(two[1])) == (2, 2)
