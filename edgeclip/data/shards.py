@@ -51,7 +51,7 @@ def split_key(member_name: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Sample:
-    key: str  # '<shard file name>/<key in the shard>': unique across shards
+    key: str  # '<shard file name>/<key in the shard>' (the shard's path if names repeat): unique across shards
     image: bytes
     caption: str  # "" when the source was read with require_caption=False and the sample has none
 
@@ -72,6 +72,10 @@ class WebDatasetSource:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise DataError(f"WebDataset shard not found: {missing[0]}{more}", fix="check the path and brace pattern")
         self.skipped: Counter[str] = Counter()
+        # keys name the shard by its file name, which stays the same wherever the data lives; by the
+        # path as given only where two shards share a file name ('cc3m/00000.tar::cc12m/00000.tar')
+        names = Counter(Path(s).name for s in self.shards)
+        self._key_prefix = {s: (Path(s).name if names[Path(s).name] == 1 else s) + "/" for s in self.shards}
 
     def shards_for(self, epoch: int, *, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1
                    ) -> list[str]:
@@ -98,7 +102,7 @@ class WebDatasetSource:
             yield from self.read_shard(shard)
 
     def read_shard(self, shard: str) -> Iterator[Sample]:
-        prefix = Path(shard).name + "/"
+        prefix = self._key_prefix.get(shard, Path(shard).name + "/")
         key: str | None = None
         files: dict[str, bytes] = {}
         try:

@@ -159,3 +159,17 @@ def test_two_images_make_one_to_calibrate_and_one_to_hold_out(tmp_path: Path) ->
     _folder(tmp_path / "d", 2)
     s = load_calibration_set(str(tmp_path / "d"), CFG, size=100, cache=tmp_path / "cache")
     assert (len(s.images), len(s.heldout)) == (1, 1)
+
+
+def test_shards_with_one_file_name_in_two_folders_give_their_own_images(tmp_path: Path) -> None:
+    """'cc3m/00000.tar::cc12m/00000.tar': a sample key prefixed with the file name alone is not unique."""
+    for shard, folder in enumerate(("one", "two")):
+        (tmp_path / folder).mkdir()
+        buf = io.BytesIO()
+        Image.new("RGB", (20, 20), (30, 200, 255 * shard)).save(buf, format="PNG")
+        write_tar(tmp_path / folder / "00000.tar", [("000.png", buf.getvalue()), ("000.txt", folder.encode())])
+    spec = f"{tmp_path / 'one' / '00000.tar'}::{tmp_path / 'two' / '00000.tar'}"
+    s = load_calibration_set(spec, CFG, size=100, cache=tmp_path / "cache")
+    rows = _rows(s)
+    assert len(rows) == 2 and not np.array_equal(rows[0], rows[1])
+    assert sorted(s.captions) == ["one", "two"]
