@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,16 @@ def test_retrieval_pairs_are_every_heldout_image_up_to_the_size(tmp_path: Path) 
     assert all(c in {t.format(n) for t in FOLDER_CAPTIONS} for c, n in zip(pairs[1], names, strict=True))
     two = retrieval_pairs(str(tmp_path), image_size=16, size=2, seed=0)
     assert two is not None and (len(two[0]), len(two[1])) == (2, 2)
+
+
+def test_a_decompression_bomb_in_a_shard_is_skipped_and_counted(tmp_path: Path) -> None:
+    """10,000 x 10,000 is over PIL's warning limit but under its error limit: only the reader's check stops it."""
+    bomb = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")  # 100 Mpx of zeros: 12 kB
+    write_tar(tmp_path / "s.tar", [("000.png", bomb.getvalue()), ("000.txt", b"bomb"),
+                                   ("001.png", _png(1)), ("001.txt", b"fine")])
+    wds = WebDatasetSource(str(tmp_path / "s.tar"))
+    with warnings.catch_warnings():  # as outside pytest, which would turn the warning into an error itself
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        got = [c for _, c in wds.samples(0)]
+    assert got == ["fine"] and wds.skipped == {"undecodable_image": 1}
