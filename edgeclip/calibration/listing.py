@@ -121,9 +121,19 @@ def _builtin(spec: str, size: int, image_size: int) -> SourceListing:
     return SourceListing(spec, items("train", train), items("heldout", held))
 
 
+FINGERPRINT_ITEMS = 16  # of each split, hashed into the cache key: enough to see most shapes and colours
+
+
 def builtin_key(spec: str, image_size: int) -> str:
-    """What a procedural source's images depend on (its generator is deterministic)."""
+    """What a procedural source's images depend on (its generator is deterministic), with a
+    fingerprint of its first images, so a changed generator is not served from an old cache."""
     key = json.dumps({"spec": spec, "image_size": image_size, "seed": REFERENCE_SEED, "heldout": BUILTIN_HELDOUT,
                       "heldout_seed": REFERENCE_SEED + SHAPES_HELDOUT_SEED_OFFSET})
-    return hashlib.sha256(key.encode()).hexdigest()
+    h = hashlib.sha256(key.encode())
+    for ds in (shapes_train(image_size, REFERENCE_SEED, FINGERPRINT_ITEMS),
+               shapes_heldout(image_size, REFERENCE_SEED, FINGERPRINT_ITEMS)):
+        for i in range(len(ds)):
+            s = ds[i]
+            h.update(np.asarray(s.image).tobytes() + f"\0{s.caption}\0{s.shape}\0".encode())
+    return h.hexdigest()
 

@@ -9,10 +9,12 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from edgeclip.bundle import PreprocessConfig
 from edgeclip.calibration.cache import load_calibration_set
+from edgeclip.data import shapes
 from tests.conftest import write_tar
 
 CFG = PreprocessConfig(image_size=16)
@@ -173,3 +175,15 @@ def test_shards_with_one_file_name_in_two_folders_give_their_own_images(tmp_path
     rows = _rows(s)
     assert len(rows) == 2 and not np.array_equal(rows[0], rows[1])
     assert sorted(s.captions) == ["one", "two"]
+
+
+def test_a_changed_shapes_generator_is_not_served_from_an_old_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                    ) -> None:
+    """The builtin key names the generator's settings, not its code: an edit to the generator (here
+    its colour jitter, as a release might change it) must not reuse images drawn by the old one."""
+    old = load_calibration_set("builtin:shapes", CFG, size=10, cache=tmp_path / "cache")
+    monkeypatch.setattr(shapes, "_COLOUR_JITTER", 60.0)
+    new = load_calibration_set("builtin:shapes", CFG, size=10, cache=tmp_path / "cache")
+    assert not new.from_cache and not np.array_equal(new.images, old.images)
+    monkeypatch.undo()
+    assert load_calibration_set("builtin:shapes", CFG, size=10, cache=tmp_path / "cache").from_cache
