@@ -415,7 +415,8 @@ def _accuracy(cfg: BenchConfig, bundle: Bundle, cands: list[Candidate], baseline
     labels, evalset, out["eval"] = _labels(cfg, bundle, cands, baseline, tokenize)
     out["labels"] = labels
     base_top1: float | None = None
-    for c in sorted(cands, key=lambda c: c.backend != "torch"):  # baseline first, for the delta
+    ref_image = _reference("image", cands, baseline)
+    for c in sorted(cands, key=lambda c: c is not ref_image):  # the reference first: deltas are against it
         row: dict[str, Any] = {}
         if c.encoder in refs:
             cos = cosine_rows(c.run(probes[c.encoder]), refs[c.encoder][0])
