@@ -149,3 +149,9 @@ def test_top1_delta_is_against_the_reference_row_not_the_first_artifact(tiny_che
     assert rows["fp32"]["top1_delta"] == 0.0
     assert rows["int8-dynamic"]["top1_delta"] == pytest.approx(rows["int8-dynamic"]["top1"] - rows["fp32"]["top1"],
                                                               abs=0.011)
+    # --precisions keeps only what was asked for, and says so when the bundle lacks one
+    cfg = BenchConfig(bundle=out, baseline="none", backends=["onnxruntime"], precisions=["fp32", "fp16"],
+                      batch_sizes=[1], runs=3, warmup=0, encoders=["image"], end_to_end=False, memory=False)
+    rep = run_bench(cfg, log=lambda _: None)
+    assert [r["key"] for r in rep["rows"]] == ["image/onnxruntime-fp32/b1/model"]
+    assert [s["row"] for s in rep["skipped"]] == ["onnxruntime-fp16"]
