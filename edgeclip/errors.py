@@ -63,6 +63,10 @@ class BundleError(EdgeclipError):
     """A bundle that is missing, malformed, tampered with or of an unknown version."""
 
 
+class ReportError(EdgeclipError):
+    """A bench report file (`bench --compare`'s baseline) that cannot be read or is not one."""
+
+
 class ImageError(EdgeclipError):
     """One image could not be decoded or preprocessed; other images are unaffected."""
 

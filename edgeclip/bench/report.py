@@ -10,7 +10,7 @@ from typing import Any
 
 from edgeclip._io import write_bytes, write_json
 from edgeclip.bench.run import SCHEMA, SCHEMA_VERSION
-from edgeclip.errors import ConfigError
+from edgeclip.errors import ReportError
 
 COLUMNS = [
     ("key", "row"), ("inference_precision", "ran in"), ("median_ms", "median ms"), ("p90_ms", "p90"),
@@ -178,18 +178,18 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read bench report {p}: {e}", fix="pass a JSON file written by --json") from e
+        raise ReportError(f"cannot read bench report {p}: {e}", fix="pass a JSON file written by --json") from e
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ConfigError(f"{p} is not an edgeclip bench report (schema {SCHEMA} v{SCHEMA_VERSION})",
+        raise ReportError(f"{p} is not an edgeclip bench report (schema {SCHEMA} v{SCHEMA_VERSION})",
                           fix="pass a JSON file written by `edgeclip bench --json`")
     if data.get("schema_version") != SCHEMA_VERSION:
         # v1 labelled an OpenVINO row that ran in bf16 as fp32: comparing it with a true-f32 row
         # would report a regression that is only a relabelling
         version = data.get("schema_version")
-        raise ConfigError(f"{p} is a v{version} bench report; this edgeclip writes v{SCHEMA_VERSION}",
+        raise ReportError(f"{p} is a v{version} bench report; this edgeclip writes v{SCHEMA_VERSION}",
                           fix="regenerate the baseline with this version's `edgeclip bench --json`")
     if not isinstance(data.get("rows"), list):
-        raise ConfigError(f"{p} has no rows")
+        raise ReportError(f"{p} has no rows", fix="pass a JSON file written by `edgeclip bench --json`")
     return data
 
 

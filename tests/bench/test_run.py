@@ -11,7 +11,7 @@ import pytest
 from edgeclip.bench.report import compare, load_report, to_csv, to_markdown
 from edgeclip.bench.run import SCHEMA, BenchConfig, run_bench
 from edgeclip.bundle import Bundle
-from edgeclip.errors import ConfigError
+from edgeclip.errors import ConfigError, ReportError
 from tests.conftest import run_cli
 
 ROW_FIELDS = {"key", "encoder", "backend", "precision", "batch_size", "mode", "median_ms", "p90_ms", "p99_ms",
@@ -152,18 +152,20 @@ def test_bad_input(tiny_bundle: Path, tmp_path: Path) -> None:
         BenchConfig(bundle=tiny_bundle, batch_sizes=[0])
     bad = tmp_path / "bad.json"
     bad.write_text("{broken")
-    with pytest.raises(ConfigError, match="cannot read bench report"):
+    with pytest.raises(ReportError, match="cannot read bench report"):
         load_report(bad)
     # a v1 report labelled bf16 OpenVINO rows as fp32: comparing against it is refused, with a fix
     v1 = tmp_path / "v1.json"
     v1.write_text(json.dumps({"schema": "edgeclip-bench", "schema_version": 1, "rows": []}))
-    with pytest.raises(ConfigError, match="v1 bench report") as err:
+    with pytest.raises(ReportError, match="v1 bench report") as err:
         load_report(v1)
     assert "regenerate" in (err.value.fix or "")
     proc = run_cli("bench", str(tiny_bundle), "--batch-sizes", "0", "--baseline", "none")
     assert proc.returncode != 0 and "Error:" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("bench", str(tiny_bundle), "--compare", str(bad), "--baseline", "none")
-    assert proc.returncode != 0 and "cannot read bench report" in proc.stderr and "Traceback" not in proc.stderr
+    for baseline, says in ((bad, "cannot read bench report"), (tmp_path / "missing.json", "cannot read bench report"),
+                           (v1, "v1 bench report")):  # a bad file, not a bad argument: exit 1
+        proc = run_cli("bench", str(tiny_bundle), "--compare", str(baseline), "--baseline", "none")
+        assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_int8_rows_count_the_layers_the_manifest_left_in_float(tiny_checkpoint: Path, tmp_path: Path) -> None:
