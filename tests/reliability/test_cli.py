@@ -74,7 +74,7 @@ MATRIX: list[tuple[str, int, str]] = [
     ("install {missing} --into {new}", 1, "bundle not found"),
     ("rollback {empty}", 1, "not an install folder"),
     ("bench {missing} --baseline none", 1, "bundle not found"),
-    ("bench {bad_bundle} --baseline none --compare {garbage_pt}", 2, "cannot read bench report"),
+    ("bench {bad_bundle} --baseline none --compare {garbage_pt}", 1, "cannot read bench report"),
     ("quickstart --out {bad_bundle}", 2, "not a quickstart directory"),
 ]
 
