@@ -86,6 +86,9 @@ class PreprocessConfig:
                               fix="use resize 'shortest' with crop 'center', or resize 'squash' with crop 'none'")
         if not cfg.rescale_factor > 0:
             raise BundleError(f"preprocess rescale_factor must be > 0, got {cfg.rescale_factor!r}")
+        if cfg.channel_order != "RGB":  # images decode to RGB; another order would classify silently wrong
+            raise BundleError(f"preprocess channel_order {cfg.channel_order!r}: this runtime feeds RGB pixels",
+                              fix="upgrade edgeclip, or re-export the bundle with this version")
         if cfg.decode not in DECODES:
             raise BundleError(f"preprocess decode {cfg.decode!r} is not one of {list(DECODES)}",
                               fix="upgrade edgeclip, or re-export the bundle with this version")

@@ -276,9 +276,6 @@ def model_input(batch_u8: np.ndarray, cfg: PreprocessConfig, spec: TensorSpec) -
     """uint8 [N, S, S, 3] -> what the artifact's input `spec` takes: float32 [N, 3, S, S],
     normalised exactly as `normalize` does (the same float32 operations, so the same bits), or the
     uint8 pixels themselves for an artifact that normalises inside its graph (layout NHWC)."""
-    if cfg.channel_order != "RGB":  # decoding gives RGB; another order would classify silently wrong
-        raise ConfigError(f"the bundle wants {cfg.channel_order} pixels; this runtime feeds RGB",
-                          fix="upgrade edgeclip, or re-export the bundle with this version")
     if spec.dtype == "uint8" and spec.layout == "NHWC":
         return np.ascontiguousarray(batch_u8, dtype=np.uint8)
     if spec.dtype != "float32" or cfg.layout != "NCHW":

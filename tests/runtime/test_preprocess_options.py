@@ -5,14 +5,17 @@ classifier feeds (model_input), and 16-bit images scaled 65535 -> 255."""
 from __future__ import annotations
 
 import io
+import json
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from edgeclip.bundle import PreprocessConfig, TensorSpec
-from edgeclip.errors import ConfigError, ImageError
+from edgeclip.bundle import Bundle, PreprocessConfig, TensorSpec
+from edgeclip.errors import BundleError, ImageError
 from edgeclip.runtime.preprocess import decode_resize, load_image, model_input, preprocess
 
 
@@ -91,16 +94,16 @@ def test_sixteen_bit_grey_maps_65535_to_255() -> None:
     np.testing.assert_array_equal(rgb, np.repeat(k[..., None], 3, axis=2).astype(np.uint8))
 
 
-def test_a_channel_order_this_runtime_does_not_feed_is_refused() -> None:
+def test_a_channel_order_this_runtime_does_not_feed_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
     """The manifest records channel_order; feeding RGB to a graph that wants BGR would classify
-    silently wrong, so the runtime refuses instead (as it does for another layout)."""
-    u8 = np.zeros((1, 8, 8, 3), dtype=np.uint8)
-    cfg = PreprocessConfig(image_size=8, channel_order="BGR")
-    for spec in (TensorSpec("pixel_values", "float32", ("batch_size", 3, 8, 8)),
-                 TensorSpec("pixel_values", "uint8", ("batch_size", 8, 8, 3), layout="NHWC")):
-        with pytest.raises(ConfigError, match="BGR") as e:
-            model_input(u8, cfg, spec)
-        assert e.value.fix
+    silently wrong, so opening such a bundle is refused (as another decode path is)."""
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b.edgeclip"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["preprocess"]["channel_order"] = "BGR"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="BGR") as e:
+        Bundle.open(bundle)
+    assert e.value.fix
 
 
 def test_an_extreme_strip_keeps_only_its_centre() -> None:
